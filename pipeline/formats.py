@@ -1,0 +1,219 @@
+"""Prompt format, record schemas, tokenization with loss masks, and the mask verification.
+
+One prompt format serves SFT, DPO, generation and evaluation alike. The SFT loss mask comes from the
+prompt/completion boundary itself: the prompt and the completion are tokenized separately and joined, so
+the boundary is exact and generation (which continues the same prompt tokens) sees what training saw.
+Nothing guesses a prompt length or searches for a separator, so a `\\nResponse:` inside an instruction
+cannot fool it. `verify_masking` then decodes the trained tokens and checks they are the completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.configs import FormatConfig
+from pipeline.errors import ConfigError, MaskingError
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------------- prompt format
+
+
+def uses_chat_template(fmt: FormatConfig, tokenizer: Any) -> bool:
+    """Whether prompts are rendered with the tokenizer's chat template under this format."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt.chat_template == "always" and not has_template:
+        raise ConfigError(
+            "FormatConfig.chat_template: 'always' was asked for but the tokenizer has no chat template; "
+            "use 'auto' or 'never'"
+        )
+    return fmt.chat_template == "always" or (fmt.chat_template == "auto" and has_template)
+
+
+def render_prompt(instruction: str, fmt: FormatConfig, tokenizer: Any = None) -> str:
+    """The prompt text for one instruction: the chat template's generation prompt, or the plain template."""
+    if tokenizer is not None and uses_chat_template(fmt, tokenizer):
+        messages = [{"role": "user", "content": instruction}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return fmt.template.format(instruction=instruction)
+
+
+def completion_text(response: str, fmt: FormatConfig, tokenizer: Any = None) -> str:
+    """A response as it follows the prompt: plain templates put one space after the separator."""
+    if tokenizer is not None and uses_chat_template(fmt, tokenizer):
+        return response
+    return response if response[:1].isspace() else " " + response
+
+
+def stop_strings(fmt: FormatConfig) -> list[str]:
+    """Text that marks the model starting a new turn: the template's first line (e.g. `Instruction:`)."""
+    head = fmt.template.split("{instruction}")[0].strip()
+    return [f"\n{head}"] if head else []
+
+
+# ----------------------------------------------------------------------------------------------- tokenization
+
+
+def _special_id(tokenizer: Any, name: str) -> int | None:
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return value if isinstance(value, int) else None
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether this tokenizer's post-processor puts a BOS token in front of a sequence."""
+    bos = _special_id(tokenizer, "bos")
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(ids) > 0 and ids[0] == bos
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a prompt: one BOS where the tokenizer uses one (never two), then the prompt text."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = _special_id(tokenizer, "bos")
+    bos_text = getattr(tokenizer, "bos_token", None)
+    already_has_bos = (ids[:1] == [bos]) or (bool(bos_text) and prompt.startswith(bos_text))
+    if adds_bos(tokenizer) and not already_has_bos:
+        ids = [bos, *ids]
+    return list(ids)
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_tokens: int
+    completion_tokens: int  # trained tokens, EOS included
+    truncated: bool  # the completion's tail (and EOS) was cut to fit max_length
+
+
+@dataclass
+class DropCounter:
+    """Examples dropped by tokenization and why; shown on the stage's report, never silent."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    rows: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, row: int, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.rows.append((row, reason))
+
+    @property
+    def total(self) -> int:
+        return sum(self.dropped.values())
+
+
+def tokenize_pair(
+    tokenizer: Any,
+    prompt: str,
+    completion: str,
+    max_length: int,
+    min_completion_tokens: int = 1,
+) -> TokenizedExample | str:
+    """Tokenize prompt + completion with labels `-100` exactly on the prompt and one EOS at the end.
+
+    Returns the example, or a reason string when it must be dropped (prompt too long for `max_length`,
+    or truncation would keep fewer than `min_completion_tokens` completion tokens, or an empty completion).
+    """
+    eos = _special_id(tokenizer, "eos")
+    if eos is None:
+        raise ConfigError("tokenizer: has no eos_token; set one so completions have a learnable end")
+    if completion.strip() == "":
+        return "empty_completion"
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [eos]
+    room = max_length - len(prompt_ids)
+    if room < min_completion_tokens:
+        return "prompt_too_long"
+    truncated = len(completion_ids) > room
+    if truncated:
+        completion_ids = completion_ids[:room]
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    return TokenizedExample(input_ids, labels, len(prompt_ids), len(completion_ids), truncated)
+
+
+# ----------------------------------------------------------------------------------------------- verification
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def verify_masking(
+    tokenizer: Any,
+    input_ids: list[int],
+    labels: list[int],
+    completion: str,
+    index: int = 0,
+) -> None:
+    """Check that the trained tokens (labels != -100) decode to exactly `completion` + EOS.
+
+    Padding is ignored. A completion cut by truncation must still be a non-empty prefix of `completion`.
+    Raises `MaskingError` showing the example index and the prompt/completion split as the tokenizer saw it.
+    """
+    pad = _special_id(tokenizer, "pad")
+    eos = _special_id(tokenizer, "eos")
+    bos = _special_id(tokenizer, "bos")
+    pairs = list(zip(input_ids, labels, strict=True))
+    # Strip padding at either end: pad positions are never labelled, real EOS (possibly == pad) is.
+    while pairs and pairs[-1][1] == IGNORE_INDEX and pairs[-1][0] == pad:
+        pairs.pop()
+    while pairs and pairs[0][1] == IGNORE_INDEX and pairs[0][0] == pad and pad != bos:
+        pairs.pop(0)
+    ids = [i for i, _ in pairs]
+    trained_positions = [k for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX]
+
+    def fail(problem: str) -> None:
+        first = trained_positions[0] if trained_positions else len(ids)
+        raise MaskingError(
+            f"example {index}: {problem}\n"
+            f"  masked (prompt) part : {_decode(tokenizer, ids[:first])!r}\n"
+            f"  trained part         : {_decode(tokenizer, [ids[k] for k in trained_positions])!r}\n"
+            f"  expected completion  : {completion!r} + EOS"
+        )
+
+    if not trained_positions:
+        fail("no token is trained (the whole example is masked)")
+    if any(lab != ids[k] for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX):
+        fail("a label differs from its input token")
+    if trained_positions != list(range(trained_positions[0], trained_positions[-1] + 1)):
+        fail("the trained tokens are not one contiguous span")
+    if trained_positions[-1] != len(ids) - 1:
+        fail("tokens after the completion are not masked")
+    if bos is not None and ids[:2] == [bos, bos]:
+        fail("the sequence starts with two BOS tokens")
+    trained = [ids[k] for k in trained_positions]
+    ends_with_eos = trained[-1] == eos
+    if ends_with_eos and len(trained) >= 2 and trained[-2] == eos and not completion.endswith(tokenizer.eos_token):
+        fail("the completion ends with two EOS tokens")
+    text = _decode(tokenizer, trained[:-1] if ends_with_eos else trained)
+    if ends_with_eos:
+        if text != completion:
+            fail("the trained tokens do not decode to the completion")
+    else:
+        # Truncated: the trained text must be a prefix of the completion (a cut multi-byte char may trail).
+        if not completion.startswith(text.rstrip("\ufffd")) or text.rstrip("\ufffd") == "":
+            fail("the completion was truncated and the trained tokens are not a prefix of it")
+
+
+def verify_batch(tokenizer: Any, batch: dict[str, Any], completions: list[str], start_index: int = 0) -> int:
+    """Verify every row of a collated batch (`input_ids`, `labels`) against its completion; returns rows checked."""
+    input_ids = batch["input_ids"]
+    labels = batch["labels"]
+    for row, completion in enumerate(completions):
+        ids = input_ids[row].tolist() if hasattr(input_ids[row], "tolist") else list(input_ids[row])
+        labs = labels[row].tolist() if hasattr(labels[row], "tolist") else list(labels[row])
+        verify_masking(tokenizer, ids, labs, completion, index=start_index + row)
+    return len(completions)
+
+
+def mask_example_view(tokenizer: Any, input_ids: list[int], labels: list[int]) -> list[dict[str, Any]]:
+    """Tokens as the tokenizer split them, each with whether it is trained: for the dashboard's mask viewer."""
+    return [
+        {"token": _decode(tokenizer, [tok]), "id": int(tok), "trained": lab != IGNORE_INDEX}
+        for tok, lab in zip(input_ids, labels, strict=True)
+    ]

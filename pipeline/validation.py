@@ -1,0 +1,554 @@
+"""Validation at every hand-off: SFT records, typed negatives, preference pairs.
+
+`validate_*` check records already in memory; `load_and_validate_*` read a JSONL file line by line (keeping
+line numbers, catching malformed JSON and non-UTF-8 lines) or a `datasets` directory. Each returns a
+`ValidationReport`: rows read and valid, issues (row, field, code, message, severity) and stats. Errors make
+the report fail once they exceed `ValidationConfig.max_error_rate`; warnings are only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.configs import NEGATIVE_TYPES, ValidationConfig
+from pipeline.errors import DataError
+
+ERROR, WARNING = "error", "warning"
+
+# Every code a report can carry, with what to do about it.
+ISSUE_CODES: dict[str, str] = {
+    "file_not_found": "the file does not exist; check the path",
+    "empty_file": "the file has no records",
+    "not_utf8": "the line is not UTF-8 text; re-save the file as UTF-8",
+    "malformed_json": "the line is not valid JSON; one JSON object per line",
+    "not_object": "the line is JSON but not an object; each line must be {...}",
+    "missing_field": "a required field is missing",
+    "null_value": "a required field is null",
+    "nan_value": "a field is NaN",
+    "wrong_type": "a field must be a string",
+    "empty_text": "a text field is empty or whitespace only",
+    "too_long": "a text field exceeds ValidationConfig.max_text_chars",
+    "too_many_tokens": "prompt + response exceed ValidationConfig.max_tokens",
+    "duplicate_exact": "the same record appears more than once",
+    "duplicate_normalized": "the record repeats another one up to case and whitespace",
+    "chosen_equals_rejected": "chosen and rejected are the same text (after case/whitespace normalization)",
+    "chosen_prefix_of_rejected": "chosen is a prefix of rejected",
+    "rejected_prefix_of_chosen": "rejected is a prefix of chosen",
+    "unknown_negative_type": "negative_type is not a registered type",
+    "type_mix_off": "the share of a negative type is far from its configured weight",
+    "prompt_leak": "a held-out prompt also appears in the training split",
+    "error_rate_exceeded": "too many rows have errors",
+}
+
+
+@dataclass
+class Issue:
+    row: int | None  # 1-based line number in a JSONL file, 1-based row in a dataset; None for the whole file
+    field: str | None
+    code: str
+    message: str
+    severity: str = ERROR
+    file: str | None = None
+
+
+@dataclass
+class ValidationReport:
+    kind: str  # "sft", "negatives" or "pairs"
+    source: str
+    max_error_rate: float = 0.0
+    rows_read: int = 0
+    rows_valid: int = 0
+    issues: list[Issue] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, row: int | None, field_name: str | None, code: str, message: str, severity: str = ERROR, **kw: Any):
+        self.issues.append(Issue(row, field_name, code, message, severity, kw.get("file")))
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == WARNING]
+
+    @property
+    def error_rows(self) -> int:
+        return len({(i.file, i.row) for i in self.errors if i.row is not None})
+
+    @property
+    def error_rate(self) -> float:
+        return self.error_rows / self.rows_read if self.rows_read else 1.0
+
+    @property
+    def passed(self) -> bool:
+        if any(i.row is None for i in self.errors) or self.rows_valid == 0:
+            return False
+        return self.error_rate <= self.max_error_rate
+
+    def codes(self) -> Counter:
+        return Counter(i.code for i in self.issues)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(passed=self.passed, error_rate=round(self.error_rate, 6), n_errors=len(self.errors))
+        data["n_warnings"] = len(self.warnings)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        fields = {k: data[k] for k in ("kind", "source", "max_error_rate", "rows_read", "rows_valid", "stats")}
+        return cls(**fields, issues=[Issue(**i) for i in data.get("issues", [])])
+
+    def summary(self, max_issues: int = 20) -> str:
+        """A readable summary: verdict, counts, the first issues with file, row and field."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"{self.kind} validation of {self.source}: {verdict}",
+            f"  rows read {self.rows_read}, valid {self.rows_valid}, errors {len(self.errors)} "
+            f"({self.error_rows} rows, rate {self.error_rate:.1%}, allowed {self.max_error_rate:.1%}), "
+            f"warnings {len(self.warnings)}",
+        ]
+        for code, count in sorted(self.codes().items()):
+            lines.append(f"  {code}: {count}")
+        for issue in (self.errors + self.warnings)[:max_issues]:
+            where = f"{issue.file or self.source}:{issue.row}" if issue.row is not None else (issue.file or self.source)
+            lines.append(f"  [{issue.severity}] {where} field={issue.field or '-'} {issue.code}: {issue.message}")
+        hidden = len(self.issues) - max_issues
+        if hidden > 0:
+            lines.append(f"  ... {hidden} more (use --json for all)")
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> None:
+        """Raise `DataError` (carrying this report) naming the first errors' file, row and field."""
+        if self.passed:
+            return
+        first = self.errors[:5]
+        detail = "; ".join(
+            f"{i.file or self.source}{':' + str(i.row) if i.row is not None else ''} field {i.field or '-'}: "
+            f"{i.code} ({i.message})"
+            for i in first
+        )
+        if not first:
+            detail = "no valid rows"
+        raise DataError(
+            f"{self.kind} data from {self.source} failed validation "
+            f"({len(self.errors)} errors in {self.error_rows} of {self.rows_read} rows): {detail}. "
+            f"Fix these rows, or check the file first with `python -m pipeline validate --kind {self.kind} FILE`.",
+            report=self,
+        )
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+Row = tuple[int, Any]  # (row number, decoded object, or an Issue for an unreadable line)
+
+
+def read_jsonl(path: str | Path) -> Iterator[Row]:
+    """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue)."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, Issue(number, None, "not_utf8", f"byte {exc.start} is not valid UTF-8")
+                continue
+            if text.strip() == "":
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, Issue(number, None, "malformed_json", f"{exc.msg} at column {exc.colno}")
+
+
+def read_records(source: str | Path) -> Iterator[Row]:
+    """Rows of a JSONL file or a `datasets` directory (saved with `save_to_disk`)."""
+    path = Path(source)
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if hasattr(dataset, "keys"):  # a DatasetDict: take the train split
+            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
+        for index, row in enumerate(dataset, start=1):
+            yield index, dict(row)
+        return
+    yield from read_jsonl(path)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _check_text_fields(
+    report: ValidationReport, row: int, record: Any, fields: Iterable[str], config: ValidationConfig, file: str | None
+) -> bool:
+    """Required string fields: present, not null/NaN, strings, not blank, not too long. True when all ok."""
+    ok = True
+    if not isinstance(record, dict):
+        report.add(row, None, "not_object", f"expected a JSON object, got {type(record).__name__}", file=file)
+        return False
+    for name in fields:
+        if name not in record:
+            report.add(row, name, "missing_field", f"'{name}' is required", file=file)
+            ok = False
+            continue
+        value = record[name]
+        if value is None:
+            report.add(row, name, "null_value", f"'{name}' is null", file=file)
+        elif _is_nan(value):
+            report.add(row, name, "nan_value", f"'{name}' is NaN", file=file)
+        elif not isinstance(value, str):
+            report.add(row, name, "wrong_type", f"'{name}' must be a string, got {type(value).__name__}", file=file)
+        elif value.strip() == "":
+            report.add(row, name, "empty_text", f"'{name}' is empty or whitespace only", file=file)
+        elif len(value) > config.max_text_chars:
+            report.add(
+                row, name, "too_long", f"'{name}' has {len(value)} chars > {config.max_text_chars}", file=file
+            )
+        else:
+            continue
+        ok = False
+    for name, value in record.items():
+        if name not in fields and _is_nan(value):
+            report.add(row, name, "nan_value", f"'{name}' is NaN", file=file)
+            ok = False
+    return ok
+
+
+def _check_tokens(report: ValidationReport, row: int, texts: list[str], tokenizer: Any, config: ValidationConfig):
+    if tokenizer is None:
+        return True
+    count = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    if count > config.max_tokens:
+        report.add(row, None, "too_many_tokens", f"{count} tokens > max_tokens {config.max_tokens}")
+        return False
+    return True
+
+
+def _length_stats(lengths: list[int]) -> dict[str, Any]:
+    if not lengths:
+        return {"count": 0}
+    ordered = sorted(lengths)
+    top = ordered[-1]
+    width = max(1, math.ceil((top + 1) / 20))
+    histogram = Counter(length // width * width for length in lengths)
+    return {
+        "count": len(lengths),
+        "min": ordered[0],
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": top,
+        "mean": round(statistics.fmean(lengths), 2),
+        "histogram": {str(k): histogram[k] for k in sorted(histogram)},
+    }
+
+
+class _Duplicates:
+    """Flags exact and case/whitespace-normalized repeats of a key (a warning: harmless but wasteful)."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        self.exact: dict[tuple, int] = {}
+        self.normalized: dict[tuple, int] = {}
+        self.count = 0
+
+    def check(self, row: int, key: tuple[str, ...], file: str | None) -> None:
+        norm = tuple(normalize_text(k) for k in key)
+        if key in self.exact:
+            self.report.add(row, None, "duplicate_exact", f"repeats row {self.exact[key]}", WARNING, file=file)
+            self.count += 1
+        elif norm in self.normalized:
+            self.report.add(
+                row, None, "duplicate_normalized", f"repeats row {self.normalized[norm]} up to case/whitespace",
+                WARNING, file=file,
+            )
+            self.count += 1
+        else:
+            self.exact[key] = row
+            self.normalized[norm] = row
+
+
+def _finish(report: ValidationReport, valid: list[dict[str, Any]]) -> None:
+    report.rows_valid = len(valid)
+    if report.rows_read == 0 and not report.errors:
+        report.add(None, None, "empty_file", "no records found")
+    if report.rows_read and not report.passed and report.error_rate > report.max_error_rate:
+        report.add(
+            None, None, "error_rate_exceeded",
+            f"{report.error_rows} of {report.rows_read} rows have errors ({report.error_rate:.1%} > "
+            f"{report.max_error_rate:.1%} allowed)",
+        )
+
+
+def validate_sft_data(
+    rows: Iterable[Row], config: ValidationConfig | None = None, tokenizer: Any = None, source: str = "<memory>"
+) -> tuple[list[dict[str, Any]], ValidationReport]:
+    """Check SFT records `{prompt, completion}`; returns the valid records and the report."""
+    config = config or ValidationConfig()
+    report = ValidationReport("sft", source, config.max_error_rate)
+    dups = _Duplicates(report)
+    valid: list[dict[str, Any]] = []
+    for row, record in rows:
+        report.rows_read += 1
+        if isinstance(record, Issue):
+            report.issues.append(record)
+            continue
+        if not _check_text_fields(report, row, record, ("prompt", "completion"), config, None):
+            continue
+        if not _check_tokens(report, row, [record["prompt"], record["completion"]], tokenizer, config):
+            continue
+        dups.check(row, (record["prompt"], record["completion"]), None)
+        valid.append(record)
+    report.stats = {
+        "prompt_chars": _length_stats([len(r["prompt"]) for r in valid]),
+        "completion_chars": _length_stats([len(r["completion"]) for r in valid]),
+        "duplicates": dups.count,
+        "unique_prompts": len({r["prompt"] for r in valid}),
+    }
+    _finish(report, valid)
+    return valid, report
+
+
+def _check_pair(
+    report: ValidationReport, row: int, record: dict[str, Any], known_types: Iterable[str] | None,
+    require_type: bool, file: str | None,
+) -> bool:
+    ok = True
+    if known_types is not None and (require_type or "negative_type" in record):
+        negative_type = record.get("negative_type")
+        if negative_type is None and require_type:
+            report.add(row, "negative_type", "missing_field", "'negative_type' is required", file=file)
+            ok = False
+        elif negative_type not in known_types:
+            report.add(
+                row, "negative_type", "unknown_negative_type",
+                f"{negative_type!r} is not one of {', '.join(known_types)}", file=file,
+            )
+            ok = False
+    chosen, rejected = normalize_text(record["chosen"]), normalize_text(record["rejected"])
+    if chosen == rejected:
+        report.add(row, "rejected", "chosen_equals_rejected", "chosen and rejected are the same text", file=file)
+        ok = False
+    elif rejected.startswith(chosen):
+        report.add(row, "rejected", "chosen_prefix_of_rejected", "rejected only extends chosen", WARNING, file=file)
+    elif chosen.startswith(rejected):
+        report.add(row, "rejected", "rejected_prefix_of_chosen", "rejected is a cut of chosen", WARNING, file=file)
+    return ok
+
+
+def _type_mix(report: ValidationReport, valid: list[dict[str, Any]], weights: dict[str, float] | None, tol: float):
+    counts = Counter(r.get("negative_type") for r in valid if r.get("negative_type") is not None)
+    report.stats["negative_types"] = dict(sorted(counts.items()))
+    if not weights or not counts:
+        return
+    total_weight = sum(weights.values())
+    total = sum(counts.values())
+    for negative_type, weight in weights.items():
+        want = weight / total_weight if total_weight else 0.0
+        have = counts.get(negative_type, 0) / total
+        if abs(have - want) > tol:
+            report.add(
+                None, "negative_type", "type_mix_off",
+                f"{negative_type!r} is {have:.0%} of rows, configured {want:.0%} (tolerance {tol:.0%})", WARNING,
+            )
+
+
+def validate_negative_examples(
+    rows: Iterable[Row],
+    config: ValidationConfig | None = None,
+    known_types: Iterable[str] = NEGATIVE_TYPES,
+    weights: dict[str, float] | None = None,
+    tokenizer: Any = None,
+    source: str = "<memory>",
+) -> tuple[list[dict[str, Any]], ValidationReport]:
+    """Check typed negatives `{prompt, chosen, rejected, negative_type}` against the type registry."""
+    config = config or ValidationConfig()
+    known = tuple(known_types)
+    report = ValidationReport("negatives", source, config.max_error_rate)
+    dups = _Duplicates(report)
+    valid: list[dict[str, Any]] = []
+    for row, record in rows:
+        report.rows_read += 1
+        if isinstance(record, Issue):
+            report.issues.append(record)
+            continue
+        if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, None):
+            continue
+        if not _check_pair(report, row, record, known, True, None):
+            continue
+        if not _check_tokens(report, row, [record["prompt"], max(record["chosen"], record["rejected"], key=len)],
+                             tokenizer, config):
+            continue
+        dups.check(row, (record["prompt"], record["chosen"], record["rejected"]), None)
+        valid.append(record)
+    _type_mix(report, valid, weights, config.type_mix_tolerance)
+    report.stats.update(
+        rejected_chars=_length_stats([len(r["rejected"]) for r in valid]),
+        chosen_chars=_length_stats([len(r["chosen"]) for r in valid]),
+        duplicates=dups.count,
+    )
+    _finish(report, valid)
+    return valid, report
+
+
+def validate_preference_pairs(
+    train_rows: Iterable[Row],
+    heldout_rows: Iterable[Row] | None = None,
+    config: ValidationConfig | None = None,
+    known_types: Iterable[str] = NEGATIVE_TYPES,
+    weights: dict[str, float] | None = None,
+    tokenizer: Any = None,
+    source: str = "<memory>",
+    heldout_source: str | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], ValidationReport]:
+    """Check DPO pairs `{prompt, chosen, rejected[, negative_type]}` and the train / held-out split (no leakage)."""
+    config = config or ValidationConfig()
+    known = tuple(known_types)
+    label = source if heldout_source is None else f"{source} + {heldout_source}"
+    report = ValidationReport("pairs", label, config.max_error_rate)
+    dups = _Duplicates(report)
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "heldout": []}
+    sides = [("train", train_rows, source)]
+    if heldout_rows is not None:
+        sides.append(("heldout", heldout_rows, heldout_source or source))
+    for split, rows, file in sides:
+        for row, record in rows:
+            report.rows_read += 1
+            if isinstance(record, Issue):
+                record.file = file
+                report.issues.append(record)
+                continue
+            if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, file):
+                continue
+            if not _check_pair(report, row, record, known, False, file):
+                continue
+            dups.check(row, (record["prompt"], record["chosen"], record["rejected"]), file)
+            record = dict(record)
+            record["_row"] = row
+            splits[split].append(record)
+    train_prompts = {normalize_text(r["prompt"]) for r in splits["train"]}
+    leaked_rows = set()
+    for record in splits["heldout"]:
+        if normalize_text(record["prompt"]) in train_prompts:
+            report.add(
+                record["_row"], "prompt", "prompt_leak", "this held-out prompt is also in the training split",
+                file=heldout_source,
+            )
+            leaked_rows.add(record["_row"])
+    splits["heldout"] = [r for r in splits["heldout"] if r["_row"] not in leaked_rows]
+    for records in splits.values():
+        for r in records:
+            r.pop("_row")
+    everything = splits["train"] + splits["heldout"]
+    _type_mix(report, everything, weights, config.type_mix_tolerance)
+    report.stats.update(
+        train_pairs=len(splits["train"]),
+        heldout_pairs=len(splits["heldout"]),
+        train_prompts=len(train_prompts),
+        heldout_prompts=len({normalize_text(r["prompt"]) for r in splits["heldout"]}),
+        leaked_prompts=len(leaked_rows),
+        duplicates=dups.count,
+        chosen_chars=_length_stats([len(r["chosen"]) for r in everything]),
+        rejected_chars=_length_stats([len(r["rejected"]) for r in everything]),
+    )
+    _finish(report, everything)
+    return splits, report
+
+
+# ----------------------------------------------------------------------------------------------- from files
+
+
+def _missing(kind: str, path: Path, config: ValidationConfig) -> ValidationReport | None:
+    if path.exists():
+        return None
+    report = ValidationReport(kind, str(path), config.max_error_rate)
+    report.add(None, None, "file_not_found", f"{path} does not exist", file=str(path))
+    return report
+
+
+def load_and_validate_sft(
+    path: str | Path, config: ValidationConfig | None = None, tokenizer: Any = None, strict: bool = True
+) -> tuple[list[dict[str, Any]], ValidationReport]:
+    """Read and validate SFT records; with `strict`, raise `DataError` (carrying the report) when it fails."""
+    config = config or ValidationConfig()
+    path = Path(path)
+    report = _missing("sft", path, config)
+    records: list[dict[str, Any]] = []
+    if report is None:
+        records, report = validate_sft_data(read_records(path), config, tokenizer, source=str(path))
+    if strict:
+        report.raise_if_failed()
+    return records, report
+
+
+def load_and_validate_negatives(
+    path: str | Path,
+    config: ValidationConfig | None = None,
+    known_types: Iterable[str] = NEGATIVE_TYPES,
+    weights: dict[str, float] | None = None,
+    tokenizer: Any = None,
+    strict: bool = True,
+) -> tuple[list[dict[str, Any]], ValidationReport]:
+    config = config or ValidationConfig()
+    path = Path(path)
+    report = _missing("negatives", path, config)
+    records: list[dict[str, Any]] = []
+    if report is None:
+        records, report = validate_negative_examples(
+            read_records(path), config, known_types, weights, tokenizer, source=str(path)
+        )
+    if strict:
+        report.raise_if_failed()
+    return records, report
+
+
+def load_and_validate_pairs(
+    train_path: str | Path,
+    heldout_path: str | Path | None = None,
+    config: ValidationConfig | None = None,
+    known_types: Iterable[str] = NEGATIVE_TYPES,
+    weights: dict[str, float] | None = None,
+    tokenizer: Any = None,
+    strict: bool = True,
+) -> tuple[dict[str, list[dict[str, Any]]], ValidationReport]:
+    config = config or ValidationConfig()
+    paths = [Path(train_path)] + ([Path(heldout_path)] if heldout_path else [])
+    for path in paths:
+        report = _missing("pairs", path, config)
+        if report is not None:
+            if strict:
+                report.raise_if_failed()
+            return {"train": [], "heldout": []}, report
+    splits, report = validate_preference_pairs(
+        read_records(paths[0]),
+        read_records(paths[1]) if heldout_path else None,
+        config,
+        known_types,
+        weights,
+        tokenizer,
+        source=str(paths[0]),
+        heldout_source=str(paths[1]) if heldout_path else None,
+    )
+    if strict:
+        report.raise_if_failed()
+    return splits, report
