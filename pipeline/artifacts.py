@@ -47,7 +47,9 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def artifact_key(stage: str, config_slice: Any, input_keys: list[str] | dict[str, str], version: str | None = None) -> str:
+def artifact_key(
+    stage: str, config_slice: Any, input_keys: list[str] | dict[str, str], version: str | None = None
+) -> str:
     """`<stage>-<hash>` of (stage, config slice, input keys, code version)."""
     if not re.match(r"^[a-z][a-z0-9_]{0,63}$", stage):
         raise ArtifactError(f"stage name {stage!r} must be lowercase letters, digits and underscores")
@@ -109,7 +111,9 @@ class ArtifactStore:
         return sorted(p.name for p in self.root.iterdir() if KEY_PATTERN.match(p.name) and (p / COMPLETE).is_file())
 
     @contextmanager
-    def writer(self, key: str, meta: dict[str, Any] | None = None, lock_timeout: float = 3600.0) -> Iterator[ArtifactWriter]:
+    def writer(
+        self, key: str, meta: dict[str, Any] | None = None, lock_timeout: float = 3600.0
+    ) -> Iterator[ArtifactWriter]:
         """Write artifact `key`: yields a work dir; on a clean exit marks it COMPLETE and moves it into place.
 
         If the key is already complete (now, or once the lock is ours), yields with `reused=True` and the final
@@ -124,7 +128,9 @@ class ArtifactStore:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise ArtifactError(f"artifact {key}: another writer held the lock for {lock_timeout:.0f}s")
+                        raise ArtifactError(
+                            f"artifact {key}: another writer held the lock for {lock_timeout:.0f}s"
+                        ) from None
                     time.sleep(0.05)
             try:
                 if self.is_complete(key):

@@ -487,7 +487,7 @@ def _tiny_ci() -> RunSpec:
     spec = _tiny_cpu()
     spec.name = spec.preset = "tiny-ci"
     spec.data.max_instructions = 40
-    spec.sft.num_epochs = 1
+    spec.sft.num_epochs = 1.0
     spec.eval.max_prompts = 12
     spec.eval.max_new_tokens = 24
     spec.generation.max_new_tokens = 32

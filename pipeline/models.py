@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,7 @@ def count_parameters(resolved: str, config: ModelConfig) -> int:
     )
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    skeleton.tie_weights()  # tied embeddings count once, as in the loaded model
     return sum(p.numel() for p in skeleton.parameters())
 
 
@@ -194,6 +196,10 @@ def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[An
     if use_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        if device == "cpu":
+            # bitsandbytes warns on every CPU matmul; say it once here instead.
+            warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+            notes.append("8-bit on CPU: bitsandbytes casts matmul inputs to float16")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             resolved, revision=config.revision, trust_remote_code=config.trust_remote_code

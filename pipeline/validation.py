@@ -222,9 +222,7 @@ def _check_text_fields(
         elif value.strip() == "":
             report.add(row, name, "empty_text", f"'{name}' is empty or whitespace only", file=file)
         elif len(value) > config.max_text_chars:
-            report.add(
-                row, name, "too_long", f"'{name}' has {len(value)} chars > {config.max_text_chars}", file=file
-            )
+            report.add(row, name, "too_long", f"'{name}' has {len(value)} chars > {config.max_text_chars}", file=file)
         else:
             continue
         ok = False
@@ -279,8 +277,12 @@ class _Duplicates:
             self.count += 1
         elif norm in self.normalized:
             self.report.add(
-                row, None, "duplicate_normalized", f"repeats row {self.normalized[norm]} up to case/whitespace",
-                WARNING, file=file,
+                row,
+                None,
+                "duplicate_normalized",
+                f"repeats row {self.normalized[norm]} up to case/whitespace",
+                WARNING,
+                file=file,
             )
             self.count += 1
         else:
@@ -294,7 +296,9 @@ def _finish(report: ValidationReport, valid: list[dict[str, Any]]) -> None:
         report.add(None, None, "empty_file", "no records found")
     if report.rows_read and not report.passed and report.error_rate > report.max_error_rate:
         report.add(
-            None, None, "error_rate_exceeded",
+            None,
+            None,
+            "error_rate_exceeded",
             f"{report.error_rows} of {report.rows_read} rows have errors ({report.error_rate:.1%} > "
             f"{report.max_error_rate:.1%} allowed)",
         )
@@ -330,8 +334,12 @@ def validate_sft_data(
 
 
 def _check_pair(
-    report: ValidationReport, row: int, record: dict[str, Any], known_types: Iterable[str] | None,
-    require_type: bool, file: str | None,
+    report: ValidationReport,
+    row: int,
+    record: dict[str, Any],
+    known_types: Iterable[str] | None,
+    require_type: bool,
+    file: str | None,
 ) -> bool:
     ok = True
     if known_types is not None and (require_type or "negative_type" in record):
@@ -341,8 +349,11 @@ def _check_pair(
             ok = False
         elif negative_type not in known_types:
             report.add(
-                row, "negative_type", "unknown_negative_type",
-                f"{negative_type!r} is not one of {', '.join(known_types)}", file=file,
+                row,
+                "negative_type",
+                "unknown_negative_type",
+                f"{negative_type!r} is not one of {', '.join(known_types)}",
+                file=file,
             )
             ok = False
     chosen, rejected = normalize_text(record["chosen"]), normalize_text(record["rejected"])
@@ -368,8 +379,11 @@ def _type_mix(report: ValidationReport, valid: list[dict[str, Any]], weights: di
         have = counts.get(negative_type, 0) / total
         if abs(have - want) > tol:
             report.add(
-                None, "negative_type", "type_mix_off",
-                f"{negative_type!r} is {have:.0%} of rows, configured {want:.0%} (tolerance {tol:.0%})", WARNING,
+                None,
+                "negative_type",
+                "type_mix_off",
+                f"{negative_type!r} is {have:.0%} of rows, configured {want:.0%} (tolerance {tol:.0%})",
+                WARNING,
             )
 
 
@@ -396,8 +410,9 @@ def validate_negative_examples(
             continue
         if not _check_pair(report, row, record, known, True, None):
             continue
-        if not _check_tokens(report, row, [record["prompt"], max(record["chosen"], record["rejected"], key=len)],
-                             tokenizer, config):
+        if not _check_tokens(
+            report, row, [record["prompt"], max(record["chosen"], record["rejected"], key=len)], tokenizer, config
+        ):
             continue
         dups.check(row, (record["prompt"], record["chosen"], record["rejected"]), None)
         valid.append(record)
@@ -451,7 +466,10 @@ def validate_preference_pairs(
     for record in splits["heldout"]:
         if normalize_text(record["prompt"]) in train_prompts:
             report.add(
-                record["_row"], "prompt", "prompt_leak", "this held-out prompt is also in the training split",
+                record["_row"],
+                "prompt",
+                "prompt_leak",
+                "this held-out prompt is also in the training split",
                 file=heldout_source,
             )
             leaked_rows.add(record["_row"])

@@ -1,0 +1,29 @@
+"""Shared fixtures: an isolated ALIGNLAB_HOME, offline Hugging Face settings, the tiny model built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet before anything imports huggingface_hub / TRL.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def alignlab_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("alignlab_home")
+    os.environ["ALIGNLAB_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(alignlab_home) -> Path:
+    """The offline tiny model, built once per test run (also what `alignlab-tiny` resolves to)."""
+    from pipeline.tiny import ensure_tiny
+
+    return ensure_tiny()
