@@ -7,8 +7,131 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.configs import PRESETS, NegativesConfig, ValidationConfig, dump_spec, preset
-from pipeline.errors import AlignlabError
+from pipeline.configs import (
+    PRESETS,
+    NegativesConfig,
+    RunSpec,
+    ValidationConfig,
+    dump_spec,
+    from_dict,
+    load_spec,
+    preset,
+    to_dict,
+)
+from pipeline.errors import AlignlabError, ConfigError
+
+STAGE_COMMANDS = {
+    "generate_sft": ["generate_sft"],
+    "train_sft": ["train_sft"],
+    "generate_negatives": ["negatives"],
+    "make_pairs": ["pairs"],
+    "train_dpo": ["dpo_sft", "dpo_base"],
+    "evaluate": ["eval_base", "eval_sft", "eval_sft_dpo", "eval_dpo_only"],
+    "compare": ["compare"],
+}
+
+
+# ----------------------------------------------------------------------------------------------- spec flags
+
+
+def _parse_value(text: str) -> object:
+    """A flag value as YAML reads it: 1e-4 -> float, true -> bool, [a, b] -> list, null -> None."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config / --preset plus one `--section.field VALUE` flag per RunSpec field, help from its metadata."""
+    import dataclasses
+
+    parser.add_argument("--config", type=Path, help="RunSpec file (YAML or JSON), e.g. from `alignlab config`.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="Start from a preset instead of a file.")
+    parser.add_argument("--home", type=Path, help="ALIGNLAB_HOME for artifacts (default ~/.alignlab).")
+    spec = RunSpec()
+    group = parser.add_argument_group("run settings (override the file or preset)")
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                group.add_argument(
+                    f"--{f.name}.{sub.name}",
+                    dest=f"set:{f.name}.{sub.name}",
+                    type=_parse_value,
+                    metavar="V",
+                    help=sub.metadata.get("help"),
+                )
+        elif f.name != "preset":  # --preset picks the starting preset
+            group.add_argument(
+                f"--{f.name}", dest=f"set:{f.name}", type=_parse_value, metavar="V", help=f.metadata.get("help")
+            )
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    if args.config and args.preset:
+        raise ConfigError("give --config or --preset, not both")
+    spec = load_spec(args.config) if args.config else preset(args.preset or "tiny-cpu")
+    data = to_dict(spec)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("set:") and v is not None}
+    for dotted, value in overrides.items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return from_dict(RunSpec, data) if overrides else spec
+
+
+def print_event(event: dict) -> None:
+    kind = event["kind"]
+    label = event.get("node") or (event["stage"] + (f"[{event['role']}]" if event.get("role") else ""))
+    if kind == "stage_started":
+        print(f"▶ {label} ({event['key']})", flush=True)
+    elif kind == "stage_finished":
+        how = "reused" if event["reused"] else "done"
+        print(f"✔ {label} {how} in {event['seconds']:.1f}s", flush=True)
+    elif kind == "log":
+        print(f"  {label}: {event['message']}", flush=True)
+    elif kind == "metric" and event["step"] % 10 == 0:
+        values = event["values"]
+        print(f"  {label} step {event['step']}: loss {values.get('loss'):.4f}", flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.dag import run_dag
+
+    spec = spec_from_args(args)
+    dag = run_dag(spec, args.home, print_event)
+    report_dir = dag.report_dir
+    print(f"run summary: {dag.summary_path}")
+    if report_dir:
+        report = json.loads((Path(report_dir) / "report.json").read_text())
+        print(f"report: {report_dir}/report.md")
+        head = report.get("headline")
+        if head:
+            print(
+                f"SFT→DPO − DPO-only preference accuracy: {head['mean']:+.3f} "
+                f"[{head['ci_low']}, {head['ci_high']}] over {head['n']} pairs: {head['verdict']}"
+            )
+        print(f"verdict: {'GO' if report['go'] else 'NO-GO'}; parity: {report['parity']['verdict']}")
+        for item in report["checklist"]:
+            print(f"  [{'x' if item['passed'] else ' '}] {item['item']}: {item['reason']}")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+
+    spec = spec_from_args(args)
+    store = default_store(args.home)
+    keys = artifact_keys(spec)
+    names = STAGE_COMMANDS[args.command]
+    if getattr(args, "role", None):
+        names = [n for n in names if n.endswith(args.role)]
+    for name in names:
+        result = run_node(spec, store, node_by_name(name), keys, print_event)
+        print(json.dumps({"node": name, "out_dir": result.out_dir, "metrics": result.metrics}, default=str))
+    return 0
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
@@ -68,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-type-mix", action="store_true", help="Warn when the negative-type mix is far from equal weights."
     )
     validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="Run the whole DAG in this process, one model at a time.")
+    add_spec_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    for stage in STAGE_COMMANDS:
+        stage_parser = sub.add_parser(stage, help=f"Run only {stage} (its inputs must be complete).")
+        add_spec_arguments(stage_parser)
+        if stage == "train_dpo":
+            stage_parser.add_argument("--init", dest="role", choices=("sft", "base"), help="Only this variant.")
+        if stage == "evaluate":
+            stage_parser.add_argument(
+                "--method", dest="role", choices=("base", "sft", "sft_dpo", "dpo_only"), help="Only this model."
+            )
+        stage_parser.set_defaults(func=cmd_stage)
 
     config = sub.add_parser("config", help="Print or save a preset's full RunSpec (YAML or JSON).")
     config.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS))

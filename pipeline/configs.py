@@ -228,7 +228,10 @@ class GenerationConfig:
     max_repeated_ngram_fraction: float = opt(
         0.5, "Reject a response when more than this fraction of its word 3-grams are repeats.", min=0.0, max=1.0
     )
-    seed: int = opt(0, "Random seed for sampling; retries use seed + attempt.", min=0)
+    max_rejected_fraction: float = opt(
+        0.5, "Fail the stage when more than this share of instructions is dropped after all retries.", min=0, max=1
+    )
+    seed: int = opt(0, "Random seed for sampling; retry k uses seed + 1000 k.", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -301,6 +304,7 @@ class SFTConfig:
     warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", min=0.0, max=0.5)
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", min=1)
     mask_check_batches: int = opt(2, "Trainer batches whose loss mask is verified before the first step.", min=1)
+    activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
     seed: int = opt(0, "Random seed.", min=0)
 
     def __post_init__(self) -> None:
@@ -327,6 +331,7 @@ class DPOConfig:
     )
     warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", min=0.0, max=0.5)
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", min=1)
+    activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
     seed: int = opt(0, "Random seed.", min=0)
 
     def __post_init__(self) -> None:
@@ -341,7 +346,6 @@ class EvalConfig:
     do_sample: bool = opt(False, "Sample (true) or greedy decoding (false, the default for comparable outputs).")
     temperature: float = opt(1.0, "Sampling temperature (only when do_sample).", min=0.01, max=5.0)
     top_p: float = opt(1.0, "Nucleus sampling mass (only when do_sample).", min=0.01, max=1.0)
-    judge_model: str | None = opt(None, "Optional judge or reward model id/path for pairwise judgements.")
     seed: int = opt(0, "Random seed of the generations.", min=0)
 
     def __post_init__(self) -> None:

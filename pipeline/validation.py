@@ -45,6 +45,10 @@ ISSUE_CODES: dict[str, str] = {
     "type_mix_off": "the share of a negative type is far from its configured weight",
     "prompt_leak": "a held-out prompt also appears in the training split",
     "error_rate_exceeded": "too many rows have errors",
+    "generation_rejected_empty": "every generated response was empty; the instruction was dropped",
+    "generation_rejected_too_short": "every generated response was too short; the instruction was dropped",
+    "generation_rejected_too_long": "every generated response was too long; the instruction was dropped",
+    "generation_rejected_repetitive": "every generated response was degenerate; the instruction was dropped",
 }
 
 
@@ -570,3 +574,54 @@ def load_and_validate_pairs(
     if strict:
         report.raise_if_failed()
     return splits, report
+
+
+# ----------------------------------------------------------------------------------------------- instructions
+
+
+def validate_instructions(
+    rows: Iterable[Row], field_name: str = "instruction", config: ValidationConfig | None = None, source: str = ""
+) -> tuple[list[tuple[int, str]], ValidationReport]:
+    """Check instruction records (one required text field); returns (row, instruction) pairs and the report."""
+    config = config or ValidationConfig()
+    report = ValidationReport("instructions", source or "<memory>", config.max_error_rate)
+    dups = _Duplicates(report)
+    valid: list[tuple[int, str]] = []
+    for row, record in rows:
+        report.rows_read += 1
+        if isinstance(record, Issue):
+            report.issues.append(record)
+            continue
+        if not _check_text_fields(report, row, record, (field_name,), config, None):
+            continue
+        before = dups.count
+        dups.check(row, (record[field_name],), None)
+        if dups.count == before:  # a repeated instruction is reported and used once
+            valid.append((row, record[field_name].strip()))
+    report.stats = {"instruction_chars": _length_stats([len(text) for _, text in valid]), "duplicates": dups.count}
+    report.rows_valid = len(valid)
+    _finish(report, [{} for _ in valid])
+    return valid, report
+
+
+def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], str]:
+    """Rows of instructions from 'demo', a JSONL file, a datasets directory, or a Hugging Face dataset id."""
+    if source == "demo":
+        from pipeline.tiny import demo_path
+
+        return read_jsonl(demo_path()), str(demo_path())
+    path = Path(source).expanduser()
+    if path.exists():
+        return read_records(path), str(path)
+    if source.endswith((".jsonl", ".json")) or source.startswith((".", "/", "~")):
+        raise DataError(f"instructions file {source} does not exist; check DataConfig.instructions")
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(source, split=split)
+    except Exception as exc:
+        raise DataError(
+            f"instructions {source!r}: not a local file and could not be loaded as a Hugging Face dataset "
+            f"(split {split!r}): {exc}"
+        ) from exc
+    return ((index, dict(row)) for index, row in enumerate(dataset, start=1)), f"hf:{source}[{split}]"

@@ -1,0 +1,190 @@
+"""The stage DAG of one run: nodes, artifact keys, and running nodes through the artifact store.
+
+`plan(spec)` names every node (train_dpo twice, evaluate once per method); `artifact_keys` hashes each
+node's config slice with its inputs' keys, so an identical node is reused instead of recomputed;
+`run_node` runs one node (inputs must be complete) and `run_dag` runs the selected stages in order, in one
+process, one model at a time. The CLI and the queue jobs both use these functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ArtifactStore, artifact_key
+from pipeline.configs import RunSpec
+from pipeline.errors import ArtifactError
+from pipeline.stages import RESULT_FILE, ProgressFn, StageResult, no_progress, read_json, write_json
+from pipeline.tiny import alignlab_home
+
+STAGE_MODULES = {
+    "generate_sft": "pipeline.stages.generate_sft",
+    "train_sft": "pipeline.stages.train_sft",
+    "generate_negatives": "pipeline.stages.negatives",
+    "make_pairs": "pipeline.stages.pairs",
+    "train_dpo": "pipeline.stages.train_dpo",
+    "evaluate": "pipeline.stages.evaluate",
+    "compare": "pipeline.stages.compare",
+}
+ROLE_ARGUMENT = {"train_dpo": "init", "evaluate": "method"}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # unique in the DAG, e.g. "dpo_sft" or "eval_base"
+    stage: str  # one of configs.STAGES
+    role: str | None = None  # train_dpo: init ("sft" / "base"); evaluate: method
+    deps: tuple[tuple[str, str], ...] = ()  # (input name, node name)
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        return dict(self.deps)
+
+
+def plan(spec: RunSpec | None = None) -> list[Node]:
+    """Every node of the DAG in execution order (the same for every spec; `spec.stages` selects what runs)."""
+    nodes = [
+        Node("generate_sft", "generate_sft"),
+        Node("train_sft", "train_sft", None, (("sft", "generate_sft"),)),
+        Node("negatives", "generate_negatives", None, (("sft", "generate_sft"),)),
+        Node("pairs", "make_pairs", None, (("negatives", "negatives"),)),
+        Node("dpo_sft", "train_dpo", "sft", (("pairs", "pairs"), ("sft_model", "train_sft"))),
+        Node("dpo_base", "train_dpo", "base", (("pairs", "pairs"),)),
+        Node("eval_base", "evaluate", "base", (("pairs", "pairs"),)),
+        Node("eval_sft", "evaluate", "sft", (("pairs", "pairs"), ("model", "train_sft"))),
+        Node("eval_sft_dpo", "evaluate", "sft_dpo", (("pairs", "pairs"), ("model", "dpo_sft"))),
+        Node("eval_dpo_only", "evaluate", "dpo_only", (("pairs", "pairs"), ("model", "dpo_base"))),
+    ]
+    nodes.append(Node("compare", "compare", None, tuple((n.name, n.name) for n in nodes)))
+    return nodes
+
+
+def node_by_name(name: str) -> Node:
+    for node in plan():
+        if node.name == name:
+            return node
+    raise ArtifactError(f"unknown DAG node {name!r}; nodes: {', '.join(n.name for n in plan())}")
+
+
+def stage_module(stage: str) -> Any:
+    return importlib.import_module(STAGE_MODULES[stage])
+
+
+def config_slice(spec: RunSpec, node: Node) -> dict[str, Any]:
+    module = stage_module(node.stage)
+    return module.config_slice(spec, node.role) if node.role else module.config_slice(spec)
+
+
+def artifact_keys(spec: RunSpec) -> dict[str, str]:
+    """The artifact key of every node, computed in DAG order from config slices and input keys."""
+    keys: dict[str, str] = {}
+    for node in plan(spec):
+        inputs = {name: keys[dep] for name, dep in node.deps}
+        keys[node.name] = artifact_key(node.stage, config_slice(spec, node), inputs)
+    return keys
+
+
+def default_store(home: str | Path | None = None) -> ArtifactStore:
+    return ArtifactStore(Path(home or alignlab_home()) / "artifacts")
+
+
+def run_node(
+    spec: RunSpec,
+    store: ArtifactStore,
+    node: Node,
+    keys: dict[str, str] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> StageResult:
+    """Run one node whose inputs are complete; an already complete identical node is reused, not recomputed."""
+    keys = keys or artifact_keys(spec)
+    on_progress = on_progress or no_progress
+    key = keys[node.name]
+    missing = [dep for _, dep in node.deps if not store.is_complete(keys[dep])]
+    if missing:
+        raise ArtifactError(
+            f"{node.name} needs {', '.join(missing)} first: no complete artifact for them under {store.root}; "
+            f"run those stages (or the whole DAG with `python -m pipeline run`)"
+        )
+    inputs = {name: store.get(keys[dep]) for name, dep in node.deps}
+    started = time.perf_counter()
+    on_progress({"kind": "stage_started", "stage": node.stage, "role": node.role, "node": node.name, "key": key})
+    meta = {
+        "stage": node.stage,
+        "role": node.role,
+        "config": config_slice(spec, node),
+        "inputs": {name: keys[dep] for name, dep in node.deps},
+    }
+    with store.writer(key, meta) as writer:
+        if writer.reused:
+            result = StageResult.from_dict(read_json(writer.dir / RESULT_FILE))
+            result.reused = True
+        else:
+            kwargs = {ROLE_ARGUMENT[node.stage]: node.role} if node.role else {}
+            result = stage_module(node.stage).run(spec, inputs, writer.dir, on_progress, **kwargs)
+            result.key = key
+            write_json(writer.dir / RESULT_FILE, result.to_dict())
+            writer.meta.update(checks=result.checks, load_info=result.load_info, seconds=result.seconds)
+    result.out_dir = str(store.path(key))
+    on_progress(
+        {
+            "kind": "stage_finished",
+            "stage": node.stage,
+            "role": node.role,
+            "node": node.name,
+            "key": key,
+            "reused": result.reused,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return result
+
+
+@dataclass
+class DagResult:
+    spec_name: str
+    keys: dict[str, str]
+    results: dict[str, StageResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    summary_path: str | None = None
+
+    @property
+    def report_dir(self) -> str | None:
+        compare = self.results.get("compare")
+        return compare.out_dir if compare else None
+
+
+def selected_nodes(spec: RunSpec) -> list[Node]:
+    return [node for node in plan(spec) if node.stage in spec.stages]
+
+
+def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: ProgressFn | None = None) -> DagResult:
+    """Run the selected stages in DAG order, in this process, one model at a time; reuse what is complete."""
+    store = default_store(home)
+    keys = artifact_keys(spec)
+    dag = DagResult(spec.name, keys)
+    for node in selected_nodes(spec):
+        started = time.perf_counter()
+        dag.results[node.name] = run_node(spec, store, node, keys, on_progress)
+        dag.seconds[node.name] = round(time.perf_counter() - started, 3)
+    runs = Path(home or alignlab_home()) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    summary = runs / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    summary.write_text(
+        json.dumps(
+            {
+                "name": spec.name,
+                "keys": keys,
+                "seconds": dag.seconds,
+                "reused": {name: r.reused for name, r in dag.results.items()},
+                "report": dag.report_dir,
+            },
+            indent=2,
+        )
+    )
+    dag.summary_path = str(summary)
+    return dag

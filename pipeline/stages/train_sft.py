@@ -1,0 +1,186 @@
+"""train_sft: TRL `SFTTrainer` on prompt/completion records, completion-only loss, verified before step one.
+
+TRL builds the labels itself from the prompt/completion boundary; before the first optimizer step this stage
+runs `verify_masking` on batches from the trainer's own collator, so a template or tokenizer that shifts the
+boundary fails the stage with the offending example instead of silently training on prompt tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.configs import RunSpec, to_dict
+from pipeline.errors import DataError, MaskingError
+from pipeline.formats import DropCounter, mask_example_view, tokenize_pair, verify_batch
+from pipeline.models import loaded
+from pipeline.stages import Progress, ProgressFn, StageResult, write_json
+from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
+from pipeline.training import (
+    CHECKPOINTS,
+    MODEL_DIR,
+    drop_console_printer,
+    free_trainer,
+    last_checkpoint,
+    lora_config,
+    make_log_callback,
+    precision_args,
+    read_log,
+    require_trainable,
+    trim_log_to,
+    write_model_ref,
+)
+from pipeline.validation import load_and_validate_sft
+
+STAGE = "train_sft"
+MASK_EXAMPLES = 3
+
+
+def config_slice(spec: RunSpec) -> dict[str, Any]:
+    return {
+        "base_model": to_dict(spec.base_model),
+        "format": to_dict(spec.format),
+        "sft": to_dict(spec.sft),
+        "validation": to_dict(spec.validation),
+    }
+
+
+def verify_trainer_masking(trainer: Any, completions: list[str], tokenizer: Any, rows: int) -> list[dict[str, Any]]:
+    """Collate the first `rows` prepared examples with the trainer's collator and verify each mask.
+
+    Returns mask-viewer examples. Raises `MaskingError` naming the example on the first mismatch.
+    """
+    dataset = trainer.train_dataset
+    if len(dataset) != len(completions):
+        raise MaskingError(
+            f"the trainer prepared {len(dataset)} examples from {len(completions)} records: TRL dropped examples "
+            "this stage did not expect (check max_length against the longest prompt)"
+        )
+    tensor_columns = [c for c in dataset.column_names if c not in ("prompt", "completion")]
+    examples = []
+    for start in range(0, min(rows, len(dataset)), trainer.args.per_device_train_batch_size):
+        indices = list(range(start, min(start + trainer.args.per_device_train_batch_size, rows, len(dataset))))
+        batch = trainer.data_collator([{c: dataset[i][c] for c in tensor_columns} for i in indices])
+        verify_batch(tokenizer, batch, [completions[i] for i in indices], start_index=start)
+        for row in range(min(len(indices), MASK_EXAMPLES - len(examples))):
+            ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+            if "attention_mask" in batch:  # right padding: keep the real tokens
+                real = int(batch["attention_mask"][row].sum())
+                ids, labels = ids[:real], labels[:real]
+            examples.append({"index": indices[row], "tokens": mask_example_view(tokenizer, ids, labels)})
+    return examples
+
+
+def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    progress = Progress(STAGE, on_progress)
+    config = spec.sft
+    records, report = load_and_validate_sft(inputs["sft"] / SFT_RECORDS, spec.validation)
+    progress.emit("validation", report=report.to_dict())
+
+    with loaded(spec.base_model) as m:
+        tokenizer, info = m.tokenizer, m.info
+        require_trainable(info, config.use_lora, STAGE)
+        drops = DropCounter()
+        kept = []
+        for row, record in enumerate(records, start=1):
+            example = tokenize_pair(
+                tokenizer, record["prompt"], record["completion"], config.max_length, config.min_completion_tokens
+            )
+            if isinstance(example, str):
+                drops.add(row, example)
+            else:
+                kept.append(record)
+        if not kept:
+            raise DataError(
+                f"train_sft: every record of {inputs['sft'] / SFT_RECORDS} was dropped by tokenization "
+                f"({drops.dropped}); raise SFTConfig.max_length ({config.max_length})"
+            )
+        progress.log(f"{len(kept)} examples, {drops.total} dropped {drops.dropped}")
+        dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])
+        args = TRLSFTConfig(
+            output_dir=str(out_dir / CHECKPOINTS),
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_epochs,
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accumulation,
+            warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+            lr_scheduler_type="linear",
+            max_length=config.max_length,
+            completion_only_loss=True,
+            packing=False,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=config.checkpoint_every,
+            save_total_limit=2,
+            seed=config.seed,
+            data_seed=config.seed,
+            report_to="none",
+            disable_tqdm=True,
+            activation_checkpointing=config.activation_checkpointing,
+            dataloader_num_workers=0,
+            **precision_args(info),
+        )
+        trainer = SFTTrainer(
+            model=m.model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec.base_model) if config.use_lora else None,
+            callbacks=[make_log_callback(out_dir, progress, info.device)],
+        )
+        drop_console_printer(trainer)
+        rows_to_check = config.mask_check_batches * config.batch_size
+        mask_examples = verify_trainer_masking(trainer, [r["completion"] for r in kept], tokenizer, rows_to_check)
+        progress.log(f"masking verified on {min(rows_to_check, len(kept))} examples from the trainer's collator")
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        resume = last_checkpoint(out_dir)
+        if resume:
+            step = int(Path(resume).name.split("-")[-1])
+            trim_log_to(out_dir, step)
+            progress.log(f"resuming from {Path(resume).name}")
+        output = trainer.train(resume_from_checkpoint=resume)
+        changed = sum(int(not p.detach().equal(before[n])) for n, p in trainer.model.named_parameters() if n in before)
+        trainer.save_model(str(out_dir / MODEL_DIR))
+        tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
+        free_trainer(trainer)
+        del trainer, before
+
+    if config.use_lora:
+        write_model_ref(out_dir, spec.base_model.name_or_path, MODEL_DIR)
+    else:
+        write_model_ref(out_dir, MODEL_DIR, None)
+    write_json(out_dir / "config.json", config_slice(spec))
+    log = read_log(out_dir)
+    losses = [row["loss"] for row in log]
+    import math
+
+    finite = all(math.isfinite(x) for x in losses)
+    return StageResult(
+        stage=STAGE,
+        outputs={"model": MODEL_DIR, "log": "train_log.jsonl"},
+        metrics={
+            "examples": len(kept),
+            "dropped": drops.total,
+            "dropped_by_reason": drops.dropped,
+            "steps": output.global_step,
+            "initial_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            "train_runtime_s": output.metrics.get("train_runtime"),
+            "resumed_from": Path(resume).name if resume else None,
+            "parameters_changed": changed,
+        },
+        checks={
+            "masking_verified": {"passed": True, "detail": f"{min(rows_to_check, len(kept))} collated examples"},
+            "loss_finite": {"passed": finite, "detail": f"{len(losses)} logged steps"},
+            "parameters_changed": {"passed": changed > 0, "detail": f"{changed} trainable tensors changed"},
+        },
+        reports=[report.to_dict()],
+        previews={"mask_examples": mask_examples},
+        load_info=info.to_dict(),
+        seconds=progress.elapsed(),
+    )

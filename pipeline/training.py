@@ -1,0 +1,159 @@
+"""What train_sft and train_dpo share: LoRA and precision settings, the JSON-lines step log, checkpoints and
+the `model_ref.json` that tells later stages how to load a trained model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.configs import ModelConfig
+from pipeline.errors import ConfigError
+from pipeline.models import LoadInfo, current_rss_bytes
+from pipeline.stages import Progress, read_json, write_json
+
+LOG_FILE = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+MODEL_REF = "model_ref.json"
+
+
+def lora_config(model_config: ModelConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = model_config.lora_target_modules
+    return LoraConfig(
+        r=model_config.lora_r,
+        lora_alpha=model_config.lora_alpha,
+        lora_dropout=model_config.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        task_type="CAUSAL_LM",
+    )
+
+
+def precision_args(info: LoadInfo) -> dict[str, Any]:
+    """Trainer precision flags that match how the model was loaded (TRL defaults to bf16, which fails on CPU)."""
+    if info.device == "cpu":
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    return {"bf16": info.dtype == "bfloat16", "fp16": info.dtype == "float16"}
+
+
+def require_trainable(info: LoadInfo, use_lora: bool, stage: str) -> None:
+    if info.quantization == "8bit" and not use_lora:
+        raise ConfigError(
+            f"{stage}: full fine-tuning needs 16-bit weights but the model was loaded in 8-bit; "
+            "set use_lora: true, or ModelConfig.load_in_8bit: false"
+        )
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out_dir / CHECKPOINTS
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def trim_log_to(out_dir: Path, step: int) -> None:
+    """On resume, drop log lines after the checkpoint's step: they are recomputed and logged again."""
+    path = out_dir / LOG_FILE
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_log(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / LOG_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_log_callback(out_dir: Path, progress: Progress, device: str) -> Any:
+    """A TrainerCallback writing one JSON line per logged step (loss, lr, grad norm, tokens/s, memory)."""
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_time = time.perf_counter()
+            self.last_tokens: float | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" not in logs:
+                return  # the end-of-training summary line
+            now = time.perf_counter()
+            tokens = logs.get("num_tokens")
+            tokens_per_s = None
+            if tokens is not None and self.last_tokens is not None and now > self.last_time:
+                tokens_per_s = round((tokens - self.last_tokens) / (now - self.last_time), 2)
+            self.last_time, self.last_tokens = now, tokens
+            row = {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 4),
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_s": tokens_per_s,
+                "memory_bytes": _memory_now(device),
+                "time": time.time(),
+            }
+            row.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/")) or k == "num_tokens"})
+            with open(out_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            progress.metric(state.global_step, row)
+            if state.max_steps:
+                progress.progress(state.global_step, state.max_steps, f"step {state.global_step}/{state.max_steps}")
+
+    return JsonlLog()
+
+
+def _memory_now(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.memory_allocated())
+    return current_rss_bytes()
+
+
+def drop_console_printer(trainer: Any) -> None:
+    """Our JSON-lines log and events replace the Trainer's printed log dicts."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def free_trainer(trainer: Any) -> None:
+    """Drop what a Trainer holds (model, optimizer, accelerator caches) so `loaded(...)` can free the model."""
+    trainer.accelerator.free_memory()
+    for name in ("model", "model_wrapped", "optimizer", "lr_scheduler", "ref_model"):
+        if hasattr(trainer, name):
+            setattr(trainer, name, None)
+    handler = trainer.callback_handler
+    for name in ("model", "optimizer", "lr_scheduler", "train_dataloader"):
+        if hasattr(handler, name):
+            setattr(handler, name, None)
+
+
+def write_model_ref(out_dir: Path, name_or_path: str, adapter: str | None) -> None:
+    """How a later stage loads this model: a base (path or id) and an optional adapter, relative when inside."""
+    write_json(out_dir / MODEL_REF, {"name_or_path": name_or_path, "adapter": adapter})
+
+
+def model_config_from_ref(artifact_dir: Path, base: ModelConfig) -> ModelConfig:
+    """A ModelConfig for a trained model: the base's settings with the artifact's weights and adapter."""
+    import dataclasses
+
+    ref = read_json(artifact_dir / MODEL_REF)
+
+    def resolve(value: str | None) -> str | None:
+        if value is None:
+            return None
+        return str(artifact_dir / value) if (artifact_dir / value).exists() else value
+
+    return dataclasses.replace(base, name_or_path=resolve(ref["name_or_path"]), adapter=resolve(ref["adapter"]))
+
+
+def step_one(log: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((row for row in log if row["step"] == 1), None)
