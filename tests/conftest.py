@@ -27,3 +27,21 @@ def tiny_model_dir(alignlab_home) -> Path:
     from pipeline.tiny import ensure_tiny
 
     return ensure_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_ci_spec():
+    from pipeline.configs import preset
+
+    return preset("tiny-ci")
+
+
+@pytest.fixture(scope="session")
+def dag_run(tiny_model_dir, tiny_ci_spec, alignlab_home):
+    """The whole DAG on the tiny-ci preset, run once per test session (in-process, one model at a time)."""
+    from pipeline.dag import run_dag
+
+    events = []
+    result = run_dag(tiny_ci_spec, alignlab_home, events.append)
+    result.events = events
+    return result
