@@ -266,3 +266,17 @@ def test_corrupt_sft_records_stop_train_sft(tiny_ci_spec, tmp_path):
     (tmp_path / "in" / "sft.jsonl").write_text('{"prompt": "Instruction: a\\nResponse:", "completion": 3}\n')
     with pytest.raises(DataError, match=r"sft.jsonl:1 field completion: wrong_type"):
         train_sft.run(tiny_ci_spec, {"sft": tmp_path / "in"}, tmp_path)
+
+
+def test_full_fine_tuning_route_keeps_the_sft_model_as_dpo_reference(dag_run, tiny_ci_spec, alignlab_home):
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.sft.use_lora = spec.dpo.use_lora = False
+    spec.sft.max_steps, spec.dpo.max_steps = 3, 2
+    store, keys = default_store(alignlab_home), artifact_keys(spec)
+    sft = run_node(spec, store, node_by_name("train_sft"), keys)
+    sft_dir = Path(sft.out_dir)
+    assert json.loads((sft_dir / "model_ref.json").read_text()) == {"name_or_path": "model", "adapter": None}
+    assert (sft_dir / "model" / "model.safetensors").exists() and sft.metrics["parameters_changed"] > 0
+    dpo = run_node(spec, store, node_by_name("dpo_sft"), keys)
+    assert dpo.metrics["init_model"] == str(sft_dir / "model")
+    assert dpo.checks["reference_is_init"]["passed"], dpo.checks
