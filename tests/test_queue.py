@@ -1,0 +1,168 @@
+"""Queued execution against a real Redis and both databases: submit, drain, record, reconcile."""
+
+import copy
+import pickle
+
+from rq import SimpleWorker
+from sqlalchemy import func, inspect, select
+
+from db.migrate import current
+from db.models import Evaluation, Metric, Preview, RecordedEvent, Run, Sample, StageRun, ValidationReportRow
+from db.session import read_session
+from pipeline.dag import plan
+from workers import scheduler
+from workers.queues import SERIALIZER, AllowlistJob, queue
+from workers.recorder import Recorder
+
+
+def drain_queues(conn):
+    worker = SimpleWorker(
+        [queue(n, conn) for n in ("gpu", "cpu")], connection=conn, serializer=SERIALIZER, job_class=AllowlistJob
+    )
+    worker.work(burst=True)
+
+
+def test_upgrade_head_on_an_empty_database(db_url):
+    assert current(db_url) == "0001"
+    from sqlalchemy import create_engine
+
+    tables = set(inspect(create_engine(db_url)).get_table_names())
+    assert {
+        "runs",
+        "stage_runs",
+        "artifacts",
+        "validation_reports",
+        "metrics",
+        "evaluations",
+        "samples",
+        "judgements",
+        "previews",
+        "recorded_events",
+    } <= tables
+
+
+def test_submitted_dag_runs_on_a_worker_and_lands_in_the_database(
+    dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
+):
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["ci"])
+    with read_session(engine) as s:
+        assert s.get(Run, run_id).status == "queued"
+        assert len(s.get(Run, run_id).stages) == len(plan())
+    drain_queues(redis_conn)
+    recorder = Recorder(redis_conn, engine)
+    recorder.drain()
+    with read_session(engine) as s:
+        run = s.get(Run, run_id)
+        assert run.status == "succeeded", [(x.node, x.status, x.error) for x in run.stages]
+        # the session's DAG already computed every artifact: every stage comes from the store at once
+        assert {x.status for x in run.stages} == {"cached"}
+        assert all(x.artifact_key and x.metrics is not None for x in run.stages)
+        n_reports = s.scalar(
+            select(func.count()).select_from(ValidationReportRow).where(ValidationReportRow.run_id == run_id)
+        )
+        assert n_reports >= 8
+        assert s.scalar(select(func.count()).select_from(Sample).where(Sample.run_id == run_id)) == 4 * len(
+            dag_run.results["eval_base"].previews["samples"]
+        )
+        methods = set(s.scalars(select(Evaluation.method).where(Evaluation.run_id == run_id)))
+        assert methods == {"base", "sft", "sft_dpo", "dpo_only"}
+        kinds = set(s.scalars(select(Preview.kind).where(Preview.run_id == run_id)))
+        assert {"sft_records", "negatives", "train_pairs", "mask_examples", "differences", "verdict"} <= kinds
+    # a second drain of the same stream records nothing twice
+    before = recorder.recorded
+    recorder._pending_checked = False
+    assert recorder.drain() == 0 and recorder.recorded == before
+
+
+def test_queued_run_does_the_work_and_records_metrics(
+    tiny_model_dir, tiny_ci_spec, redis_conn, alignlab_home, tmp_path
+):
+    """A spec no earlier test computed: the worker really generates and trains; curves reach SQLite."""
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    url = f"sqlite:///{tmp_path / 'work.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.name = "queued-work"
+    spec.generation.seed = 7
+    spec.data.max_instructions = 24
+    spec.stages = ["generate_sft", "train_sft"]
+    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    with read_session(engine) as s:
+        run = s.get(Run, run_id)
+        assert [(x.node, x.status) for x in run.stages] == [("generate_sft", "succeeded"), ("train_sft", "succeeded")]
+        train = next(x for x in run.stages if x.node == "train_sft")
+        losses = s.scalars(select(Metric.value).where(Metric.stage_run_id == train.id, Metric.name == "loss")).all()
+        assert len(losses) == train.metrics["steps"] and all(v > 0 for v in losses)
+        assert train.load_info["device"] == "cpu" and train.peak_memory_bytes > 0
+        assert "masking verified" in train.log_tail
+
+
+def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
+    tiny_model_dir, tiny_ci_spec, redis_conn, engine, alignlab_home, tmp_path
+):
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.data.instructions = str(tmp_path / "missing.jsonl")
+    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    scheduler.reconcile(redis_conn, engine)
+    with read_session(engine) as s:
+        run = s.get(Run, run_id)
+        statuses = {x.node: x.status for x in run.stages}
+        assert statuses["generate_sft"] == "failed" and "missing.jsonl" in run.stages[0].error
+        assert all(v == "cancelled" for k, v in statuses.items() if k != "generate_sft")
+        assert run.status == "failed" and "generate_sft" in run.error
+
+
+def test_a_pickled_payload_is_never_unpickled(redis_conn, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    q = queue("gpu", redis_conn)
+    job = q.enqueue_call("workers.jobs.run_stage_job", args=(1, 1, "compare", {}, None), job_id="evil")
+    redis_conn.hset(job.key, "data", pickle.dumps((Exploit(), (), {})))
+    drain_queues(redis_conn)
+    assert not marker.exists()
+    assert AllowlistJob.fetch("evil", connection=redis_conn, serializer=SERIALIZER).get_status() == "failed"
+
+
+def test_only_allowlisted_functions_run(redis_conn, tmp_path):
+    marker = tmp_path / "ran"
+    q = queue("gpu", redis_conn)
+    job = q.enqueue_call("pathlib.Path.touch", args=(str(marker),), job_id="not-allowed")
+    drain_queues(redis_conn)
+    assert not marker.exists()
+    fetched = AllowlistJob.fetch(job.id, connection=redis_conn, serializer=SERIALIZER)
+    assert fetched.get_status() == "failed" and "not an allowlisted" in fetched.latest_result().exc_string
+
+
+def test_recorded_events_are_unique(redis_conn, engine):
+    from workers.events import EventEmitter
+
+    with read_session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(RecordedEvent)) == 0
+    from db.session import write_session
+
+    with write_session(engine) as s:
+        run = Run(name="r", spec={}, spec_hash="x", status="queued")
+        s.add(run)
+        s.flush()
+        stage = StageRun(run_id=run.id, node="compare", stage="compare", status="queued")
+        s.add(stage)
+        s.flush()
+        run_id, stage_id = run.id, stage.id
+    emitter = EventEmitter(redis_conn, run_id, stage_id)
+    emitter.emit("log", message="hello")
+    # the same event re-sent (a redis-py retry after a lost reply): same event id, new stream entry
+    redis_conn.xadd("alignlab:events", redis_conn.xrange("alignlab:events")[0][1])
+    Recorder(redis_conn, engine).drain()
+    with read_session(engine) as s:
+        assert s.get(StageRun, stage_id).log_tail == "hello\n"

@@ -1,0 +1,135 @@
+"""Job functions: thin adapters from the queue to `pipeline.dag.run_node`. Only these are allowlisted.
+
+A job gets ids, a node name and the RunSpec as a plain dict (never data, pickles or secrets), runs the node
+through the artifact store (a complete identical node is reused at once: status `cached`), turns progress
+into events, emits what the dashboard needs (reports, previews, samples, evaluations) and re-raises on
+failure so RQ marks the job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+
+from workers.events import EventEmitter, EventKind, cancel_key
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+class JobCancelled(Exception):
+    """The run was cancelled: raised at the stage's next progress report (cooperative cancellation)."""
+
+
+def _progress_adapter(emitter: EventEmitter, run_id: int):
+    last = {"progress": 0.0, "cancel_check": 0.0}
+
+    def on_progress(event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last["cancel_check"] > PROGRESS_INTERVAL_S:
+            last["cancel_check"] = now
+            if emitter.connection.exists(cancel_key(run_id)):
+                raise JobCancelled(f"run {run_id} was cancelled")
+        kind = event["kind"]
+        if kind == "progress":
+            final = event["done"] >= event["total"]
+            if not final and now - last["progress"] < PROGRESS_INTERVAL_S:
+                return
+            last["progress"] = now
+            emitter.emit(EventKind.progress, done=event["done"], total=event["total"], message=event["message"])
+        elif kind == "log":
+            emitter.emit(EventKind.log, message=event["message"])
+        elif kind == "metric":
+            values = {k: v for k, v in event["values"].items() if isinstance(v, int | float) and k not in ("step",)}
+            emitter.emit(EventKind.metric, step=event["step"], values=values)
+        elif kind == "validation":
+            emitter.emit(EventKind.validation, report=event["report"])
+
+    return on_progress
+
+
+def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
+    """What the dashboard shows of a finished node: previews, samples, evaluations (bounded)."""
+    if result.reused:  # no validation events were emitted during the run: send the stored reports
+        for report in result.reports:
+            emitter.emit(EventKind.validation, report=report)
+    for kind, rows in result.previews.items():
+        if kind in ("samples", "report"):
+            continue
+        emitter.emit_rows(EventKind.preview, rows, preview=kind)
+    out_dir = Path(result.out_dir)
+    if result.stage == "evaluate":
+        samples = [json.loads(line) for line in (out_dir / result.outputs["samples"]).read_text().splitlines() if line]
+        emitter.emit_rows(EventKind.samples, samples, method=result.role)
+    if result.stage == "compare":
+        report = json.loads((out_dir / result.outputs["report"]).read_text())
+        rows = [
+            {"method": method, "metric": metric, "negative_type": None, **_stat(stat)}
+            for method, metrics in report["table"].items()
+            for metric, stat in metrics.items()
+        ] + [
+            {"method": method, "metric": "preference_accuracy", "negative_type": negative_type, **_stat(stat)}
+            for negative_type, per_method in report["by_negative_type"].items()
+            for method, stat in per_method.items()
+        ]
+        emitter.emit_rows(EventKind.evaluation, rows)
+        emitter.emit_rows(EventKind.preview, report["differences"], preview="differences")
+        emitter.emit(
+            EventKind.preview,
+            rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline")}],
+            preview="verdict",
+        )
+
+
+def _stat(stat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "value": stat.get("mean"),
+        "ci_low": stat.get("ci_low"),
+        "ci_high": stat.get("ci_high"),
+        "n": stat.get("n", 0),
+    }
+
+
+def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any], home: str | None = None) -> dict:
+    """Run one DAG node of a run. Arguments are JSON: ids, the node's name and the RunSpec dict."""
+    from pipeline.configs import RunSpec, from_dict
+    from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+
+    job = get_current_job()
+    emitter = EventEmitter(job.connection, run_id, stage_run_id)
+    emitter.emit(EventKind.started, job_id=job.id, worker=job.worker_name or socket.gethostname())
+    try:
+        run_spec = from_dict(RunSpec, spec)
+        keys = artifact_keys(run_spec)
+        store = default_store(home)
+        result = run_node(run_spec, store, node_by_name(node), keys, _progress_adapter(emitter, run_id))
+        _emit_outputs(emitter, result)
+    except BaseException as exc:  # noqa: BLE001  (report every failure, then let RQ see it)
+        from pipeline.errors import AlignlabError
+
+        if isinstance(exc, AlignlabError | JobCancelled):
+            # a user-caused error or a cancel: retrying cannot help, so RQ must not retry it
+            job.retries_left = 0
+            job.connection.hset(job.key, "retries_left", 0)
+        emitter.emit(
+            EventKind.failed,
+            error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
+            cancelled=isinstance(exc, JobCancelled),
+        )
+        raise
+    emitter.emit(
+        EventKind.finished,
+        status="cached" if result.reused else "succeeded",
+        artifact_key=result.key,
+        location=result.out_dir,
+        metrics=result.metrics,
+        checks=result.checks,
+        load_info=result.load_info,
+        seconds=result.seconds,
+    )
+    return {"artifact_key": result.key, "reused": result.reused}

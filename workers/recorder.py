@@ -1,0 +1,280 @@
+"""The recorder: events from the Redis stream into the database, idempotently, plus the reconciler.
+
+It reads with a consumer group (its own pending entries first, then new ones), applies a batch in one
+transaction — skipping event ids already recorded — commits, and only then acks. Entries left pending by a
+dead recorder are claimed. On a short timer it reconciles the database with RQ: it runs RQ's registry
+cleanup itself (so a dead worker's job is noticed in about a minute), marks a StageRun that is `running`
+or `queued` while its job failed, stopped or vanished as `failed` with the reason, and cancels the
+dependents of failed or cancelled stages instead of leaving them deferred forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Artifact,
+    Evaluation,
+    Metric,
+    Preview,
+    RecordedEvent,
+    Run,
+    Sample,
+    StageRun,
+    StageStatus,
+    ValidationReportRow,
+    utcnow,
+)
+from db.session import write_engine, write_session
+from workers import events as ev
+
+log = logging.getLogger("alignlab.recorder")
+GROUP = "recorder"
+LOG_TAIL_CHARS = 8000
+CLAIM_IDLE_MS = 60_000
+
+
+def _insert_ignore(session: Session, event_id: str, stream_id: str, kind: str, run_id: int | None) -> bool:
+    """Record an event id; False when it was already recorded (then the event is skipped)."""
+    dialect = session.get_bind().dialect.name
+    values = {"event_id": event_id, "stream_id": stream_id, "kind": kind, "run_id": run_id, "received_at": utcnow()}
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    result = session.execute(insert(RecordedEvent).values(**values).on_conflict_do_nothing())
+    return result.rowcount == 1
+
+
+def apply_event(session: Session, event: dict[str, Any]) -> None:
+    """Write one event's effect. Called once per event id, inside the batch's transaction."""
+    kind, payload = event["kind"], event["payload"]
+    stage_run = session.get(StageRun, event["stage_run_id"])
+    if stage_run is None:
+        log.warning("event %s for unknown stage run %s skipped", event["event_id"], event["stage_run_id"])
+        return
+    run_id = stage_run.run_id
+    when = datetime.fromtimestamp(event["time"]).replace(tzinfo=None) if "time" in event else utcnow()
+    if kind == ev.EventKind.started:
+        if stage_run.status != StageStatus.cancelled:
+            stage_run.status = StageStatus.running.value
+        stage_run.started_at = when
+        stage_run.worker = payload.get("worker")
+        stage_run.error = None
+    elif kind == ev.EventKind.progress:
+        stage_run.progress_done, stage_run.progress_total = payload["done"], payload["total"]
+        stage_run.progress_message = (payload.get("message") or "")[:500]
+    elif kind == ev.EventKind.log:
+        stage_run.log_tail = ((stage_run.log_tail or "") + payload["message"] + "\n")[-LOG_TAIL_CHARS:]
+    elif kind == ev.EventKind.metric:
+        session.add_all(
+            Metric(run_id=run_id, stage_run_id=stage_run.id, step=payload["step"], name=name, value=float(value))
+            for name, value in payload["values"].items()
+        )
+    elif kind == ev.EventKind.validation:
+        report = payload["report"]
+        session.add(
+            ValidationReportRow(
+                run_id=run_id,
+                stage_run_id=stage_run.id,
+                kind=report["kind"],
+                source=report["source"][:1000],
+                passed=report["passed"],
+                rows_read=report["rows_read"],
+                rows_valid=report["rows_valid"],
+                n_errors=report["n_errors"],
+                n_warnings=report["n_warnings"],
+                report=report,
+            )
+        )
+    elif kind == ev.EventKind.preview:
+        session.add(Preview(run_id=run_id, stage_run_id=stage_run.id, kind=payload["preview"], rows=payload["rows"]))
+    elif kind == ev.EventKind.samples:
+        session.add_all(
+            Sample(
+                run_id=run_id,
+                stage_run_id=stage_run.id,
+                method=payload["method"],
+                prompt_id=row["prompt_id"],
+                prompt=row["prompt"],
+                reference=row.get("reference"),
+                generation=row["generation"],
+                stats={**row["stats"], "reference_nll": row.get("reference_nll")},
+            )
+            for row in payload["rows"]
+        )
+    elif kind == ev.EventKind.evaluation:
+        session.add_all(Evaluation(run_id=run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
+    elif kind == ev.EventKind.finished:
+        if stage_run.status != StageStatus.cancelled:
+            stage_run.status = payload["status"]
+        stage_run.finished_at = when
+        stage_run.artifact_key = payload.get("artifact_key")
+        stage_run.metrics, stage_run.checks = payload.get("metrics"), payload.get("checks")
+        info = payload.get("load_info") or {}
+        stage_run.load_info = info or None
+        stage_run.peak_memory_bytes = info.get("peak_memory_bytes")
+        stage_run.device = info.get("device")
+        key = payload.get("artifact_key")
+        if key and session.get(Artifact, key) is None:
+            session.add(
+                Artifact(
+                    key=key,
+                    stage=stage_run.stage,
+                    location=payload.get("location") or "",
+                    first_run_id=run_id,
+                    meta={"seconds": payload.get("seconds")},
+                )
+            )
+    elif kind == ev.EventKind.failed:
+        stage_run.status = (
+            StageStatus.cancelled.value
+            if payload.get("cancelled") or stage_run.status == StageStatus.cancelled
+            else StageStatus.failed.value
+        )
+        stage_run.error = payload.get("error")
+        stage_run.finished_at = when
+    session.flush()
+    refresh_run_status(session, session.get(Run, run_id))
+
+
+def refresh_run_status(session: Session, run: Run) -> None:
+    """The run's status from its stages: running > failed > cancelled > succeeded > queued."""
+    statuses = {s.status for s in run.stages}
+    if StageStatus.running in statuses:
+        status = "running"
+    elif statuses and all(StageStatus(s).done for s in statuses):
+        status = "succeeded"
+    elif StageStatus.failed in statuses and StageStatus.queued not in statuses:
+        status = "failed"
+    elif StageStatus.cancelled in statuses and StageStatus.queued not in statuses:
+        status = "cancelled"
+    elif any(StageStatus(s).done for s in statuses) or StageStatus.failed in statuses:
+        status = "running"
+    else:
+        status = "queued"
+    if status != run.status:
+        run.status = status
+        if status == "running" and run.started_at is None:
+            run.started_at = utcnow()
+        if status in ("succeeded", "failed", "cancelled"):
+            run.finished_at = utcnow()
+            failed = [s for s in run.stages if s.status == StageStatus.failed]
+            run.error = f"{failed[0].node}: {failed[0].error}" if failed else None
+
+
+class Recorder:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        engine: Engine | None = None,
+        consumer: str | None = None,
+        batch_size: int = 1000,
+        block_ms: int = 1000,
+    ):
+        self.connection = connection
+        self.engine = engine or write_engine()
+        self.consumer = consumer or f"recorder-{socket.gethostname()}"
+        self.batch_size, self.block_ms = batch_size, block_ms
+        self.recorded = 0
+        self._pending_checked = False
+
+    def ensure_group(self) -> None:
+        try:
+            self.connection.xgroup_create(ev.STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if not self._pending_checked:  # our own unacked entries from before a crash come first
+            entries = self.connection.xreadgroup(GROUP, self.consumer, {ev.STREAM: "0"}, count=self.batch_size)
+            pending = entries[0][1] if entries else []
+            if pending:
+                return pending
+            self._pending_checked = True
+        claimed = self.connection.xautoclaim(
+            ev.STREAM, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self.batch_size
+        )
+        claimed_entries = [e for e in (claimed[1] if claimed else []) if e and e[0]]
+        if claimed_entries:
+            return claimed_entries
+        entries = self.connection.xreadgroup(
+            GROUP, self.consumer, {ev.STREAM: ">"}, count=self.batch_size, block=self.block_ms
+        )
+        return entries[0][1] if entries else []
+
+    def step(self) -> int:
+        """Read one batch, apply it in one transaction, commit, then ack. Returns the events applied."""
+        self.ensure_group()
+        entries = self._read()
+        if not entries:
+            return 0
+        applied = 0
+        with write_session(self.engine) as session:
+            for stream_id, fields in entries:
+                if not fields:  # a trimmed entry still in the PEL: nothing to apply
+                    continue
+                event = ev.decode(fields)
+                sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+                if _insert_ignore(session, event["event_id"], sid, event["kind"], event.get("run_id")):
+                    apply_event(session, event)
+                    applied += 1
+        self.connection.xack(ev.STREAM, GROUP, *[stream_id for stream_id, _ in entries])
+        self.recorded += applied
+        return applied
+
+    def drain(self, idle_rounds: int = 1) -> int:
+        """Apply everything in the stream now (tests, `alignlab status`); stops after `idle_rounds` empty reads."""
+        total, idle = 0, 0
+        block, self.block_ms = self.block_ms, 50
+        try:
+            while idle < idle_rounds:
+                n = self.step()
+                total += n
+                idle = idle + 1 if n == 0 else 0
+        finally:
+            self.block_ms = block
+        return total
+
+    def run_forever(self, stop: threading.Event, reconcile_every_s: float = 15.0) -> None:
+        from workers.scheduler import reconcile
+
+        last = 0.0
+        while not stop.is_set():
+            try:
+                self.step()
+                if time.monotonic() - last > reconcile_every_s:
+                    reconcile(self.connection, self.engine)
+                    last = time.monotonic()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable (%s); retrying in 2 s", exc)
+                stop.wait(2)
+
+
+def main() -> None:
+    import signal
+
+    from workers.queues import connect
+
+    logging.basicConfig(level=os.environ.get("ALIGNLAB_LOG_LEVEL", "INFO"))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    recorder = Recorder(connect())
+    log.info("recorder %s reading %s", recorder.consumer, ev.STREAM)
+    recorder.run_forever(stop)
+
+
+if __name__ == "__main__":
+    main()
