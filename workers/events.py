@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     progress = "progress"
     log = "log"
     metric = "metric"
+    resumed = "resumed"  # training restarted from a checkpoint: later steps are logged again
     validation = "validation"
     preview = "preview"
     samples = "samples"

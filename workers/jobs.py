@@ -46,6 +46,8 @@ def _progress_adapter(emitter: EventEmitter, run_id: int):
         elif kind == "metric":
             values = {k: v for k, v in event["values"].items() if isinstance(v, int | float) and k not in ("step",)}
             emitter.emit(EventKind.metric, step=event["step"], values=values)
+        elif kind == "resumed":
+            emitter.emit(EventKind.resumed, step=event["step"])
         elif kind == "validation":
             emitter.emit(EventKind.validation, report=event["report"])
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -81,6 +81,9 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
             Metric(run_id=run_id, stage_run_id=stage_run.id, step=payload["step"], name=name, value=float(value))
             for name, value in payload["values"].items()
         )
+    elif kind == ev.EventKind.resumed:  # the steps after the checkpoint are recomputed: drop their old points
+        session.execute(delete(Metric).where(Metric.stage_run_id == stage_run.id, Metric.step > payload["step"]))
+        stage_run.log_tail = ((stage_run.log_tail or "") + f"resumed from step {payload['step']}\n")[-LOG_TAIL_CHARS:]
     elif kind == ev.EventKind.validation:
         report = payload["report"]
         session.add(
@@ -271,7 +274,7 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    recorder = Recorder(connect())
+    recorder = Recorder(connect(), batch_size=int(os.environ.get("ALIGNLAB_RECORDER_BATCH", "1000")))
     log.info("recorder %s reading %s", recorder.consumer, ev.STREAM)
     recorder.run_forever(stop)
 

@@ -31,6 +31,26 @@ from workers.queues import SERIALIZER, fetch_job, queue
 log = logging.getLogger("alignlab.scheduler")
 JOB_FUNCTION = "workers.jobs.run_stage_job"
 RESULT_TTL_S = 7 * 24 * 3600
+STALE_HEARTBEAT_S = 30  # 3 x the worker's job monitoring interval: the worker (or its pod) is gone
+
+
+def _abandon(job, reason: str, connection: redis.Redis) -> None:
+    """Tell RQ a started job is dead now (its registry cleanup would take minutes), without retrying it."""
+    from rq.registry import FailedJobRegistry
+
+    StartedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).remove_executions(job)
+    job.set_status(JobStatus.FAILED)
+    FailedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).add(job, exc_string=reason)
+
+
+def _heartbeat_age(job) -> float | None:
+    from datetime import UTC, datetime
+
+    job.refresh()
+    if job.last_heartbeat is None:
+        return None
+    beat = job.last_heartbeat if job.last_heartbeat.tzinfo else job.last_heartbeat.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - beat).total_seconds()
 
 
 def spec_hash(spec: RunSpec) -> str:
@@ -157,11 +177,16 @@ def _replan(
         run = session.get(Run, run_id)
         if run is None:
             raise KeyError(f"no run {run_id}")
-        spec = RunSpec.__new__(RunSpec)
         from pipeline.configs import from_dict
 
         spec = from_dict(RunSpec, run.spec)
         by_node = {s.node: s for s in run.stages}
+        running = [n for n, s in by_node.items() if s.status == StageStatus.running]
+        if running:
+            raise RuntimeError(
+                f"run {run_id}: {', '.join(running)} still running; cancel it first, or wait for the reconciler "
+                "to mark a dead worker's stage failed"
+            )
         wanted = [
             node
             for node in plan(spec)
@@ -171,6 +196,13 @@ def _replan(
         ]
         for node in wanted:
             stage_run = by_node[node.name]
+            old = fetch_job(stage_run.rq_job_id, connection) if stage_run.rq_job_id else None
+            if old is not None and old.get_status(refresh=True) in (
+                JobStatus.QUEUED,
+                JobStatus.DEFERRED,
+                JobStatus.SCHEDULED,
+            ):
+                old.cancel()  # replaced by the new attempt below: never two jobs for one stage
             stage_run.attempt += 1
             stage_run.status = StageStatus.queued.value
             stage_run.error = None
@@ -184,6 +216,7 @@ def _replan(
 
 def resume(run_id: int, connection: redis.Redis, engine: Engine | None = None, home: str | None = None) -> list[str]:
     """Re-enqueue every stage that is not complete; training resumes from its last checkpoint."""
+    reconcile(connection, engine)
     return _replan(run_id, connection, engine, None, home)
 
 
@@ -221,6 +254,14 @@ def reconcile(connection: redis.Redis, engine: Engine | None = None) -> list[str
                     reason = f"job {status.value}: {exc.strip().splitlines()[-1][:500]}"
                 elif stage_run.status == StageStatus.queued:
                     reason = f"job {status.value} before it reported a start"
+            elif status == JobStatus.STARTED and stage_run.status == StageStatus.running:
+                age = _heartbeat_age(job)
+                if age is not None and age > STALE_HEARTBEAT_S:
+                    reason = (
+                        f"worker {job.worker_name} stopped heartbeating {age:.0f}s ago (killed or preempted); "
+                        "resume the run to continue from the last checkpoint"
+                    )
+                    _abandon(job, reason, connection)
             elif status == JobStatus.CANCELED:
                 stage_run.status = StageStatus.cancelled.value
                 changes.append(f"{stage_run.run_id}/{stage_run.node}: cancelled")

@@ -13,6 +13,8 @@ from rq import Worker
 from workers.queues import SERIALIZER, AllowlistJob, connect, queue
 
 MAINTENANCE_INTERVAL_S = 60
+# The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
+JOB_MONITORING_INTERVAL_S = 10
 
 
 def make_worker(queue_names: list[str], connection, name: str | None = None, worker_class: type = Worker) -> Worker:
@@ -23,6 +25,7 @@ def make_worker(queue_names: list[str], connection, name: str | None = None, wor
         job_class=AllowlistJob,
         name=name or f"{socket.gethostname()}-{os.getpid()}",
         maintenance_interval=MAINTENANCE_INTERVAL_S,
+        job_monitoring_interval=JOB_MONITORING_INTERVAL_S,
     )
 
 

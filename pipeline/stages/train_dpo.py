@@ -213,6 +213,7 @@ def run(
         if resume:
             trim_log_to(out_dir, int(Path(resume).name.split("-")[-1]))
             progress.log(f"resuming from {Path(resume).name}")
+            progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
         output = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out_dir / MODEL_DIR))
         m.tokenizer.save_pretrained(str(out_dir / MODEL_DIR))

@@ -143,6 +143,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             step = int(Path(resume).name.split("-")[-1])
             trim_log_to(out_dir, step)
             progress.log(f"resuming from {Path(resume).name}")
+            progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
         output = trainer.train(resume_from_checkpoint=resume)
         changed = sum(int(not p.detach().equal(before[n])) for n, p in trainer.model.named_parameters() if n in before)
         trainer.save_model(str(out_dir / MODEL_DIR))

@@ -1,0 +1,316 @@
+"""Faults against real processes: a killed worker, a cancelled job, a killed recorder, concurrent writers."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Metric, RecordedEvent, Run, StageRun
+from db.session import make_engine, read_session, write_session
+from workers import scheduler
+from workers.recorder import Recorder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_worker(env_extra, *args):
+    env = {**os.environ, **env_extra}
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers", "--queues", "gpu,cpu", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def kill_tree(proc):
+    """SIGKILL a worker and its work horse (the horse sits in its own process group): a pod dying."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    horses = work_horses(proc)
+    for p in [psutil.Process(proc.pid), *children]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(10)
+    return horses
+
+
+def work_horses(worker):
+    """The worker's forked job processes: RQ's horse leads its own process group (the scheduler child does not)."""
+    horses = []
+    for child in psutil.Process(worker.pid).children():
+        try:
+            if os.getpgid(child.pid) == child.pid:
+                horses.append(child)
+        except ProcessLookupError:
+            pass
+    return horses
+
+
+class RecorderThread:
+    def __init__(self, conn, engine):
+        self.stop = threading.Event()
+        self.recorder = Recorder(conn, engine, consumer="test-recorder", block_ms=200)
+        self.thread = threading.Thread(target=self.recorder.run_forever, args=(self.stop, 2.0), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def wait_for(predicate, timeout, what, poll=0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stage(engine, run_id, node):
+    with read_session(engine) as s:
+        return s.scalars(select(StageRun).where(StageRun.run_id == run_id, StageRun.node == node)).one()
+
+
+def long_sft_spec(tiny_ci_spec, name):
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.name = name
+    spec.stages = ["generate_sft", "train_sft", "generate_negatives"]
+    spec.sft.num_epochs = 80.0  # a few hundred steps: long enough to be killed mid-training
+    spec.sft.checkpoint_every = 5
+    spec.sft.batch_size = 2
+    return spec
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path, monkeypatch):
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'faults.db'}"
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_checkpoint(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+):
+    env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = long_sft_spec(tiny_ci_spec, "killed-worker")
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    worker = start_worker(env)
+    with RecorderThread(redis_conn, sqlite_engine):
+
+        def trained_some_steps():
+            with read_session(sqlite_engine) as s:
+                sr = s.scalars(select(StageRun).where(StageRun.run_id == run_id, StageRun.node == "train_sft")).one()
+                steps = s.scalar(select(func.max(Metric.step)).where(Metric.stage_run_id == sr.id))
+            return sr.status == "running" and (steps or 0) >= 12
+
+        wait_for(trained_some_steps, 240, "train_sft to pass step 12")
+        horses = kill_tree(worker)
+        assert horses, "the worker had no work horse: the job did not run in a forked child"
+        killed_at = time.monotonic()
+        wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "failed", 60, "train_sft to be failed")
+        assert time.monotonic() - killed_at < 60
+        failed = stage(sqlite_engine, run_id, "train_sft")
+        assert "stopped heartbeating" in failed.error
+        assert scheduler.resume(run_id, redis_conn, sqlite_engine, home=str(alignlab_home)) == [
+            "train_sft",
+            "negatives",
+        ]
+        worker = start_worker(env, "--burst")
+        worker.wait(300)
+        wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "resumed train_sft")
+        wait_for(
+            lambda: stage(sqlite_engine, run_id, "negatives").status in ("succeeded", "cached", "failed"),
+            60,
+            "negatives",
+        )
+        assert stage(sqlite_engine, run_id, "negatives").status in ("succeeded", "cached"), stage(
+            sqlite_engine, run_id, "negatives"
+        ).error
+    resumed = stage(sqlite_engine, run_id, "train_sft")
+    assert resumed.attempt == 2 and resumed.metrics["resumed_from"].startswith("checkpoint-")
+    with read_session(sqlite_engine) as s:
+        assert s.get(Run, run_id).status == "succeeded"
+        steps = s.scalars(
+            select(Metric.step).where(Metric.stage_run_id == resumed.id, Metric.name == "loss").order_by(Metric.step)
+        ).all()
+        # every step exactly once: points recomputed after the checkpoint replaced, nothing recorded twice
+        assert steps == list(range(1, resumed.metrics["steps"] + 1))
+        assert s.scalar(select(func.count(RecordedEvent.event_id))) == s.scalar(
+            select(func.count(func.distinct(RecordedEvent.event_id)))
+        )
+
+
+def test_cancel_stops_the_running_job_within_10s_and_statuses_agree(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+):
+    from rq.job import JobStatus
+
+    from workers.queues import fetch_job
+
+    env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = long_sft_spec(tiny_ci_spec, "cancelled")
+    spec.sft.seed = 5  # its own artifact key
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    worker = start_worker(env)
+    try:
+        with RecorderThread(redis_conn, sqlite_engine):
+            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
+            scheduler.cancel(run_id, redis_conn, sqlite_engine)
+            cancelled_at = time.monotonic()
+            gone, alive = psutil.wait_procs(horses, timeout=10)
+            assert not alive, "the job's process was still running 10 s after cancel"
+            assert time.monotonic() - cancelled_at < 10
+            time.sleep(3)  # let the recorder and the reconciler see the end of the job
+        with read_session(sqlite_engine) as s:
+            run = s.get(Run, run_id)
+            assert run.status == "cancelled"
+            statuses = {x.node: x.status for x in run.stages}
+            assert statuses["train_sft"] == "cancelled"  # negatives (independent of it) may have finished first
+            assert all(x.status in ("succeeded", "cached", "cancelled") for x in run.stages)
+        job = fetch_job(stage(sqlite_engine, run_id, "train_sft").rq_job_id, redis_conn)
+        assert job.get_status(refresh=True) in (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED)
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            kill_tree(worker)
+
+
+def test_recorder_killed_mid_stream_loses_and_duplicates_nothing(redis_conn, redis_server_url, sqlite_engine, tmp_path):
+    from workers.events import EventEmitter
+
+    with write_session(sqlite_engine) as s:
+        run = Run(name="events", spec={}, spec_hash="x", status="running")
+        s.add(run)
+        s.flush()
+        sr = StageRun(run_id=run.id, node="train_sft", stage="train_sft", status="running")
+        s.add(sr)
+        s.flush()
+        run_id, stage_run_id = run.id, sr.id
+    emitter = EventEmitter(redis_conn, run_id, stage_run_id)
+    total = 20000
+    for step in range(1, total + 1):
+        emitter.emit("metric", step=step, values={"loss": 1.0 / step})
+    # small batches so that the kill lands mid-stream
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server_url,
+        "DATABASE_URL": str(sqlite_engine.url),
+        "ALIGNLAB_RECORDER_BATCH": "50",
+    }
+
+    def recorded():
+        with read_session(sqlite_engine) as s:
+            return s.scalar(select(func.count()).select_from(Metric).where(Metric.stage_run_id == stage_run_id))
+
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "workers.recorder"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: recorded() > 0, 60, "the recorder to start writing", poll=0.02)
+    recorder.kill()
+    recorder.wait(10)
+    partial = recorded()
+    assert 0 < partial < total, "kill the recorder mid-stream"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "workers.recorder"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: recorded() >= total, 120, "the restarted recorder to catch up")
+        time.sleep(1)
+    finally:
+        recorder.terminate()
+        recorder.wait(10)
+    with read_session(sqlite_engine) as s:
+        steps = s.scalars(select(Metric.step).where(Metric.stage_run_id == stage_run_id).order_by(Metric.step)).all()
+    assert steps == list(range(1, total + 1))
+
+
+WRITER = """
+import os, sys, time, random
+from sqlalchemy.exc import OperationalError
+from db.models import Metric, Run, StageRun
+from db.session import make_engine, write_session
+engine = make_engine(sys.argv[1])
+deadline = time.time() + float(sys.argv[2])
+locked = writes = 0
+with write_session(engine) as s:
+    run = Run(name=f"w{os.getpid()}", spec={}, spec_hash="x", status="running"); s.add(run); s.flush()
+    sr = StageRun(run_id=run.id, node="train_sft", stage="train_sft"); s.add(sr); s.flush(); sid, rid = sr.id, run.id
+step = 0
+while time.time() < deadline:
+    try:
+        with write_session(engine) as s:
+            s.get(StageRun, sid).progress_done = step  # read then write: the deferred-BEGIN trap
+            s.add_all(Metric(run_id=rid, stage_run_id=sid, step=step, name="loss", value=random.random()) for _ in range(20))
+        writes += 1
+    except OperationalError as exc:
+        if "locked" in str(exc):
+            locked += 1
+        else:
+            raise
+    step += 1
+print(writes, locked)
+"""
+
+
+def test_four_writers_and_readers_for_30s_never_see_database_is_locked(sqlite_engine):
+    url = str(sqlite_engine.url)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, "30"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    reads = read_errors = 0
+    reader = make_engine(url, immediate=False)
+    while any(w.poll() is None for w in writers):
+        try:
+            with read_session(reader) as s:
+                s.scalar(select(func.count()).select_from(Metric))
+                s.scalars(select(StageRun.progress_done)).all()
+            reads += 1
+        except Exception as exc:  # noqa: BLE001
+            read_errors += 1
+            print("read error", exc)
+        time.sleep(0.01)
+    results = [w.communicate()[0].split() for w in writers]
+    assert all(w.returncode == 0 for w in writers), [w.stderr.read() if w.stderr else "" for w in writers]
+    writes = sum(int(r[0]) for r in results)
+    locked = sum(int(r[1]) for r in results)
+    assert locked == 0 and read_errors == 0
+    assert writes > 100 and reads > 100
