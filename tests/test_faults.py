@@ -272,7 +272,8 @@ while time.time() < deadline:
     try:
         with write_session(engine) as s:
             s.get(StageRun, sid).progress_done = step  # read then write: the deferred-BEGIN trap
-            s.add_all(Metric(run_id=rid, stage_run_id=sid, step=step, name="loss", value=random.random()) for _ in range(20))
+            s.add_all(Metric(run_id=rid, stage_run_id=sid, step=step, name="loss", value=random.random())
+                      for _ in range(20))
         writes += 1
     except OperationalError as exc:
         if "locked" in str(exc):
