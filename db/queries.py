@@ -1,0 +1,203 @@
+"""Read models for the dashboard and the CLI: plain dicts, read through the non-blocking read engine."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from db.models import Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
+from db.session import read_session
+
+DONE = ("succeeded", "cached")
+FLAGS = ("template_leak", "refusal")
+
+
+def list_runs(
+    status: str | None = None, tag: str | None = None, limit: int = 200, engine: Engine | None = None
+) -> list[dict[str, Any]]:
+    """Runs, newest first, with stage progress (done / total)."""
+    with read_session(engine) as s:
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if status:
+            query = query.where(Run.status == status)
+        runs = s.scalars(query).all()
+        counts = dict(
+            s.execute(
+                select(StageRun.run_id, func.count()).where(StageRun.status.in_(DONE)).group_by(StageRun.run_id)
+            ).all()
+        )
+        totals = dict(s.execute(select(StageRun.run_id, func.count()).group_by(StageRun.run_id)).all())
+        rows = []
+        for run in runs:
+            if tag and tag not in (run.tags or []):
+                continue
+            duration = (
+                (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
+            )
+            rows.append(
+                {
+                    "id": run.id,
+                    "name": run.name,
+                    "status": run.status,
+                    "preset": run.preset,
+                    "base_model": run.base_model,
+                    "tags": run.tags or [],
+                    "created_at": run.created_at,
+                    "duration_s": duration,
+                    "done": counts.get(run.id, 0),
+                    "total": totals.get(run.id, 0),
+                    "group": run.group_name,
+                    "error": run.error,
+                }
+            )
+        return rows
+
+
+def run_detail(run_id: int, engine: Engine | None = None) -> dict[str, Any] | None:
+    with read_session(engine) as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            return None
+        return {
+            "id": run.id,
+            "name": run.name,
+            "status": run.status,
+            "spec": run.spec,
+            "tags": run.tags,
+            "notes": run.notes,
+            "error": run.error,
+            "created_at": run.created_at,
+            "stages": [
+                {
+                    c: getattr(st, c)
+                    for c in (
+                        "id",
+                        "node",
+                        "stage",
+                        "role",
+                        "status",
+                        "queue",
+                        "attempt",
+                        "artifact_key",
+                        "error",
+                        "log_tail",
+                        "progress_done",
+                        "progress_total",
+                        "progress_message",
+                        "load_info",
+                        "peak_memory_bytes",
+                        "device",
+                        "metrics",
+                        "checks",
+                        "started_at",
+                        "finished_at",
+                        "worker",
+                    )
+                }
+                for st in run.stages
+            ],
+        }
+
+
+def metric_curves(run_id: int, names: list[str] | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Step curves of a run's training stages: rows {node, name, step, value}."""
+    with read_session(engine) as s:
+        query = (
+            select(StageRun.node, Metric.name, Metric.step, Metric.value)
+            .join(StageRun, StageRun.id == Metric.stage_run_id)
+            .where(Metric.run_id == run_id)
+            .order_by(StageRun.node, Metric.name, Metric.step)
+        )
+        if names:
+            query = query.where(Metric.name.in_(names))
+        return [{"node": n, "name": m, "step": st, "value": v} for n, m, st, v in s.execute(query).all()]
+
+
+def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Overall (not per-type) evaluation rows across runs and methods, with CIs."""
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(Evaluation, Run.name)
+            .join(Run, Run.id == Evaluation.run_id)
+            .where(Evaluation.run_id.in_(run_ids), Evaluation.negative_type.is_(None))
+        ).all()
+        return [
+            {
+                "run_id": e.run_id,
+                "run": name,
+                "method": e.method,
+                "metric": e.metric,
+                "value": e.value,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "n": e.n,
+            }
+            for e, name in rows
+        ]
+
+
+def samples_side_by_side(run_id: int, flagged_only: bool = False, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """One row per prompt with every method's generation and stats."""
+    with read_session(engine) as s:
+        samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.prompt_id)).all()
+    by_prompt: dict[str, dict[str, Any]] = {}
+    for sample in samples:
+        row = by_prompt.setdefault(
+            sample.prompt_id,
+            {"prompt_id": sample.prompt_id, "prompt": sample.prompt, "reference": sample.reference, "methods": {}},
+        )
+        row["methods"][sample.method] = {"generation": sample.generation, "stats": sample.stats or {}}
+    rows = list(by_prompt.values())
+    for row in rows:
+        stats = [m["stats"] for m in row["methods"].values()]
+        row["flagged"] = any(st.get(f) for st in stats for f in FLAGS) or any(
+            not st.get("eos_reached", True) for st in stats
+        )
+    return [r for r in rows if r["flagged"]] if flagged_only else rows
+
+
+def validation_reports(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(ValidationReportRow, StageRun.node)
+            .join(StageRun, StageRun.id == ValidationReportRow.stage_run_id)
+            .where(ValidationReportRow.run_id == run_id)
+            .order_by(ValidationReportRow.id)
+        ).all()
+        return [{"node": node, **r.report} for r, node in rows]
+
+
+def previews(run_id: int, kind: str, engine: Engine | None = None) -> list[Any]:
+    with read_session(engine) as s:
+        chunks = s.scalars(
+            select(Preview.rows).where(Preview.run_id == run_id, Preview.kind == kind).order_by(Preview.id)
+        ).all()
+    return [row for chunk in chunks for row in chunk]
+
+
+def win_rates(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Per method pair from human judgements: wins, losses, ties and win rate (ties count half)."""
+    with read_session(engine) as s:
+        judgements = s.scalars(select(Judgement).where(Judgement.run_id == run_id)).all()
+    table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"wins": 0, "losses": 0, "ties": 0})
+    for j in judgements:
+        a, b = sorted((j.method_a, j.method_b))
+        cell = table[(a, b)]
+        if j.winner == "tie":
+            cell["ties"] += 1
+        elif j.winner == a:
+            cell["wins"] += 1
+        else:
+            cell["losses"] += 1
+    return [
+        {
+            "a": a,
+            "b": b,
+            **cell,
+            "n": sum(cell.values()),
+            "win_rate_a": (cell["wins"] + 0.5 * cell["ties"]) / max(1, sum(cell.values())),
+        }
+        for (a, b), cell in sorted(table.items())
+    ]

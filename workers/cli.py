@@ -1,0 +1,242 @@
+"""`alignlab`: the pipeline CLI plus the commands of the queued system (up, submit, runs, status, cancel,
+resume, retry, db upgrade). Runs launched here go through the same scheduler as the dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.cli import add_spec_arguments, build_parser, spec_from_args
+from pipeline.errors import AlignlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _engine():
+    from db.session import write_engine
+
+    return write_engine()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from db.migrate import current, upgrade
+    from db.session import database_url
+
+    upgrade()
+    print(f"database {database_url()} at revision {current()}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from workers.queues import connect
+    from workers.scheduler import submit
+
+    spec = spec_from_args(args)
+    run_id = submit(spec, connect(), _engine(), home=str(args.home) if args.home else None, tags=args.tag or [])
+    print(f"run {run_id} submitted: {spec.name} ({len(spec.stages)} stages); follow it with `alignlab status {run_id}`")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from db.queries import list_runs
+
+    rows = list_runs(status=args.status, limit=args.limit)
+    print(f"{'id':>5}  {'status':<10} {'stages':<7} {'created':<19}  name")
+    for row in rows:
+        created = f"{row['created_at']:%Y-%m-%d %H:%M:%S}"
+        print(f"{row['id']:>5}  {row['status']:<10} {row['done']}/{row['total']:<5} {created}  {row['name']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from workers.scheduler import run_summary
+
+    summary = run_summary(args.run)
+    print(
+        f"run {summary['id']} {summary['name']}: {summary['status']}"
+        + (f" — {summary['error']}" if summary["error"] else "")
+    )
+    for stage in summary["stages"]:
+        line = f"  {stage['node']:<14} {stage['status']:<10} attempt {stage['attempt']}  {stage['progress']}"
+        print(line + (f"  {stage['error']}" if stage["error"] else ""))
+    return 0 if summary["status"] != "failed" else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from workers.queues import connect
+    from workers.scheduler import cancel
+
+    cancel(args.run, connect(), _engine())
+    print(f"run {args.run} cancelled")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from workers.queues import connect
+    from workers.scheduler import resume
+
+    nodes = resume(args.run, connect(), _engine(), home=str(args.home) if args.home else None)
+    print(f"run {args.run}: re-enqueued {', '.join(nodes) or 'nothing (every stage is complete)'}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from workers.queues import connect
+    from workers.scheduler import retry
+
+    nodes = retry(args.stage_run, connect(), _engine(), home=str(args.home) if args.home else None)
+    print(f"stage run {args.stage_run}: re-enqueued {', '.join(nodes)}")
+    return 0
+
+
+def _stop(processes: dict[str, subprocess.Popen]) -> None:
+    for proc in processes.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in processes.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its work horse too
+            proc.wait(5)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Embedded Redis (unless REDIS_URL), migrations, recorder, one worker and the dashboard; Ctrl-C stops all."""
+    from db.migrate import upgrade
+    from db.session import database_url
+    from workers.queues import EmbeddedRedis, connect, embedded_socket
+
+    if args.home:
+        os.environ["ALIGNLAB_HOME"] = str(args.home)
+    owner = None
+    processes: dict[str, subprocess.Popen] = {}
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
+    try:
+        if not os.environ.get("REDIS_URL"):
+            owner = EmbeddedRedis()
+            owner.start()
+            print(f"redis: embedded, socket {embedded_socket()} (AOF on)")
+        else:
+            print("redis: REDIS_URL")
+        upgrade()
+        print(f"database: {database_url()}")
+        spawn = {"start_new_session": True, "cwd": ROOT}
+        processes["recorder"] = subprocess.Popen([sys.executable, "-m", "workers.recorder"], **spawn)
+        processes["worker"] = subprocess.Popen([sys.executable, "-m", "workers", "--queues", args.queues], **spawn)
+        app = ROOT / "app" / "main.py"
+        if app.exists():
+            processes["dashboard"] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streamlit",
+                    "run",
+                    str(app),
+                    "--server.address",
+                    args.host,
+                    "--server.port",
+                    str(args.port),
+                    "--server.headless",
+                    "true",
+                ],
+                **spawn,
+            )
+            print(f"dashboard: http://{args.host}:{args.port}")
+        else:
+            print("dashboard: not part of this build yet; use `alignlab submit`, `alignlab status RUN`")
+        run_id = None
+        if args.config or args.preset:
+            from workers.scheduler import submit
+
+            run_id = submit(spec_from_args(args), connect(), _engine())
+            print(f"run {run_id} submitted; `alignlab status {run_id}` shows it")
+        print("alignlab is up; Ctrl-C stops everything", flush=True)
+        last_status = None
+        while not stopping["now"]:
+            time.sleep(1)
+            dead = [name for name, proc in processes.items() if proc.poll() is not None]
+            if dead:
+                print(f"error: {', '.join(dead)} exited unexpectedly; stopping", file=sys.stderr)
+                return 1
+            if run_id is not None:
+                from workers.scheduler import run_summary
+
+                summary = run_summary(run_id)
+                line = " ".join(f"{s['node']}:{s['status']}" for s in summary["stages"])
+                if line != last_status:
+                    print(f"run {run_id} {summary['status']}: {line}", flush=True)
+                    last_status = line
+                if args.exit_when_done and summary["status"] in FINAL:
+                    return 0 if summary["status"] == "succeeded" else 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(processes)
+        if owner is not None:
+            owner.stop()
+        print("alignlab stopped", flush=True)
+    return 0
+
+
+def build_full_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    up = sub.add_parser("up", help="Start Redis (embedded unless REDIS_URL), recorder, worker and dashboard.")
+    add_spec_arguments(up)
+    up.add_argument("--queues", default="gpu,gpu-80gb,cpu", help="Queues the local worker serves.")
+    up.add_argument("--host", default="127.0.0.1", help="Dashboard address (localhost unless you mean otherwise).")
+    up.add_argument("--port", type=int, default=8501)
+    up.add_argument("--exit-when-done", action="store_true", help="Stop once the submitted run is finished.")
+    up.set_defaults(func=cmd_up)
+
+    submit = sub.add_parser("submit", help="Queue a run (needs `alignlab up` or REDIS_URL and a recorder).")
+    add_spec_arguments(submit)
+    submit.add_argument("--tag", action="append", help="Tag the run (repeatable).")
+    submit.set_defaults(func=cmd_submit)
+
+    runs = sub.add_parser("runs", help="List runs.")
+    runs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    runs.add_argument("--limit", type=int, default=50)
+    runs.set_defaults(func=cmd_runs)
+
+    for name, func, text in (
+        ("status", cmd_status, "Show a run's stages."),
+        ("cancel", cmd_cancel, "Cancel a run: queued jobs cancelled, the running one stopped."),
+        ("resume", cmd_resume, "Re-enqueue what is not complete; training resumes from its checkpoint."),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("run", type=int)
+        command.add_argument("--home", type=Path, help="ALIGNLAB_HOME of the worker's artifacts.")
+        command.set_defaults(func=func)
+    retry = sub.add_parser("retry", help="Re-enqueue one stage run and its unfinished dependents.")
+    retry.add_argument("stage_run", type=int)
+    retry.add_argument("--home", type=Path)
+    retry.set_defaults(func=cmd_retry)
+
+    db = sub.add_parser("db", help="Database maintenance.")
+    db.add_argument("action", choices=("upgrade",), help="upgrade: apply Alembic migrations up to head.")
+    db.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_full_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (AlignlabError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
