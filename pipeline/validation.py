@@ -610,6 +610,13 @@ def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], 
         from pipeline.tiny import demo_path
 
         return read_jsonl(demo_path()), str(demo_path())
+    if source.startswith("blob:"):  # a dataset uploaded in the dashboard, materialized by the worker
+        from pipeline.tiny import alignlab_home
+
+        path = alignlab_home() / "blobs" / f"{source[5:]}.jsonl"
+        if not path.exists():
+            raise DataError(f"instructions {source}: the uploaded file was not materialized at {path}; resubmit it")
+        return read_records(path), f"{source} ({path})"
     path = Path(source).expanduser()
     if path.exists():
         return read_records(path), str(path)

@@ -3,6 +3,7 @@
 import copy
 import pickle
 
+import pytest
 from rq import SimpleWorker
 from sqlalchemy import func, inspect, select
 
@@ -166,3 +167,32 @@ def test_recorded_events_are_unique(redis_conn, engine):
     Recorder(redis_conn, engine).drain()
     with read_session(engine) as s:
         assert s.get(StageRun, stage_id).log_tail == "hello\n"
+
+
+def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
+    tiny_model_dir, tiny_ci_spec, redis_conn, alignlab_home, tmp_path
+):
+    from db.migrate import upgrade
+    from db.session import make_engine
+    from pipeline.errors import DataError
+    from workers.blobs import MAX_BLOB_BYTES, put_blob
+
+    url = f"sqlite:///{tmp_path / 'blob.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    data = b"".join(b'{"instruction": "What is %d plus %d?"}\n' % (i, i + 1) for i in range(12))
+    reference = put_blob(redis_conn, data, "mine.jsonl")
+    assert reference.startswith("blob:") and put_blob(redis_conn, data) == reference  # content-addressed
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.data.instructions = reference
+    spec.stages = ["generate_sft"]
+    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    with read_session(engine) as s:
+        stage_run = s.get(Run, run_id).stages[0]
+        assert stage_run.status == "succeeded", stage_run.error
+        assert stage_run.metrics["records"] + stage_run.metrics["dropped"] == 12
+    assert (alignlab_home / "blobs" / f"{reference[5:]}.jsonl").read_bytes() == data
+    with pytest.raises(DataError, match="upload limit"):
+        put_blob(redis_conn, b"x" * (MAX_BLOB_BYTES + 1), "huge.jsonl")

@@ -106,6 +106,11 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
     emitter.emit(EventKind.started, job_id=job.id, worker=job.worker_name or socket.gethostname())
     try:
         run_spec = from_dict(RunSpec, spec)
+        if run_spec.data.instructions.startswith("blob:"):
+            from workers.blobs import materialize
+            from workers.queues import alignlab_home
+
+            materialize(job.connection, run_spec.data.instructions, alignlab_home())
         keys = artifact_keys(run_spec)
         store = default_store(home)
         result = run_node(run_spec, store, node_by_name(node), keys, _progress_adapter(emitter, run_id))
