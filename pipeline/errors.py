@@ -32,3 +32,7 @@ class ModelLoadError(AlignlabError):
 
 class ArtifactError(AlignlabError):
     """An artifact key is invalid, missing or incomplete."""
+
+
+class StopRequested(Exception):  # noqa: N818  (a request, not an error)
+    """The caller asked a stage to stop (e.g. spot preemption). Training stages save a checkpoint first."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.configs import ModelConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StopRequested
 from pipeline.models import LoadInfo, current_rss_bytes
 from pipeline.stages import Progress, read_json, write_json
 
@@ -76,6 +76,7 @@ def make_log_callback(out_dir: Path, progress: Progress, device: str) -> Any:
 
     class JsonlLog(TrainerCallback):
         def __init__(self) -> None:
+            self.stop_requested = False
             self.last_time = time.perf_counter()
             self.last_tokens: float | None = None
 
@@ -102,9 +103,15 @@ def make_log_callback(out_dir: Path, progress: Progress, device: str) -> Any:
             row.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/")) or k == "num_tokens"})
             with open(out_dir / LOG_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
-            progress.metric(state.global_step, row)
-            if state.max_steps:
-                progress.progress(state.global_step, state.max_steps, f"step {state.global_step}/{state.max_steps}")
+            try:
+                progress.metric(state.global_step, row)
+                if state.max_steps:
+                    progress.progress(state.global_step, state.max_steps, f"step {state.global_step}/{state.max_steps}")
+            except StopRequested:
+                # save a checkpoint at this step and leave the training loop; the stage then raises
+                control.should_save = True
+                control.should_training_stop = True
+                self.stop_requested = True
 
     return JsonlLog()
 
@@ -115,6 +122,12 @@ def _memory_now(device: str) -> int:
 
         return int(torch.cuda.memory_allocated())
     return current_rss_bytes()
+
+
+def raise_if_stopped(log_callback: Any, trainer: Any) -> None:
+    """After `train()` returned because a stop was requested: the checkpoint is saved, the stage is not done."""
+    if log_callback.stop_requested:
+        raise StopRequested(f"stopped at step {trainer.state.global_step}; checkpoint saved, resume continues there")
 
 
 def drop_console_printer(trainer: Any) -> None:

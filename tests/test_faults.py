@@ -315,3 +315,36 @@ def test_four_writers_and_readers_for_30s_never_see_database_is_locked(sqlite_en
     locked = sum(int(r[1]) for r in results)
     assert locked == 0 and read_errors == 0
     assert writes > 100 and reads > 100
+
+
+def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+):
+    env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = long_sft_spec(tiny_ci_spec, "preempted")
+    spec.sft.seed = 11  # its own artifact key
+    spec.sft.checkpoint_every = 1000  # no periodic checkpoint: the one saved at SIGTERM is what resume uses
+    spec.execution.retries = 0  # preemption requeues even when transient retries are off
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    worker = start_worker(env)
+    with RecorderThread(redis_conn, sqlite_engine):
+
+        def step():
+            sr = stage(sqlite_engine, run_id, "train_sft")
+            with read_session(sqlite_engine) as s:
+                return (
+                    sr.status == "running"
+                    and (s.scalar(select(func.max(Metric.step)).where(Metric.stage_run_id == sr.id)) or 0) >= 8
+                )
+
+        wait_for(step, 240, "train_sft past step 8")
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)  # warm shutdown: the job checkpointed and gave up its slot quickly
+        wait_for(lambda: "preempted" in (stage(sqlite_engine, run_id, "train_sft").log_tail or ""), 30, "preempted")
+        assert stage(sqlite_engine, run_id, "train_sft").status in ("queued", "running")
+        worker = start_worker(env, "--burst")
+        worker.wait(300)
+        wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "train_sft done")
+    done = stage(sqlite_engine, run_id, "train_sft")
+    stopped_at = int(done.metrics["resumed_from"].split("-")[1])
+    assert stopped_at >= 8 and stopped_at % 1000 != 0  # the checkpoint saved on SIGTERM, not a periodic one

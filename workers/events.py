@@ -32,10 +32,16 @@ class EventKind(StrEnum):
     evaluation = "evaluation"
     finished = "finished"
     failed = "failed"
+    preempted = "preempted"  # stopped by a worker shutdown, checkpoint saved, job requeued
 
 
 def cancel_key(run_id: int) -> str:
     return f"alignlab:cancel:{run_id}"
+
+
+def preempt_key(worker_name: str) -> str:
+    """Set by a worker that got SIGTERM (spot preemption): its running job checkpoints and is requeued."""
+    return f"alignlab:preempt:{worker_name}"
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 
 from rq import get_current_job
 
-from workers.events import EventEmitter, EventKind, cancel_key
+from pipeline.errors import StopRequested
+from workers.events import EventEmitter, EventKind, cancel_key, preempt_key
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -25,7 +26,7 @@ class JobCancelled(Exception):
     """The run was cancelled: raised at the stage's next progress report (cooperative cancellation)."""
 
 
-def _progress_adapter(emitter: EventEmitter, run_id: int):
+def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | None):
     last = {"progress": 0.0, "cancel_check": 0.0}
 
     def on_progress(event: dict[str, Any]) -> None:
@@ -34,6 +35,8 @@ def _progress_adapter(emitter: EventEmitter, run_id: int):
             last["cancel_check"] = now
             if emitter.connection.exists(cancel_key(run_id)):
                 raise JobCancelled(f"run {run_id} was cancelled")
+            if worker_name and emitter.connection.exists(preempt_key(worker_name)):
+                raise StopRequested(f"worker {worker_name} is shutting down")
         kind = event["kind"]
         if kind == "progress":
             final = event["done"] >= event["total"]
@@ -113,8 +116,16 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
             materialize(job.connection, run_spec.data.instructions, alignlab_home())
         keys = artifact_keys(run_spec)
         store = default_store(home)
-        result = run_node(run_spec, store, node_by_name(node), keys, _progress_adapter(emitter, run_id))
+        result = run_node(
+            run_spec, store, node_by_name(node), keys, _progress_adapter(emitter, run_id, job.worker_name)
+        )
         _emit_outputs(emitter, result)
+    except StopRequested as exc:
+        # preemption: the checkpoint is saved; requeue at once so another worker resumes from it
+        job.retries_left = max(job.retries_left or 0, 1)
+        job.retry_intervals = [0]
+        emitter.emit(EventKind.preempted, reason=str(exc))
+        raise
     except BaseException as exc:  # noqa: BLE001  (report every failure, then let RQ see it)
         from pipeline.errors import AlignlabError
 

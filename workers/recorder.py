@@ -139,6 +139,12 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
                     meta={"seconds": payload.get("seconds")},
                 )
             )
+    elif kind == ev.EventKind.preempted:
+        if stage_run.status != StageStatus.cancelled:
+            stage_run.status = StageStatus.queued.value
+        stage_run.log_tail = ((stage_run.log_tail or "") + f"preempted: {payload.get('reason')}; requeued\n")[
+            -LOG_TAIL_CHARS:
+        ]
     elif kind == ev.EventKind.failed:
         stage_run.status = (
             StageStatus.cancelled.value

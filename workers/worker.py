@@ -17,7 +17,23 @@ MAINTENANCE_INTERVAL_S = 60
 JOB_MONITORING_INTERVAL_S = 10
 
 
-def make_worker(queue_names: list[str], connection, name: str | None = None, worker_class: type = Worker) -> Worker:
+class PreemptibleWorker(Worker):
+    """On SIGTERM (spot preemption, `docker stop`) the running job is told to checkpoint and is requeued; then the
+    worker shuts down warm. RQ alone would wait for a training job to finish, past any grace period."""
+
+    def request_stop(self, signum, frame):
+        from workers.events import preempt_key
+
+        try:
+            self.connection.set(preempt_key(self.name), "1", ex=3600)
+        except Exception:  # noqa: BLE001  (Redis gone: RQ's own shutdown still proceeds)
+            self.log.warning("could not flag preemption in Redis")
+        super().request_stop(signum, frame)
+
+
+def make_worker(
+    queue_names: list[str], connection, name: str | None = None, worker_class: type = PreemptibleWorker
+) -> Worker:
     return worker_class(
         [queue(n, connection) for n in queue_names],
         connection=connection,

@@ -32,6 +32,7 @@ from pipeline.training import (
     make_log_callback,
     model_config_from_ref,
     precision_args,
+    raise_if_stopped,
     read_log,
     require_trainable,
     step_one,
@@ -199,6 +200,7 @@ def run(
             **precision_args(info),
         )
         write_json(out_dir / EFFECTIVE_CONFIG, effective_config(args, spec, info, inputs["pairs"] / TRAIN, init_model))
+        log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = DPOTrainer(
             model=m.model,
             ref_model=None,
@@ -206,7 +208,7 @@ def run(
             train_dataset=dataset,
             processing_class=m.tokenizer,
             peft_config=lora_config(spec.base_model) if config.use_lora else None,
-            callbacks=[make_log_callback(out_dir, progress, info.device)],
+            callbacks=[log_callback],
         )
         drop_console_printer(trainer)
         resume = last_checkpoint(out_dir)
@@ -215,6 +217,7 @@ def run(
             progress.log(f"resuming from {Path(resume).name}")
             progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
         output = trainer.train(resume_from_checkpoint=resume)
+        raise_if_stopped(log_callback, trainer)
         trainer.save_model(str(out_dir / MODEL_DIR))
         m.tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
         free_trainer(trainer)

@@ -25,6 +25,7 @@ from pipeline.training import (
     lora_config,
     make_log_callback,
     precision_args,
+    raise_if_stopped,
     read_log,
     require_trainable,
     trim_log_to,
@@ -125,13 +126,14 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             dataloader_num_workers=0,
             **precision_args(info),
         )
+        log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = SFTTrainer(
             model=m.model,
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(spec.base_model) if config.use_lora else None,
-            callbacks=[make_log_callback(out_dir, progress, info.device)],
+            callbacks=[log_callback],
         )
         drop_console_printer(trainer)
         rows_to_check = config.mask_check_batches * config.batch_size
@@ -145,6 +147,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             progress.log(f"resuming from {Path(resume).name}")
             progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
         output = trainer.train(resume_from_checkpoint=resume)
+        raise_if_stopped(log_callback, trainer)
         changed = sum(int(not p.detach().equal(before[n])) for n, p in trainer.model.named_parameters() if n in before)
         trainer.save_model(str(out_dir / MODEL_DIR))
         tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
