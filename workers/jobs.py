@@ -47,7 +47,9 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
         elif kind == "log":
             emitter.emit(EventKind.log, message=event["message"])
         elif kind == "metric":
-            values = {k: v for k, v in event["values"].items() if isinstance(v, int | float) and k not in ("step",)}
+            values = {
+                k: v for k, v in event["values"].items() if isinstance(v, int | float) and k not in ("step", "time")
+            }
             emitter.emit(EventKind.metric, step=event["step"], values=values)
         elif kind == "resumed":
             emitter.emit(EventKind.resumed, step=event["step"])
@@ -59,14 +61,20 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
 
 def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
     """What the dashboard shows of a finished node: previews, samples, evaluations (bounded)."""
-    if result.reused:  # no validation events were emitted during the run: send the stored reports
+    out_dir = Path(result.out_dir)
+    if result.reused:  # nothing was emitted while it ran for another run: send the stored reports and curves
         for report in result.reports:
             emitter.emit(EventKind.validation, report=report)
+        log = out_dir / "train_log.jsonl"
+        if log.exists():
+            for line in log.read_text().splitlines():
+                row = json.loads(line)
+                values = {k: v for k, v in row.items() if isinstance(v, int | float) and k not in ("step", "time")}
+                emitter.emit(EventKind.metric, step=row["step"], values=values)
     for kind, rows in result.previews.items():
         if kind in ("samples", "report"):
             continue
         emitter.emit_rows(EventKind.preview, rows, preview=kind)
-    out_dir = Path(result.out_dir)
     if result.stage == "evaluate":
         samples = [json.loads(line) for line in (out_dir / result.outputs["samples"]).read_text().splitlines() if line]
         emitter.emit_rows(EventKind.samples, samples, method=result.role)
@@ -97,6 +105,11 @@ def _stat(stat: dict[str, Any]) -> dict[str, Any]:
         "ci_high": stat.get("ci_high"),
         "n": stat.get("n", 0),
     }
+
+
+def ping_job(sent_at: float) -> dict:
+    """A no-op job for health checks and the queue-latency benchmark."""
+    return {"sent_at": sent_at, "ran_at": time.time()}
 
 
 def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any], home: str | None = None) -> dict:

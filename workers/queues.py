@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from pipeline.configs import QUEUE_NAMES  # noqa: F401  (re-exported: the resource classes)
 from pipeline.errors import ConfigError
 
-ALLOWED_JOBS = frozenset({"workers.jobs.run_stage_job"})
+ALLOWED_JOBS = frozenset({"workers.jobs.run_stage_job", "workers.jobs.ping_job"})
 SERIALIZER = JSONSerializer
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, insert
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -44,16 +44,16 @@ LOG_TAIL_CHARS = 8000
 CLAIM_IDLE_MS = 60_000
 
 
-def _insert_ignore(session: Session, event_id: str, stream_id: str, kind: str, run_id: int | None) -> bool:
-    """Record an event id; False when it was already recorded (then the event is skipped)."""
-    dialect = session.get_bind().dialect.name
-    values = {"event_id": event_id, "stream_id": stream_id, "kind": kind, "run_id": run_id, "received_at": utcnow()}
-    if dialect == "postgresql":
+def _new_event_ids(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Record a batch's event ids in one statement; returns the ids not recorded before (the ones to apply)."""
+    if not rows:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    result = session.execute(insert(RecordedEvent).values(**values).on_conflict_do_nothing())
-    return result.rowcount == 1
+    statement = insert(RecordedEvent).on_conflict_do_nothing().returning(RecordedEvent.event_id)
+    return set(session.scalars(statement, rows).all())
 
 
 def apply_event(session: Session, event: dict[str, Any]) -> None:
@@ -153,8 +153,6 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
         )
         stage_run.error = payload.get("error")
         stage_run.finished_at = when
-    session.flush()
-    refresh_run_status(session, session.get(Run, run_id))
 
 
 def refresh_run_status(session: Session, run: Run) -> None:
@@ -229,16 +227,60 @@ class Recorder:
         entries = self._read()
         if not entries:
             return 0
+        events = []
+        for stream_id, fields in entries:
+            if fields:  # a trimmed entry still in the PEL has no fields: nothing to apply
+                sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+                events.append((sid, ev.decode(fields)))
         applied = 0
         with write_session(self.engine) as session:
-            for stream_id, fields in entries:
-                if not fields:  # a trimmed entry still in the PEL: nothing to apply
+            # dedupe within the batch too: a re-sent event may sit next to its original
+            unique = {event["event_id"]: (sid, event) for sid, event in reversed(events)}
+            new = _new_event_ids(
+                session,
+                [
+                    {
+                        "event_id": eid,
+                        "stream_id": sid,
+                        "kind": event["kind"],
+                        "run_id": event.get("run_id"),
+                        "received_at": utcnow(),
+                    }
+                    for eid, (sid, event) in unique.items()
+                ],
+            )
+            metric_rows: list[dict[str, Any]] = []
+            touched_runs: set[int] = set()
+            for _, event in events:
+                if event["event_id"] not in new:
                     continue
-                event = ev.decode(fields)
-                sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-                if _insert_ignore(session, event["event_id"], sid, event["kind"], event.get("run_id")):
-                    apply_event(session, event)
-                    applied += 1
+                new.discard(event["event_id"])
+                applied += 1
+                if event["kind"] == ev.EventKind.metric:  # the bulk of the traffic: one INSERT per batch
+                    payload = event["payload"]
+                    metric_rows.extend(
+                        {
+                            "run_id": event["run_id"],
+                            "stage_run_id": event["stage_run_id"],
+                            "step": payload["step"],
+                            "name": name,
+                            "value": float(value),
+                        }
+                        for name, value in payload["values"].items()
+                    )
+                    continue
+                if metric_rows:  # keep order: a `resumed` event deletes the points logged before it
+                    session.execute(insert(Metric), metric_rows)
+                    metric_rows = []
+                apply_event(session, event)
+                touched_runs.add(event["run_id"])
+            if metric_rows:
+                session.execute(insert(Metric), metric_rows)
+            session.flush()
+            for run_id in touched_runs:
+                run = session.get(Run, run_id)
+                if run is not None:
+                    refresh_run_status(session, run)
         self.connection.xack(ev.STREAM, GROUP, *[stream_id for stream_id, _ in entries])
         self.recorded += applied
         return applied
