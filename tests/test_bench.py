@@ -1,0 +1,22 @@
+"""The benchmarks stay runnable: each queue benchmark once at its smallest size (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_quick_writes_json_and_markdown(redis_server_url, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "queue_latency", "recorder", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "REDIS_URL": redis_server_url},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "results-quick.json").read_text())
+    assert set(data["results"]) == {"queue_latency", "recorder"}
+    assert data["results"]["recorder"]["events"] == 2000
+    assert data["results"]["queue_latency"]["n"] == 5
+    assert data["machine"]["cpu_count"] >= 1
+    assert "| queue_latency |" in (tmp_path / "results-quick.md").read_text()
