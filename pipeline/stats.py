@@ -18,25 +18,21 @@ def mean_ci(values: list[float], confidence: float = 0.95, n_resamples: int = 20
     elif np.ptp(data) == 0:
         result.update(ci_low=float(data[0]), ci_high=float(data[0]))
     else:
-        ci = stats.bootstrap(
-            (data,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        low, high = float(ci.low), float(ci.high)
-        if math.isnan(low) or math.isnan(high):  # BCa can fail on very skewed tiny samples: use percentiles
+
+        def bootstrap(method: str) -> tuple[float, float]:
             ci = stats.bootstrap(
                 (data,),
                 np.mean,
                 confidence_level=confidence,
                 n_resamples=n_resamples,
-                method="percentile",
+                method=method,
                 rng=np.random.default_rng(seed),
             ).confidence_interval
-            low, high = float(ci.low), float(ci.high)
+            return float(ci.low), float(ci.high)
+
+        low, high = bootstrap("BCa")
+        if math.isnan(low) or math.isnan(high):  # BCa can fail on very skewed tiny samples: use percentiles
+            low, high = bootstrap("percentile")
         result.update(ci_low=low, ci_high=high)
     result["confidence"] = confidence
     return result

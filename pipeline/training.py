@@ -32,6 +32,32 @@ def lora_config(model_config: ModelConfig) -> Any:
     )
 
 
+def trainer_args(config: Any, out_dir: Path, info: LoadInfo) -> dict[str, Any]:
+    """TRL config arguments train_sft and train_dpo share, from our SFTConfig / DPOConfig fields."""
+    return {
+        "output_dir": str(out_dir / CHECKPOINTS),
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.num_epochs,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accumulation,
+        "warmup_steps": config.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        "lr_scheduler_type": "linear",
+        "max_length": config.max_length,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": config.checkpoint_every,
+        "save_total_limit": 2,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "activation_checkpointing": config.activation_checkpointing,
+        "dataloader_num_workers": 0,
+        **precision_args(info),
+    }
+
+
 def precision_args(info: LoadInfo) -> dict[str, Any]:
     """Trainer precision flags that match how the model was loaded (TRL defaults to bf16, which fails on CPU)."""
     if info.device == "cpu":

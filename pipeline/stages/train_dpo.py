@@ -23,7 +23,6 @@ from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult, rea
 from pipeline.stages.negatives import REGISTRY
 from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.training import (
-    CHECKPOINTS,
     MODEL_DIR,
     drop_console_printer,
     free_trainer,
@@ -31,11 +30,11 @@ from pipeline.training import (
     lora_config,
     make_log_callback,
     model_config_from_ref,
-    precision_args,
     raise_if_stopped,
     read_log,
     require_trainable,
     step_one,
+    trainer_args,
     trim_log_to,
     write_model_ref,
 )
@@ -175,29 +174,10 @@ def run(
         info = m.info
         require_trainable(info, config.use_lora, STAGE)
         args = TRLDPOConfig(
-            output_dir=str(out_dir / CHECKPOINTS),
+            **trainer_args(config, out_dir, info),
             beta=config.beta,
             loss_type=[config.loss_type],
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_epochs,
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.grad_accumulation,
-            warmup_steps=config.warmup_ratio,
-            lr_scheduler_type="linear",
-            max_length=config.max_length,
             precompute_ref_log_probs=config.precompute_ref_log_probs,
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=config.checkpoint_every,
-            save_total_limit=2,
-            seed=config.seed,
-            data_seed=config.seed,
-            report_to="none",
-            disable_tqdm=True,
-            activation_checkpointing=config.activation_checkpointing,
-            dataloader_num_workers=0,
-            **precision_args(info),
         )
         write_json(out_dir / EFFECTIVE_CONFIG, effective_config(args, spec, info, inputs["pairs"] / TRAIN, init_model))
         log_callback = make_log_callback(out_dir, progress, info.device)

@@ -17,17 +17,16 @@ from pipeline.models import loaded
 from pipeline.stages import Progress, ProgressFn, StageResult, write_json
 from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
 from pipeline.training import (
-    CHECKPOINTS,
     MODEL_DIR,
     drop_console_printer,
     free_trainer,
     last_checkpoint,
     lora_config,
     make_log_callback,
-    precision_args,
     raise_if_stopped,
     read_log,
     require_trainable,
+    trainer_args,
     trim_log_to,
     write_model_ref,
 )
@@ -102,30 +101,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             )
         progress.log(f"{len(kept)} examples, {drops.total} dropped {drops.dropped}")
         dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])
-        args = TRLSFTConfig(
-            output_dir=str(out_dir / CHECKPOINTS),
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_epochs,
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.grad_accumulation,
-            warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
-            lr_scheduler_type="linear",
-            max_length=config.max_length,
-            completion_only_loss=True,
-            packing=False,
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=config.checkpoint_every,
-            save_total_limit=2,
-            seed=config.seed,
-            data_seed=config.seed,
-            report_to="none",
-            disable_tqdm=True,
-            activation_checkpointing=config.activation_checkpointing,
-            dataloader_num_workers=0,
-            **precision_args(info),
-        )
+        args = TRLSFTConfig(**trainer_args(config, out_dir, info), completion_only_loss=True, packing=False)
         log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = SFTTrainer(
             model=m.model,
