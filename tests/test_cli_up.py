@@ -10,6 +10,14 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def redis_servers_in(directory):
     found = []
     for proc in psutil.process_iter(["name", "cwd"]):
@@ -46,6 +54,7 @@ def test_up_runs_a_submitted_run_on_embedded_redis_and_leaves_no_orphan(tiny_mod
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "redis: embedded" in out.stdout and "run 1 succeeded" in out.stdout and "alignlab stopped" in out.stdout
+    assert "dashboard: http://127.0.0.1:" in out.stdout
     assert redis_servers_in(home / "redis") == []  # the owner shut its server down
     assert (home / "redis" / "appendonly.aof").exists()
     # the database it left behind answers the CLI

@@ -132,10 +132,9 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
         assert time.monotonic() - killed_at < 60
         failed = stage(sqlite_engine, run_id, "train_sft")
         assert "stopped heartbeating" in failed.error
-        assert scheduler.resume(run_id, redis_conn, sqlite_engine, home=str(alignlab_home)) == [
-            "train_sft",
-            "negatives",
-        ]
+        resumed_nodes = scheduler.resume(run_id, redis_conn, sqlite_engine, home=str(alignlab_home))
+        # negatives (independent of train_sft) may have run before the kill, or be waiting in the queue
+        assert resumed_nodes[0] == "train_sft" and set(resumed_nodes) <= {"train_sft", "negatives"}
         worker = start_worker(env, "--burst")
         worker.wait(300)
         wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "resumed train_sft")

@@ -118,6 +118,14 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
         assert statuses["generate_sft"] == "failed" and "missing.jsonl" in run.stages[0].error
         assert all(v == "cancelled" for k, v in statuses.items() if k != "generate_sft")
         assert run.status == "failed" and "generate_sft" in run.error
+        first_stage_run = run.stages[0].id
+    # retry re-enqueues the stage and everything downstream of it, as new attempts
+    nodes = scheduler.retry(first_stage_run, redis_conn, engine, home=str(alignlab_home))
+    assert nodes == [n.name for n in plan()]
+    with read_session(engine) as s:
+        run = s.get(Run, run_id)
+        assert {x.status for x in run.stages} == {"queued"} and {x.attempt for x in run.stages} == {2}
+        assert run.stages[0].rq_job_id.endswith("-2")
 
 
 def test_a_pickled_payload_is_never_unpickled(redis_conn, tmp_path):

@@ -318,3 +318,13 @@ def run_summary(run_id: int, engine: Engine | None = None) -> dict[str, Any]:
                 for s in run.stages
             ],
         }
+
+
+def annotate(run_id: int, tags: list[str], notes: str, engine: Engine | None = None) -> None:
+    """Edit a run's tags and notes (the dashboard's editable fields)."""
+    with write_session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise KeyError(f"no run {run_id}")
+        run.tags = sorted({t.strip() for t in tags if t.strip()})
+        run.notes = notes

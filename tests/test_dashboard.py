@@ -1,0 +1,140 @@
+"""Dashboard pages under Streamlit's AppTest, on a database filled by a real (queued) tiny run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db.models import Run
+from db.session import read_session
+from pipeline.configs import preset
+from tests.test_queue import drain_queues
+from workers import scheduler
+from workers.recorder import Recorder
+
+MAIN = "../app/main.py"
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_home):
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    url = f"sqlite:///{tmp_path / 'dash.db'}"
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    engine = make_engine(url)
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["demo"])
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    return {"engine": engine, "run_id": run_id, "conn": redis_conn}
+
+
+def app(**query):
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at
+
+
+def test_runs_table_shows_the_database_values(filled):
+    at = app().run()
+    assert not at.exception
+    frame = at.dataframe[0].value
+    with read_session(filled["engine"]) as s:
+        run = s.get(Run, filled["run_id"])
+        assert list(frame["id"]) == [run.id] and list(frame["status"]) == [run.status] == ["succeeded"]
+        assert list(frame["name"]) == [run.name] and list(frame["tags"]) == ["demo"]
+        assert list(frame["progress"]) == [1.0]
+
+
+def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
+    at = app(run=str(filled["run_id"])).run()
+    assert not at.exception
+    stages = at.dataframe[0].value
+    assert list(stages["stage"])[:2] == ["generate_sft", "train_sft"]
+    assert set(stages["status"]) == {"cached"}
+    assert at.get("vega_lite_chart"), "the training curves chart is missing"
+    loads = at.dataframe[1].value
+    assert set(loads["device"]) == {"cpu"}
+    # a queued run (no worker drains it) can be cancelled from its page
+    queued = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
+    at = app(run=str(queued)).run()
+    at.button(key="cancel").click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        assert s.get(Run, queued).status == "cancelled"
+
+
+def test_tags_and_notes_are_saved(filled):
+    at = app(run=str(filled["run_id"])).run()
+    at.text_input(key="tags").set_value("demo, baseline")
+    at.text_area(key="notes").set_value("first tiny run")
+    at.button[[b.label for b in at.button].index("Save tags and notes")].click().run()
+    with read_session(filled["engine"]) as s:
+        run = s.get(Run, filled["run_id"])
+        assert run.tags == ["baseline", "demo"] and run.notes == "first tiny run"
+
+
+def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    assert not at.exception
+    at.number_input(key="form.generation.temperature").set_value(0.0)
+    at.button[[b.label for b in at.button].index("Launch")].click().run()
+    assert any("GenerationConfig.temperature" in e.value for e in at.error)
+    with read_session(filled["engine"]) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 1
+    assert filled["conn"].llen("rq:queue:gpu") == 0
+
+
+def test_launch_valid_config_queues_a_run_and_opens_it(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    at.text_input(key="form.run.name").set_value("from-the-form")
+    at.button[[b.label for b in at.button].index("Launch")].click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        run = s.scalars(select(Run).where(Run.name == "from-the-form")).one()
+        assert len(run.stages) == 11 and run.status == "queued"
+    assert filled["conn"].llen("rq:queue:gpu") >= 1
+    assert str(run.id) in str(at.query_params["run"])
+
+
+def test_empty_database_offers_the_tiny_demo(redis_conn, tmp_path, monkeypatch):
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    at = app().run()
+    assert not at.exception
+    assert any("No runs yet" in i.value for i in at.info)
+    assert [b.label for b in at.button] == ["Launch the tiny demo"]
+
+
+def test_pages_never_import_torch():
+    code = (
+        "import sys\nfrom streamlit.testing.v1 import AppTest\n"
+        "at = AppTest.from_file('app/main.py', default_timeout=60).run()\n"
+        "at.switch_page('pages/launch.py').run()\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr[-2000:]
