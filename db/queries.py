@@ -201,3 +201,35 @@ def win_rates(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]
         }
         for (a, b), cell in sorted(table.items())
     ]
+
+
+def judgements_as_pairs(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Human judgements (ties excluded) as TRL preference pairs {prompt, chosen, rejected} for a next run."""
+    with read_session(engine) as s:
+        judgements = s.scalars(select(Judgement).where(Judgement.run_id == run_id, Judgement.winner != "tie")).all()
+        samples = {(x.prompt_id, x.method): x for x in s.scalars(select(Sample).where(Sample.run_id == run_id))}
+    pairs = []
+    for j in judgements:
+        loser = j.method_b if j.winner == j.method_a else j.method_a
+        win, lose = samples.get((j.prompt_id, j.winner)), samples.get((j.prompt_id, loser))
+        if win and lose and win.generation.strip() != lose.generation.strip():
+            pairs.append(
+                {
+                    "prompt": win.prompt,
+                    "chosen": " " + win.generation.strip(),
+                    "rejected": " " + lose.generation.strip(),
+                    "source": f"judgement:{j.id}",
+                }
+            )
+    return pairs
+
+
+def run_choices(engine: Engine | None = None) -> list[tuple[int, str]]:
+    """(id, label) of runs that have evaluations, newest first, for the Compare and Samples pickers."""
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(Run.id, Run.name, Run.status)
+            .where(Run.id.in_(select(Evaluation.run_id).distinct()))
+            .order_by(Run.id.desc())
+        ).all()
+    return [(i, f"{i}: {name} ({status})") for i, name, status in rows]

@@ -328,3 +328,31 @@ def annotate(run_id: int, tags: list[str], notes: str, engine: Engine | None = N
             raise KeyError(f"no run {run_id}")
         run.tags = sorted({t.strip() for t in tags if t.strip()})
         run.notes = notes
+
+
+def record_judgement(
+    run_id: int,
+    prompt_id: str,
+    shown_left: str,
+    shown_right: str,
+    winner: str,
+    reviewer: str = "",
+    engine: Engine | None = None,
+) -> int:
+    """Store one blind A/B judgement with the positions the methods were shown in; `winner` is a method or tie."""
+    from db.models import Judgement
+
+    if winner not in (shown_left, shown_right, "tie"):
+        raise ValueError(f"winner must be {shown_left!r}, {shown_right!r} or 'tie', got {winner!r}")
+    with write_session(engine) as session:
+        judgement = Judgement(
+            run_id=run_id,
+            prompt_id=prompt_id,
+            method_a=shown_left,
+            method_b=shown_right,
+            winner=winner,
+            reviewer=reviewer,
+        )
+        session.add(judgement)
+        session.flush()
+        return judgement.id

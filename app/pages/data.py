@@ -1,0 +1,68 @@
+"""Data: every hand-off's validation report, record browsers and the token-mask viewer, all from the database."""
+
+import html
+
+import pandas as pd
+import streamlit as st
+
+from db import queries
+
+st.title("Data and validation")
+runs = queries.list_runs()
+if not runs:
+    st.info("No runs yet. Launch one from the Launch page.")
+    st.stop()
+run_id = st.selectbox(
+    "Run",
+    [r["id"] for r in runs],
+    format_func=lambda i: f"{i}: {next(r['name'] for r in runs if r['id'] == i)}",
+    key="data_run",
+)
+reports = queries.validation_reports(run_id)
+st.header("Validation reports")
+if not reports:
+    st.info("No report yet: the first stage reports when it reads its input.")
+for n, report in enumerate(reports):
+    verdict = "passed" if report["passed"] else "FAILED"
+    with st.expander(
+        f"{report['node']} · {report['kind']} · {verdict} · {report['rows_valid']}/{report['rows_read']} "
+        f"rows valid · {report['n_errors']} errors · {report['n_warnings']} warnings",
+        expanded=not report["passed"],
+    ):
+        issues = pd.DataFrame(report["issues"])
+        if not issues.empty:
+            codes = st.multiselect("Codes", sorted(issues["code"].unique()), key=f"codes_{n}")
+            if codes:
+                issues = issues[issues["code"].isin(codes)]
+            st.dataframe(issues, hide_index=True, key=f"issues_{n}")
+        if report["stats"].get("negative_types"):
+            st.bar_chart(pd.Series(report["stats"]["negative_types"], name="pairs"))
+        st.json(report["stats"], expanded=False)
+
+st.header("Records")
+kind = st.selectbox("Show", ["sft_records", "negatives", "train_pairs", "heldout_pairs"], key="records_kind")
+records = queries.previews(run_id, kind)
+st.caption(f"{len(records)} rows (a bounded preview sent by the stage)")
+if records:
+    frame = pd.DataFrame(records)
+    if "negative_type" in frame:
+        types = st.multiselect("Negative types", sorted(frame["negative_type"].dropna().unique()), key="neg_types")
+        if types:
+            frame = frame[frame["negative_type"].isin(types)]
+    st.dataframe(frame.astype(str), hide_index=True, key="records_df")
+
+st.header("Token-mask viewer")
+examples = queries.previews(run_id, "mask_examples")
+if not examples:
+    st.info("train_sft sends token-mask examples once its masking check passed.")
+else:
+    chosen = st.selectbox("Example", list(range(len(examples))), key="mask_example")
+    tokens = examples[chosen]["tokens"]
+    spans = "".join(
+        f"<span style='background:{'#b7e4c7' if t['trained'] else '#e9ecef'};border:1px solid #ccc;margin:1px;"
+        f"padding:0 2px;white-space:pre-wrap'>{html.escape(t['token'])}</span>"
+        for t in tokens
+    )
+    st.markdown("Green tokens are trained (completion + EOS), grey are masked (prompt).")
+    st.html(f"<div style='font-family:monospace;line-height:2'>{spans}</div>")
+    st.caption(f"{sum(t['trained'] for t in tokens)} trained of {len(tokens)} tokens")
