@@ -135,3 +135,18 @@ def engine(db_url):
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
+
+
+def add_stage_run(engine, node: str = "train_sft", status: str = "running") -> tuple[int, int]:
+    """A Run with one StageRun, for tests that feed events straight into the stream; returns their ids."""
+    from db.models import Run, StageRun
+    from db.session import write_session
+
+    with write_session(engine) as s:
+        run = Run(name=f"events-{node}", spec={}, spec_hash="x", status=status)
+        s.add(run)
+        s.flush()
+        stage_run = StageRun(run_id=run.id, node=node, stage=node, status=status)
+        s.add(stage_run)
+        s.flush()
+        return run.id, stage_run.id

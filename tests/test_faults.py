@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Metric, RecordedEvent, Run, StageRun
-from db.session import make_engine, read_session, write_session
+from db.session import make_engine, read_session
+from tests.conftest import add_stage_run
 from workers import scheduler
 from workers.recorder import Recorder
 
@@ -201,14 +202,7 @@ def test_cancel_stops_the_running_job_within_10s_and_statuses_agree(
 def test_recorder_killed_mid_stream_loses_and_duplicates_nothing(redis_conn, redis_server_url, sqlite_engine, tmp_path):
     from workers.events import EventEmitter
 
-    with write_session(sqlite_engine) as s:
-        run = Run(name="events", spec={}, spec_hash="x", status="running")
-        s.add(run)
-        s.flush()
-        sr = StageRun(run_id=run.id, node="train_sft", stage="train_sft", status="running")
-        s.add(sr)
-        s.flush()
-        run_id, stage_run_id = run.id, sr.id
+    run_id, stage_run_id = add_stage_run(sqlite_engine)
     emitter = EventEmitter(redis_conn, run_id, stage_run_id)
     total = 20000
     for step in range(1, total + 1):

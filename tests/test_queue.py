@@ -11,6 +11,7 @@ from db.migrate import current
 from db.models import Evaluation, Metric, Preview, RecordedEvent, Run, Sample, StageRun, ValidationReportRow
 from db.session import read_session
 from pipeline.dag import plan
+from tests.conftest import add_stage_run
 from workers import scheduler
 from workers.queues import SERIALIZER, AllowlistJob, queue
 from workers.recorder import Recorder
@@ -158,16 +159,7 @@ def test_recorded_events_are_unique(redis_conn, engine):
 
     with read_session(engine) as s:
         assert s.scalar(select(func.count()).select_from(RecordedEvent)) == 0
-    from db.session import write_session
-
-    with write_session(engine) as s:
-        run = Run(name="r", spec={}, spec_hash="x", status="queued")
-        s.add(run)
-        s.flush()
-        stage = StageRun(run_id=run.id, node="compare", stage="compare", status="queued")
-        s.add(stage)
-        s.flush()
-        run_id, stage_id = run.id, stage.id
+    run_id, stage_id = add_stage_run(engine, node="compare", status="queued")
     emitter = EventEmitter(redis_conn, run_id, stage_id)
     emitter.emit("log", message="hello")
     # the same event re-sent (a redis-py retry after a lost reply): same event id, new stream entry
