@@ -196,3 +196,15 @@ def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
     assert (alignlab_home / "blobs" / f"{reference[5:]}.jsonl").read_bytes() == data
     with pytest.raises(DataError, match="upload limit"):
         put_blob(redis_conn, b"x" * (MAX_BLOB_BYTES + 1), "huge.jsonl")
+
+
+def test_migrations_match_the_models(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from db.models import Base
+
+    with create_engine(db_url).connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
