@@ -4,6 +4,7 @@ the `model_ref.json` that tells later stages how to load a trained model."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,22 @@ def require_trainable(info: LoadInfo, use_lora: bool, stage: str) -> None:
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint in `out_dir`, or None.
 
+    The Trainer writes `trainer_state.json` last; a checkpoint without it was cut off by a kill mid-save and
+    would break the resume, so it is removed and the one before it is used.
+    """
     folder = out_dir / CHECKPOINTS
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for candidate in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return str(candidate)
+        except (OSError, ValueError):
+            shutil.rmtree(candidate, ignore_errors=True)
+    return None
 
 
 def trim_log_to(out_dir: Path, step: int) -> None:

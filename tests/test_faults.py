@@ -138,7 +138,11 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
         assert resumed_nodes[0] == "train_sft" and set(resumed_nodes) <= {"train_sft", "negatives"}
         worker = start_worker(env, "--burst")
         worker.wait(300)
-        wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "resumed train_sft")
+        wait_for(
+            lambda: stage(sqlite_engine, run_id, "train_sft").status in ("succeeded", "failed"), 60, "resumed train_sft"
+        )
+        resumed = stage(sqlite_engine, run_id, "train_sft")
+        assert resumed.status == "succeeded", resumed.error
         wait_for(
             lambda: stage(sqlite_engine, run_id, "negatives").status in ("succeeded", "cached", "failed"),
             60,

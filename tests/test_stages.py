@@ -280,3 +280,17 @@ def test_full_fine_tuning_route_keeps_the_sft_model_as_dpo_reference(dag_run, ti
     dpo = run_node(spec, store, node_by_name("dpo_sft"), keys)
     assert dpo.metrics["init_model"] == str(sft_dir / "model")
     assert dpo.checks["reference_is_init"]["passed"], dpo.checks
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped_on_resume(tmp_path):
+    from pipeline.training import last_checkpoint
+
+    complete = tmp_path / "checkpoints" / "checkpoint-5"
+    complete.mkdir(parents=True)
+    (complete / "trainer_state.json").write_text('{"global_step": 5}')
+    cut_off = tmp_path / "checkpoints" / "checkpoint-10"
+    cut_off.mkdir()
+    (cut_off / "optimizer.pt").write_bytes(b"partial")  # killed before trainer_state.json was written
+    assert last_checkpoint(tmp_path) == str(complete)
+    assert not cut_off.exists()
+    assert last_checkpoint(tmp_path / "nothing") is None
