@@ -20,23 +20,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    import os
-
-    import torch
+    from pipeline.models import environment_summary
 
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **environment_summary(),
     }
 
 
 def to_markdown(results: dict, info: dict) -> str:
     lines = [
-        f"Machine: {info['platform']}, {info['cpu_count']} cores, device {info['device']}, torch {info['torch']}, "
+        f"Machine: {info['platform']}, {info['cpu_count']} cores, device {info['device_name']}, torch {info['torch']}, "
         f"{info['time']}",
         "",
         "| benchmark | measured | goal | met |",

@@ -7,7 +7,6 @@ the three decode the same way from the same prompt tokens (`formats.encode_promp
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,10 +152,3 @@ def text_stats(text: str, fmt: FormatConfig) -> dict[str, Any]:
         "template_leak": has_template_leak(text, fmt),
         "refusal": is_refusal(text),
     }
-
-
-def most_common_word_share(text: str) -> float:
-    tokens = [t for t in words(text) if t.isalnum()]
-    if not tokens:
-        return 0.0
-    return Counter(tokens).most_common(1)[0][1] / len(tokens)
