@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -9,9 +10,11 @@ from sqlalchemy import Engine, func, select
 
 from db.models import Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
 from db.session import read_session
+from pipeline.stats import mean_ci
 
 DONE = ("succeeded", "cached")
-FLAGS = ("template_leak", "refusal")
+REPETITION_FLAG = 0.5  # share of repeated 3-grams from which a generation is flagged
+LENGTH_BLOWUP = 3.0  # a generation longer than 3x its reference (+40 chars) is flagged
 
 
 def list_runs(
@@ -138,24 +141,114 @@ def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[
         ]
 
 
-def samples_side_by_side(run_id: int, flagged_only: bool = False, engine: Engine | None = None) -> list[dict[str, Any]]:
-    """One row per prompt with every method's generation and stats."""
+def sample_flags(stats: dict[str, Any], reference: str | None) -> list[str]:
+    """What a reviewer should look at in one generation: repetition, no EOS, length blow-up, template leak, refusal."""
+    flags = []
+    if (stats.get("repetition") or 0.0) >= REPETITION_FLAG:
+        flags.append("repetition")
+    if not stats.get("eos_reached", True):
+        flags.append("no EOS")
+    if reference and stats.get("chars", 0) > LENGTH_BLOWUP * len(reference) + 40:
+        flags.append("length blow-up")
+    if stats.get("template_leak"):
+        flags.append("template leak")
+    if stats.get("refusal"):
+        flags.append("refusal")
+    return flags
+
+
+NOT_RESULT_FIELDS = {"name", "preset", "stages"}
+SAMPLE_FILTERS = ("all", "flagged", "disagreeing")
+
+
+def samples_side_by_side(run_id: int, only: str = "all", engine: Engine | None = None) -> list[dict[str, Any]]:
+    """One row per prompt with every method's generation, stats and flags. `only="flagged"`: some output is flagged;
+    `only="disagreeing"`: the methods disagree (one output flagged and another not, or reviewers' winners differ)."""
+    if only not in SAMPLE_FILTERS:
+        raise ValueError(f"only={only!r}: choose one of {', '.join(SAMPLE_FILTERS)}")
     with read_session(engine) as s:
         samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.prompt_id)).all()
+        winners: dict[str, set[str]] = defaultdict(set)
+        for prompt, winner in s.execute(
+            select(Judgement.prompt_id, Judgement.winner).where(Judgement.run_id == run_id)
+        ).all():
+            winners[prompt].add(winner)
     by_prompt: dict[str, dict[str, Any]] = {}
     for sample in samples:
         row = by_prompt.setdefault(
             sample.prompt_id,
             {"prompt_id": sample.prompt_id, "prompt": sample.prompt, "reference": sample.reference, "methods": {}},
         )
-        row["methods"][sample.method] = {"generation": sample.generation, "stats": sample.stats or {}}
+        stats = sample.stats or {}
+        row["methods"][sample.method] = {
+            "generation": sample.generation,
+            "stats": stats,
+            "flags": sample_flags(stats, sample.reference),
+        }
     rows = list(by_prompt.values())
     for row in rows:
-        stats = [m["stats"] for m in row["methods"].values()]
-        row["flagged"] = any(st.get(f) for st in stats for f in FLAGS) or any(
-            not st.get("eos_reached", True) for st in stats
-        )
-    return [r for r in rows if r["flagged"]] if flagged_only else rows
+        flagged = [bool(m["flags"]) for m in row["methods"].values()]
+        row["flagged"] = any(flagged)
+        row["disagreeing"] = (any(flagged) and not all(flagged)) or len(winners.get(row["prompt_id"], ())) > 1
+    return rows if only == "all" else [r for r in rows if r[only]]
+
+
+def by_negative_type(run_ids: list[int], metric: str = "preference_accuracy", engine: Engine | None = None):
+    """Per negative type and method: `metric` with its CI, across runs."""
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(Evaluation, Run.name)
+            .join(Run, Run.id == Evaluation.run_id)
+            .where(Evaluation.run_id.in_(run_ids), Evaluation.negative_type.is_not(None), Evaluation.metric == metric)
+            .order_by(Evaluation.run_id, Evaluation.negative_type, Evaluation.method)
+        ).all()
+    return [
+        {
+            "run_id": e.run_id,
+            "run": name,
+            "negative_type": e.negative_type,
+            "method": e.method,
+            "value": e.value,
+            "ci_low": e.ci_low,
+            "ci_high": e.ci_high,
+            "n": e.n,
+        }
+        for e, name in rows
+    ]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"dpo": {"beta": 0.1}} -> {"dpo.beta": 0.1}; lists and dicts below the sections are kept as JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+    return out
+
+
+def spec_differences(run_ids: list[int], engine: Engine | None = None) -> dict[int, dict[str, Any]]:
+    """Per run, the config fields whose values differ among `run_ids`, leaving out those that cannot change a result
+    (name, preset label, stage selection, queues and timeouts)."""
+    with read_session(engine) as s:
+        specs = {i: flatten(spec or {}) for i, spec in s.execute(select(Run.id, Run.spec).where(Run.id.in_(run_ids)))}
+    fields = sorted(f for spec in specs.values() for f in spec if f not in NOT_RESULT_FIELDS)
+    fields = sorted(set(fields) - {f for f in fields if f.startswith("execution.")})
+    varying = [f for f in fields if len({json.dumps(spec.get(f)) for spec in specs.values()}) > 1]
+    return {i: {f: spec.get(f) for f in varying} for i, spec in specs.items()}
+
+
+def sweep(run_ids: list[int], metric: str, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """`metric` per run and method, with each run's values of the fields that vary across `run_ids` (a β sweep,
+    seeds): the rows of a cross-run chart."""
+    differences = spec_differences(run_ids, engine)
+    return [
+        {**row, **differences.get(row["run_id"], {})}
+        for row in comparison_matrix(run_ids, engine)
+        if row["metric"] == metric
+    ]
 
 
 def validation_reports(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
@@ -191,16 +284,22 @@ def win_rates(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]
             cell["wins"] += 1
         else:
             cell["losses"] += 1
-    return [
-        {
-            "a": a,
-            "b": b,
-            **cell,
-            "n": sum(cell.values()),
-            "win_rate_a": (cell["wins"] + 0.5 * cell["ties"]) / max(1, sum(cell.values())),
-        }
-        for (a, b), cell in sorted(table.items())
-    ]
+    rows = []
+    for (a, b), cell in sorted(table.items()):
+        outcomes = [1.0] * cell["wins"] + [0.0] * cell["losses"] + [0.5] * cell["ties"]
+        ci = mean_ci(outcomes, n_resamples=1000)
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                **cell,
+                "n": len(outcomes),
+                "win_rate_a": ci["mean"],
+                "ci_low": ci["ci_low"],
+                "ci_high": ci["ci_high"],
+            }
+        )
+    return rows
 
 
 def judgements_as_pairs(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:

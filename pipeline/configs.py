@@ -569,3 +569,41 @@ def preset(name: str) -> RunSpec:
     if name not in PRESETS:
         raise ConfigError(f"RunSpec.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------- derived specs
+
+SEED_SCOPES = {
+    "training": ("sft", "dpo", "eval"),  # the data stages stay cached: seeds measure training noise only
+    "everything": ("generation", "negatives", "pairs", "sft", "dpo", "eval", "compare"),
+}
+DPO_STAGES = ["train_dpo", "evaluate", "compare"]
+
+
+def with_seed(spec: RunSpec, seed: int, scope: str = "training") -> RunSpec:
+    """A copy of `spec` whose seeds in `scope` (see SEED_SCOPES) are `seed`, named `<name>-seed<seed>`."""
+    if scope not in SEED_SCOPES:
+        raise ConfigError(f"seed scope {scope!r}: choose one of {', '.join(SEED_SCOPES)}")
+    data = to_dict(spec)
+    for section in SEED_SCOPES[scope]:
+        data[section]["seed"] = seed
+    data["name"] = f"{spec.name}-seed{seed}"
+    return from_dict(RunSpec, data)
+
+
+def preflight_spec(spec: RunSpec) -> RunSpec:
+    """The same model, format and settings at tiny scale: every stage runs on a few prompts for a few steps, so a
+    broken model path, template, memory budget or data hand-off shows in minutes instead of hours."""
+    data = to_dict(spec)
+    data["name"] = f"{spec.name}-preflight"
+    data["stages"] = list(STAGES)
+    data["data"]["max_instructions"] = 24
+    data["generation"]["max_new_tokens"] = min(spec.generation.max_new_tokens, 32)
+    data["negatives"]["max_new_tokens"] = min(spec.negatives.max_new_tokens, 32)
+    for section in ("sft", "dpo"):
+        data[section]["max_steps"] = 2
+        data[section]["checkpoint_every"] = 1
+    data["eval"]["max_prompts"] = 6
+    data["eval"]["max_new_tokens"] = min(spec.eval.max_new_tokens, 32)
+    data["compare"]["n_bootstrap"] = 200
+    return from_dict(RunSpec, data)

@@ -33,8 +33,12 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
 
     rows = queries.samples_side_by_side(run_id, engine=engine)
     assert rows and all(set(r["methods"]) == {"base", "sft", "sft_dpo", "dpo_only"} for r in rows)
-    flagged = queries.samples_side_by_side(run_id, flagged_only=True, engine=engine)
-    assert all(r["flagged"] for r in flagged) and len(flagged) <= len(rows)
+    flagged = queries.samples_side_by_side(run_id, only="flagged", engine=engine)
+    assert [r["prompt_id"] for r in flagged] == [r["prompt_id"] for r in rows if r["flagged"]]
+    assert all(any(m["flags"] for m in r["methods"].values()) for r in flagged)
+    disagreeing = queries.samples_side_by_side(run_id, only="disagreeing", engine=engine)
+    for row in disagreeing:
+        assert len({bool(m["flags"]) for m in row["methods"].values()}) == 2
 
     reports = queries.validation_reports(run_id, engine=engine)
     assert {r["kind"] for r in reports} >= {"instructions", "sft", "negatives", "pairs"}
@@ -57,6 +61,9 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
     assert (rate["a"], rate["b"]) == ("dpo_only", "sft_dpo")
     assert (rate["wins"], rate["losses"], rate["ties"], rate["n"]) == (0, 2, 1, 3)
     assert abs(rate["win_rate_a"] - 0.5 / 3) < 1e-9
+    assert rate["ci_low"] <= rate["win_rate_a"] <= rate["ci_high"]
+    # reviewers who picked different winners for one prompt make it a disagreeing prompt
+    assert prompt in {r["prompt_id"] for r in queries.samples_side_by_side(run_id, only="disagreeing", engine=engine)}
 
 
 def test_metric_curves_of_a_training_stage(tiny_model_dir, tiny_ci_spec, redis_conn, engine, alignlab_home):
@@ -72,3 +79,63 @@ def test_metric_curves_of_a_training_stage(tiny_model_dir, tiny_ci_spec, redis_c
     losses = [c for c in curves if c["name"] == "loss"]
     assert losses and [c["step"] for c in losses] == list(range(1, len(losses) + 1))
     assert {c["node"] for c in curves} == {"train_sft"}
+
+
+def test_dpo_only_relaunch_reuses_the_earlier_run_and_feeds_the_cross_run_sweep(
+    dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
+):
+    from pipeline.configs import DPO_STAGES, RunSpec, from_dict, to_dict
+
+    first = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home))
+    changed = to_dict(tiny_ci_spec)
+    changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
+    second = scheduler.submit(from_dict(RunSpec, changed), redis_conn, engine, home=str(alignlab_home), parent_id=first)
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+
+    detail = queries.run_detail(second, engine=engine)
+    assert detail["status"] == "succeeded"
+    statuses = {s["node"]: s["status"] for s in detail["stages"]}
+    assert "generate_sft" not in statuses and "train_sft" not in statuses  # reused from the first run's artifacts
+    assert {statuses["dpo_sft"], statuses["dpo_base"]} <= {"succeeded", "cached"}
+    keys = {
+        run: {s["node"]: s["artifact_key"] for s in queries.run_detail(run, engine=engine)["stages"]}
+        for run in (first, second)
+    }
+    assert keys[second]["dpo_sft"] != keys[first]["dpo_sft"]  # beta changed: a new model, not the first run's
+
+    assert queries.spec_differences([first, second], engine=engine) == {
+        first: {"dpo.beta": 0.1},
+        second: {"dpo.beta": 0.3},
+    }
+    rows = queries.sweep([first, second], "preference_accuracy", engine=engine)
+    assert {(r["run_id"], r["dpo.beta"]) for r in rows} == {(first, 0.1), (second, 0.3)}
+    assert {r["method"] for r in rows if r["run_id"] == second} == {"base", "sft", "sft_dpo", "dpo_only"}
+
+    per_type = queries.by_negative_type([second], engine=engine)
+    assert per_type and {r["method"] for r in per_type} == {"base", "sft", "sft_dpo", "dpo_only"}
+    assert all(r["negative_type"] and r["n"] > 0 for r in per_type)
+
+
+def test_seeds_launch_as_one_group(tiny_ci_spec, redis_conn, engine):
+    ids = scheduler.submit_seeds(tiny_ci_spec, [1, 2, 3], redis_conn, engine, scope="training")
+    runs = {r["id"]: r for r in queries.list_runs(engine=engine) if r["id"] in ids}
+    assert len({r["group"] for r in runs.values()}) == 1 and None not in {r["group"] for r in runs.values()}
+    specs = [queries.run_detail(i, engine=engine)["spec"] for i in ids]
+    assert [s["sft"]["seed"] for s in specs] == [s["dpo"]["seed"] for s in specs] == [1, 2, 3]
+    assert {s["generation"]["seed"] for s in specs} == {tiny_ci_spec.generation.seed}  # data stays shared
+    assert [s["name"] for s in specs] == [f"tiny-ci-seed{i}" for i in (1, 2, 3)]
+    for run_id in ids:
+        scheduler.cancel(run_id, redis_conn, engine)
+
+
+def test_sample_flags_name_each_problem():
+    stats = {"repetition": 0.8, "eos_reached": False, "chars": 500, "template_leak": True, "refusal": True}
+    assert queries.sample_flags(stats, "short reference") == [
+        "repetition",
+        "no EOS",
+        "length blow-up",
+        "template leak",
+        "refusal",
+    ]
+    assert queries.sample_flags({"repetition": 0.1, "eos_reached": True, "chars": 20}, "a reference") == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from typing import Any
 
 import redis
@@ -23,8 +24,9 @@ from sqlalchemy import Engine, select
 
 from db.models import Run, StageRun, StageStatus, utcnow
 from db.session import write_engine, write_session
-from pipeline.configs import QUEUE_NAMES, RunSpec, to_dict
+from pipeline.configs import QUEUE_NAMES, RunSpec, preflight_spec, to_dict, with_seed
 from pipeline.dag import Node, plan, selected_nodes
+from pipeline.errors import ConfigError
 from workers.events import cancel_key
 from workers.queues import SERIALIZER, fetch_job, queue
 
@@ -141,6 +143,34 @@ def submit(
         session.flush()
         _enqueue(connection, run, spec, stage_runs, nodes, home)
         return run.id
+
+
+def submit_seeds(
+    spec: RunSpec,
+    seeds: list[int],
+    connection: redis.Redis,
+    engine: Engine | None = None,
+    *,
+    scope: str = "training",
+    home: str | None = None,
+    tags: list[str] | None = None,
+    parent_id: int | None = None,
+) -> list[int]:
+    """One run per seed (see `configs.with_seed`), launched as one group; returns the run ids in seed order."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {seeds}: give one or more distinct seeds")
+    group = f"{spec.name}-seeds-{uuid.uuid4().hex[:6]}"
+    return [
+        submit(with_seed(spec, seed, scope), connection, engine, home=home, tags=tags, group=group, parent_id=parent_id)
+        for seed in seeds
+    ]
+
+
+def submit_preflight(
+    spec: RunSpec, connection: redis.Redis, engine: Engine | None = None, *, home: str | None = None
+) -> int:
+    """The whole DAG at tiny scale on the configured model (`configs.preflight_spec`), tagged `preflight`."""
+    return submit(preflight_spec(spec), connection, engine, home=home, tags=["preflight"])
 
 
 def cancel(run_id: int, connection: redis.Redis, engine: Engine | None = None) -> None:
