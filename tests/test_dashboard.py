@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.models import Run
 from db.session import read_session
-from pipeline.configs import preset
+from pipeline.configs import preset, to_dict
 from tests.test_queue import drain_queues
 from workers import scheduler
 from workers.recorder import Recorder
@@ -37,7 +37,13 @@ def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_ho
     run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["demo"])
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
-    return {"engine": engine, "run_id": run_id, "conn": redis_conn}
+    return {
+        "engine": engine,
+        "run_id": run_id,
+        "conn": redis_conn,
+        "spec": to_dict(tiny_ci_spec),
+        "home": str(alignlab_home),
+    }
 
 
 def app(**query):
@@ -166,9 +172,11 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     at.switch_page("pages/samples.py").run()
     assert not at.exception
     assert {h.value for h in at.subheader} >= {"base", "sft", "sft_dpo", "dpo_only"}
+    assert at.button(key="ab_record").disabled  # nothing is recorded before a choice is made
     at.radio(key="ab_choice").set_value("A")
-    at.text_input(key="reviewer").set_value("ana")
+    at.text_input(key="reviewer").set_value("ana").run()
     at.button(key="ab_record").click().run()
+    assert at.radio(key="ab_choice").value is None  # the next prompt starts unanswered
     assert not at.exception
     with read_session(filled["engine"]) as s:
         (judgement,) = s.scalars(select(Judgement)).all()
@@ -188,3 +196,90 @@ def test_data_page_reports_records_and_mask_viewer(filled):
     records = at.dataframe[-1].value
     assert {"prompt", "completion"} <= set(records.columns) and len(records) > 0
     assert any("trained of" in c.value for c in at.caption)
+
+
+def test_launch_n_seeds_queues_one_group(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    at.text_input(key="form.run.name").set_value("seeded")
+    at.number_input(key="launch_seeds").set_value(3)
+    at.button[[b.label for b in at.button].index("Launch")].click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        runs = s.scalars(select(Run).where(Run.name.like("seeded-seed%")).order_by(Run.id)).all()
+        assert [r.name for r in runs] == ["seeded-seed0", "seeded-seed1", "seeded-seed2"]
+        assert len({r.group_name for r in runs}) == 1 and runs[0].group_name
+        assert [r.spec["dpo"]["seed"] for r in runs] == [0, 1, 2]
+        assert str(runs[0].id) in str(at.query_params["run"])
+
+
+def test_preflight_button_queues_the_whole_dag_at_tiny_scale(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    at.text_input(key="form.run.name").set_value("big")
+    at.button[[b.label for b in at.button].index("Preflight")].click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        run = s.scalars(select(Run).where(Run.name == "big-preflight")).one()
+        assert run.tags == ["preflight"] and len(run.stages) == 11
+        assert run.spec["sft"]["max_steps"] == run.spec["dpo"]["max_steps"] == 2
+        assert run.spec["data"]["max_instructions"] <= 24
+
+
+def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    at.radio(key="launch_source").set_value("earlier run").run()
+    assert not at.exception
+    assert at.multiselect(key="form.run.stages").value == ["train_dpo", "evaluate", "compare"]
+    assert at.text_input(key="form.run.name").value == "tiny-ci"  # the earlier run's config fills the form
+    at.number_input(key="form.dpo.beta").set_value(0.25)
+    at.button[[b.label for b in at.button].index("Launch")].click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        run = s.scalars(select(Run).order_by(Run.id.desc())).first()
+        assert run.parent_id == filled["run_id"] and run.spec["dpo"]["beta"] == 0.25
+        assert sorted(st.node for st in run.stages) == [
+            "compare",
+            "dpo_base",
+            "dpo_sft",
+            "eval_base",
+            "eval_dpo_only",
+            "eval_sft",
+            "eval_sft_dpo",
+        ]
+
+
+def test_compare_across_runs_sweeps_the_differing_setting(filled):
+    from pipeline.configs import DPO_STAGES, RunSpec, from_dict, to_dict
+
+    changed = to_dict(from_dict(RunSpec, filled["spec"]))
+    changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
+    second = scheduler.submit(from_dict(RunSpec, changed), filled["conn"], filled["engine"], home=filled["home"])
+    drain_queues(filled["conn"])
+    Recorder(filled["conn"], filled["engine"]).drain()
+
+    at = app().run()
+    at.switch_page("pages/compare.py").run()
+    at.multiselect(key="compare_runs").set_value([filled["run_id"], second]).run()
+    assert not at.exception
+    assert at.selectbox(key="sweep_field").value == "dpo.beta"
+    (sweep,) = [d.value for d in at.dataframe if "runs" in d.value.columns]
+    assert sorted(set(sweep["dpo.beta"])) == [0.1, 0.3] and set(sweep["runs"]) == {1}
+    specs = [c for c in at.get("vega_lite_chart")]
+    assert len(specs) >= 3  # methods, per negative type, sweep
+
+
+def test_samples_filters_flagged_and_disagreeing_prompts(filled):
+    from db.queries import samples_side_by_side
+
+    at = app().run()
+    at.switch_page("pages/samples.py").run()
+    for only in ("flagged", "disagreeing"):
+        at.radio(key="samples_filter").set_value(only).run()
+        assert not at.exception
+        expected = samples_side_by_side(filled["run_id"], only=only, engine=filled["engine"])
+        if expected:
+            assert at.number_input(key="prompt_index").max == len(expected)
+        else:
+            assert any("No sample matches" in i.value for i in at.info)

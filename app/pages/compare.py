@@ -34,6 +34,58 @@ bars = alt.Chart(table).mark_point(filled=True, size=80).encode(x="value:Q", y="
 errors = alt.Chart(table).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", y="method:N", color="run:N")
 st.altair_chart(errors + bars, key="compare_chart")
 
+per_type = pd.DataFrame(queries.by_negative_type(run_ids))
+if not per_type.empty:
+    st.subheader("Preference accuracy by negative type")
+    st.caption("Which kinds of rejected answer each method learned to rank below the chosen one (95% CI).")
+    points = (
+        alt.Chart(per_type)
+        .mark_point(filled=True)
+        .encode(
+            x=alt.X("value:Q", title="preference accuracy"),
+            y="method:N",
+            color="method:N",
+            tooltip=["run", "negative_type", "method", "value", "ci_low", "ci_high", "n"],
+        )
+    )
+    rules = alt.Chart(per_type).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", y="method:N", color="method:N")
+    st.altair_chart(
+        (rules + points).facet(row=alt.Row("negative_type:N", title=None), column=alt.Column("run:N", title=None)),
+        key="per_type_chart",
+    )
+
+if len(run_ids) > 1:
+    st.header("Across runs")
+    differences = queries.spec_differences(run_ids)
+    varying = sorted({field for fields in differences.values() for field in fields})
+    if not varying:
+        st.info("These runs have identical settings (seeds included): their spread is run-to-run noise.")
+    else:
+        sweep = pd.DataFrame(queries.sweep(run_ids, metric))
+        along = st.selectbox(
+            "Along",
+            varying,
+            index=varying.index("dpo.beta") if "dpo.beta" in varying else 0,
+            key="sweep_field",
+            help="A setting that differs between the chosen runs (a β sweep, seeds, learning rates).",
+        )
+        numeric = pd.to_numeric(sweep[along], errors="coerce").notna().all()
+        x = alt.X(f"{along}:{'Q' if numeric else 'N'}", title=along)
+        line = alt.Chart(sweep).mark_line(point=True).encode(x=x, y=alt.Y("value:Q", title=metric), color="method:N")
+        band = alt.Chart(sweep).mark_rule().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="method:N")
+        st.altair_chart(line + band, key="sweep_chart")
+        others = [f for f in varying if f != along]
+        if others:
+            st.caption(f"Also differing between these runs: {', '.join(others)}.")
+        spread = sweep.groupby([along, "method"], as_index=False).agg(
+            runs=("value", "size"),
+            mean=("value", "mean"),
+            std=("value", "std"),
+            low=("value", "min"),
+            high=("value", "max"),
+        )
+        st.dataframe(spread, hide_index=True, key="sweep_table")
+
 for run_id in run_ids:
     verdict = (queries.previews(run_id, "verdict") or [None])[0]
     differences = pd.DataFrame(queries.previews(run_id, "differences"))
@@ -73,6 +125,9 @@ for run_id in run_ids:
     if not rows.empty:
         st.dataframe(rows.astype(str), hide_index=True, key=f"parity_{run_id}")
     st.subheader("Go / no-go")
-    (st.success if verdict["go"] else st.error)("GO" if verdict["go"] else "NO-GO")
+    if verdict["go"]:
+        st.success("GO")
+    else:
+        st.error("NO-GO")
     for item in verdict["checklist"]:
         st.markdown(f"{'✅' if item['passed'] else '❌'} **{item['item']}** — {item['reason']}")

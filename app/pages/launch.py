@@ -1,10 +1,12 @@
-"""Launch: a run from a preset or a config file, every field editable, checked before anything is queued."""
+"""Launch: a run from a preset, a config file or an earlier run; every field editable and checked before anything is
+queued; N seeds as one group; a preflight of the whole DAG at tiny scale."""
 
 import streamlit as st
 import yaml
 
 from app.forms import error_field, spec_form
-from pipeline.configs import PRESETS, RunSpec, from_dict, preset, to_dict
+from db import queries
+from pipeline.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
 from pipeline.errors import AlignlabError, ConfigError
 from workers import scheduler
 from workers.queues import connect
@@ -12,19 +14,39 @@ from workers.queues import connect
 st.title("Launch a run")
 errors = st.session_state.setdefault("launch_errors", {})
 
-left, right = st.columns([2, 1])
-with left:
-    chosen = st.selectbox(
-        "Preset",
-        sorted(PRESETS),
-        index=sorted(PRESETS).index("tiny-cpu"),
-        key="launch_preset",
-        help="Starting values; every field below can be changed.",
-    )
-with right:
+runs = {r["id"]: r for r in queries.list_runs()}
+source_col, import_col = st.columns([2, 1])
+with source_col:
+    sources = ["preset", "earlier run"] if runs else ["preset"]
+    source = st.radio("Start from", sources, horizontal=True, key="launch_source")
+    parent_id = None
+    if source == "preset":
+        chosen = st.selectbox(
+            "Preset",
+            sorted(PRESETS),
+            index=sorted(PRESETS).index("tiny-cpu"),
+            key="launch_preset",
+            help="Starting values; every field below can be changed.",
+        )
+        base = to_dict(preset(chosen))
+    else:
+        parent_id = st.selectbox(
+            "Run",
+            list(runs),
+            format_func=lambda i: f"{i}: {runs[i]['name']} ({runs[i]['status']})",
+            key="launch_parent",
+            help="Its config fills the form; unchanged stages reuse its artifacts instead of running again.",
+        )
+        base = queries.run_detail(parent_id)["spec"]
+        if st.checkbox(
+            "Only the DPO stages (train_dpo, evaluate, compare), reusing this run's SFT data, SFT model and pairs",
+            value=True,
+            key="launch_dpo_only",
+        ):
+            base = {**base, "stages": DPO_STAGES}
+with import_col:
     uploaded = st.file_uploader("Import a config (YAML or JSON)", type=["yaml", "yml", "json"], key="launch_import")
 
-base = to_dict(preset(chosen))
 if uploaded is not None:
     try:
         base = to_dict(from_dict(RunSpec, yaml.safe_load(uploaded.getvalue().decode("utf-8")) or {}))
@@ -32,13 +54,40 @@ if uploaded is not None:
     except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
         st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
 
+# a new starting point (another preset, run or file) refills the form: drop the widgets' remembered values
+signature = yaml.safe_dump(base, sort_keys=True)
+if st.session_state.get("launch_base") != signature:
+    for key in [k for k in st.session_state if str(k).startswith("form.")]:
+        del st.session_state[key]
+    st.session_state["launch_base"] = signature
+
 with st.form("launch_form"):
     edited = spec_form(base, errors)
-    submitted = st.form_submit_button("Launch")
+    seeds_col, scope_col = st.columns(2)
+    n_seeds = seeds_col.number_input(
+        "Seeds",
+        min_value=1,
+        max_value=32,
+        value=1,
+        step=1,
+        key="launch_seeds",
+        help="N > 1 launches N runs as a group.",
+    )
+    scope = scope_col.selectbox(
+        "A seed varies",
+        list(SEED_SCOPES),
+        key="launch_seed_scope",
+        help="training: SFT, DPO and evaluation seeds (the data is shared); everything: every stage's seed.",
+    )
+    launch_col, preflight_col = st.columns(2)
+    submitted = launch_col.form_submit_button("Launch", type="primary")
+    preflight = preflight_col.form_submit_button(
+        "Preflight", help="The whole DAG on this model at tiny scale (a few prompts, two steps) before a long run."
+    )
 
 st.download_button("Export this config as YAML", yaml.safe_dump(edited, sort_keys=False), file_name="run.yaml")
 
-if submitted:
+if submitted or preflight:
     st.session_state["launch_errors"] = {}
     try:
         spec = from_dict(RunSpec, edited)
@@ -46,11 +95,18 @@ if submitted:
         st.session_state["launch_errors"] = {error_field(str(exc)): str(exc)}
         st.rerun()
     try:
-        run_id = scheduler.submit(spec, connect())
+        if preflight:
+            run_ids = [scheduler.submit_preflight(spec, connect())]
+        elif n_seeds > 1:
+            first = spec.sft.seed
+            seeds = list(range(first, first + int(n_seeds)))
+            run_ids = scheduler.submit_seeds(spec, seeds, connect(), scope=scope, parent_id=parent_id)
+        else:
+            run_ids = [scheduler.submit(spec, connect(), parent_id=parent_id)]
     except AlignlabError as exc:
         st.error(f"Could not queue the run: {exc}")
     else:
-        st.switch_page("pages/runs.py", query_params={"run": str(run_id)})
+        st.switch_page("pages/runs.py", query_params={"run": str(run_ids[0])})
 
 if "_form" in errors:
     st.error(errors["_form"])

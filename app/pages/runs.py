@@ -25,8 +25,17 @@ def launch_demo() -> None:
 
 def runs_table() -> None:
     st.title("Runs")
-    status = st.selectbox("Status", ["all", "queued", "running", "succeeded", "failed", "cancelled"], key="runs_status")
+    status_col, tag_col = st.columns(2)
+    status = status_col.selectbox(
+        "Status", ["all", "queued", "running", "succeeded", "failed", "cancelled"], key="runs_status"
+    )
+    tag = tag_col.text_input("Tag or group", key="runs_tag", help="Show only runs with this tag or in this group.")
     rows = queries.list_runs(status=None if status == "all" else status)
+    if tag.strip():
+        rows = [r for r in rows if tag.strip() in r["tags"] or r["group"] == tag.strip()]
+    if not rows and (status != "all" or tag.strip()):
+        st.info("No run matches these filters.")
+        return
     if not rows:
         st.info(
             "No runs yet. Launch the tiny demo (the whole DAG on the offline tiny model, a few minutes on a CPU), "
@@ -45,6 +54,7 @@ def runs_table() -> None:
                 "base model": r["base_model"],
                 "preset": r["preset"],
                 "tags": ", ".join(r["tags"]),
+                "group": r["group"] or "",
                 "duration s": r["duration_s"],
                 "created": r["created_at"],
             }

@@ -16,8 +16,15 @@ if not choices:
     st.stop()
 labels = dict(choices)
 run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="samples_run")
-flagged_only = st.toggle("Only flagged prompts (repetition, no EOS, template leak, refusal)", key="flagged_only")
-rows = queries.samples_side_by_side(run_id, flagged_only=flagged_only)
+only = st.radio(
+    "Prompts",
+    queries.SAMPLE_FILTERS,
+    horizontal=True,
+    key="samples_filter",
+    help="flagged: some output shows repetition, no EOS, a length blow-up, a template leak or a refusal; "
+    "disagreeing: one method's output is flagged and another's is not, or reviewers picked different winners.",
+)
+rows = queries.samples_side_by_side(run_id, only=only)
 if not rows:
     st.info("No sample matches this filter.")
     st.stop()
@@ -35,11 +42,8 @@ with side_by_side:
             st.subheader(method)
             st.write(sample["generation"] or "(empty)")
             stats = sample["stats"]
-            flags = [f for f in ("template_leak", "refusal") if stats.get(f)] + (
-                [] if stats.get("eos_reached", True) else ["no EOS"]
-            )
-            if flags:
-                st.warning("flags: " + ", ".join(flags))
+            if sample["flags"]:
+                st.warning("flags: " + ", ".join(sample["flags"]))
             st.caption(
                 json.dumps({k: stats.get(k) for k in ("new_tokens", "distinct_2", "repetition", "reference_nll")})
             )
@@ -65,16 +69,18 @@ with blind:
     col_a.write(item["methods"][left]["generation"] or "(empty)")
     col_b.markdown("**B**")
     col_b.write(item["methods"][right]["generation"] or "(empty)")
-    choice = st.radio("Which is better?", ["A", "B", "tie"], horizontal=True, key="ab_choice")
-    if st.button("Record judgement", key="ab_record"):
+    choice = st.radio("Which is better?", ["A", "B", "tie"], index=None, horizontal=True, key="ab_choice")
+    if st.button("Record judgement", key="ab_record", disabled=choice is None):
         winner = {"A": left, "B": right, "tie": "tie"}[choice]
         scheduler.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
         st.session_state["ab_position"] = position + 1
+        del st.session_state["ab_choice"]  # the next prompt starts unanswered
         st.success("Recorded. Next prompt.")
         st.rerun()
     rates = pd.DataFrame(queries.win_rates(run_id))
     if not rates.empty:
         st.subheader("Win rates from judgements")
+        st.caption("Win rate of a over b, ties counted half, with a 95% bootstrap CI over judgements.")
         st.dataframe(rates, hide_index=True, key="win_rates")
         pairs = queries.judgements_as_pairs(run_id)
         st.download_button(
