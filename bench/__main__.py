@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import queue_bench
+from bench import dashboard_bench, queue_bench
 
 BENCHMARKS = {
     "queue_latency": queue_bench.queue_latency,
     "recorder": queue_bench.recorder_throughput,
     "orchestration": queue_bench.orchestration,
+    "dashboard": dashboard_bench.dashboard,
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,14 +33,19 @@ def machine() -> dict:
 
 def to_markdown(results: dict, info: dict) -> str:
     lines = [
-        f"Machine: {info['platform']}, {info['cpu_count']} cores, device {info['device_name']}, torch {info['torch']}, "
+        f"Latest run: {info['platform']}, {info['cpu_count']} cores, device {info['device_name']}, "
+        f"torch {info['torch']}, "
         f"{info['time']}",
         "",
-        "| benchmark | measured | goal | met |",
-        "|---|---|---|---|",
+        "| benchmark | measured | goal | met | device, when |",
+        "|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        lines.append(f"| {name} | {result['summary']} | {result['goal']} | {'yes' if result['met'] else 'no'} |")
+        where = result.get("machine", info)
+        ran = f"{where.get('device_name', '?')}, {where.get('time', '?')}"
+        lines.append(
+            f"| {name} | {result['summary']} | {result['goal']} | {'yes' if result['met'] else 'no'} | {ran} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -57,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {results[name]['summary']} (goal {results[name]['goal']})", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
-    (args.out / f"results{suffix}.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    (args.out / f"results{suffix}.md").write_text(to_markdown(results, info))
+    path = args.out / f"results{suffix}.json"
+    # benchmarks run one by one keep the others' latest numbers; each result names the machine it ran on
+    merged = json.loads(path.read_text())["results"] if path.exists() else {}
+    merged.update({name: {**result, "machine": info} for name, result in results.items()})
+    path.write_text(json.dumps({"machine": info, "results": merged}, indent=2))
+    (args.out / f"results{suffix}.md").write_text(to_markdown(merged, info))
     print(to_markdown(results, info))
     return 0
 

@@ -7,7 +7,7 @@ import sys
 
 def test_bench_quick_writes_json_and_markdown(redis_server_url, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "queue_latency", "recorder", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "queue_latency", "recorder", "dashboard", "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -15,7 +15,8 @@ def test_bench_quick_writes_json_and_markdown(redis_server_url, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads((tmp_path / "results-quick.json").read_text())
-    assert set(data["results"]) == {"queue_latency", "recorder"}
+    assert set(data["results"]) == {"queue_latency", "recorder", "dashboard"}
+    assert data["results"]["dashboard"]["runs"] == 20 and set(data["results"]["dashboard"]["pages"]) >= {"compare"}
     assert data["results"]["recorder"]["events"] == 2000
     assert data["results"]["queue_latency"]["n"] == 5
     assert data["machine"]["cpu_count"] >= 1

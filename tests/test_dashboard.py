@@ -173,10 +173,13 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     assert not at.exception
     assert {h.value for h in at.subheader} >= {"base", "sft", "sft_dpo", "dpo_only"}
     assert at.button(key="ab_record").disabled  # nothing is recorded before a choice is made
-    at.radio(key="ab_choice").set_value("A")
+    shown = at.code[-1].value
+    choice = next(r for r in at.radio if r.label == "Which is better?")
+    choice.set_value("A")
     at.text_input(key="reviewer").set_value("ana").run()
     at.button(key="ab_record").click().run()
-    assert at.radio(key="ab_choice").value is None  # the next prompt starts unanswered
+    assert next(r for r in at.radio if r.label == "Which is better?").value is None  # the next prompt: unanswered
+    assert at.code[-1].value != shown
     assert not at.exception
     with read_session(filled["engine"]) as s:
         (judgement,) = s.scalars(select(Judgement)).all()

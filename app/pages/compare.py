@@ -30,7 +30,11 @@ table["95% CI"] = table.apply(
     lambda r: "–" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1
 )
 st.dataframe(table[["run", "method", "value", "95% CI", "n"]], hide_index=True, key="compare_table")
-bars = alt.Chart(table).mark_point(filled=True, size=80).encode(x="value:Q", y="method:N", color="run:N")
+bars = (
+    alt.Chart(table)
+    .mark_point(filled=True, size=80)
+    .encode(x=alt.X("value:Q", title=f"{metric} (95% CI)"), y="method:N", color="run:N")
+)
 errors = alt.Chart(table).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", y="method:N", color="run:N")
 st.altair_chart(errors + bars, key="compare_chart")
 

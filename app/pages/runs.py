@@ -91,7 +91,9 @@ def live_stages(run_id: int) -> None:
                 "stage": s["node"],
                 "status": s["status"],
                 "attempt": s["attempt"],
-                "progress": s["progress_done"] / s["progress_total"] if s["progress_total"] else 0.0,
+                "progress": 1.0
+                if s["status"] in ("succeeded", "cached")
+                else (s["progress_done"] / s["progress_total"] if s["progress_total"] else 0.0),
                 "peak memory MiB": round(s["peak_memory_bytes"] / 2**20, 1) if s["peak_memory_bytes"] else None,
                 "device": s["device"],
                 "error": s["error"] or "",

@@ -69,12 +69,14 @@ with blind:
     col_a.write(item["methods"][left]["generation"] or "(empty)")
     col_b.markdown("**B**")
     col_b.write(item["methods"][right]["generation"] or "(empty)")
-    choice = st.radio("Which is better?", ["A", "B", "tie"], index=None, horizontal=True, key="ab_choice")
+    # a fresh widget per prompt and pair: every prompt starts unanswered
+    choice = st.radio(
+        "Which is better?", ["A", "B", "tie"], index=None, horizontal=True, key=f"ab_choice_{item['prompt_id']}_{pair}"
+    )
     if st.button("Record judgement", key="ab_record", disabled=choice is None):
         winner = {"A": left, "B": right, "tie": "tie"}[choice]
         scheduler.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
         st.session_state["ab_position"] = position + 1
-        del st.session_state["ab_choice"]  # the next prompt starts unanswered
         st.success("Recorded. Next prompt.")
         st.rerun()
     rates = pd.DataFrame(queries.win_rates(run_id))
