@@ -9,9 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench import dashboard_bench, queue_bench
+from bench import dashboard_bench, queue_bench, training_bench
 
 BENCHMARKS = {
+    "generation": training_bench.generation,
+    "sft_overhead": training_bench.sft_overhead,
+    "dpo_overhead": training_bench.dpo_overhead,
+    "dpo_ref_cache": training_bench.dpo_ref_cache,
+    "eval_memory": training_bench.eval_memory,
+    "cache": training_bench.cache,
     "queue_latency": queue_bench.queue_latency,
     "recorder": queue_bench.recorder_throughput,
     "orchestration": queue_bench.orchestration,

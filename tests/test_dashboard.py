@@ -286,3 +286,20 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
             assert at.number_input(key="prompt_index").max == len(expected)
         else:
             assert any("No sample matches" in i.value for i in at.info)
+
+
+def test_uploaded_instructions_are_checked_before_anything_is_stored(filled):
+    at = app().run()
+    at.switch_page("pages/launch.py").run()
+    bad = b'{"instruction": "Name a colour."}\n{"prompt": "no instruction field"}\nnot json\n'
+    at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", bad, "application/jsonl")).run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error if "mine.jsonl" in e.value]
+    assert "row 2, field instruction" in error and "row 3" in error and "nothing was queued" in error
+    assert not [k for k in filled["conn"].keys("alignlab:blob:*")]
+
+    good = b"".join(b'{"instruction": "Name colour number %d."}\n' % i for i in range(30))
+    at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", good, "application/jsonl")).run()
+    assert not at.exception
+    assert any("30 valid instructions" in s.value for s in at.success)
+    assert at.text_input(key="form.data.instructions").value.startswith("blob:")

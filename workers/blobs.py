@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from pipeline.errors import DataError
+from pipeline.validation import ValidationReport, read_jsonl, validate_instructions
 
 MAX_BLOB_BYTES = 64 * 2**20
 BLOB_TTL_S = 7 * 24 * 3600
@@ -53,3 +54,15 @@ def materialize(connection: redis.Redis, reference: str, home: Path) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, target)
     return target
+
+
+def instructions_report(data: bytes, filename: str, field_name: str = "instruction") -> ValidationReport:
+    """Validate uploaded instruction bytes before they are stored: the same checks generate_sft runs, with issues
+    naming `filename` and the row."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as handle:
+        handle.write(data)
+        handle.flush()
+        _, report = validate_instructions(read_jsonl(handle.name), field_name, source=filename)
+    return report

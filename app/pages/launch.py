@@ -9,6 +9,7 @@ from db import queries
 from pipeline.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
 from pipeline.errors import AlignlabError, ConfigError
 from workers import scheduler
+from workers.blobs import MAX_BLOB_BYTES, instructions_report, put_blob
 from workers.queues import connect
 
 st.title("Launch a run")
@@ -46,6 +47,13 @@ with source_col:
             base = {**base, "stages": DPO_STAGES}
 with import_col:
     uploaded = st.file_uploader("Import a config (YAML or JSON)", type=["yaml", "yml", "json"], key="launch_import")
+    dataset = st.file_uploader(
+        "Upload instructions (JSONL)",
+        type=["jsonl"],
+        key="launch_dataset",
+        help=f"One JSON object per line with an `instruction` field; at most {MAX_BLOB_BYTES // 2**20} MiB. "
+        "Checked here, then sent to the worker through Redis. Larger data: a path on the worker or a hub id.",
+    )
 
 if uploaded is not None:
     try:
@@ -53,6 +61,22 @@ if uploaded is not None:
         st.success(f"Loaded {uploaded.name}")
     except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
         st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
+
+if dataset is not None:
+    report = instructions_report(dataset.getvalue(), dataset.name, base["data"]["instruction_field"])
+    if not report.passed:
+        st.error(
+            f"{dataset.name}: {report.error_rows} of {report.rows_read} rows are invalid, e.g. "
+            + "; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3])
+            + ". Fix the file and upload it again; nothing was queued."
+        )
+    else:
+        try:
+            base["data"]["instructions"] = put_blob(connect(), dataset.getvalue(), dataset.name)
+        except AlignlabError as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"{dataset.name}: {report.rows_valid} valid instructions, used by this run")
 
 # a new starting point (another preset, run or file) refills the form: drop the widgets' remembered values
 signature = yaml.safe_dump(base, sort_keys=True)
