@@ -1,8 +1,11 @@
-"""The dashboard's router: st.navigation over the pages, nothing else."""
+"""The dashboard's router: the login gate, then st.navigation over the pages."""
 
 import streamlit as st
 
+from app.auth import require_login
+
 st.set_page_config(page_title="alignlab", layout="wide")
+require_login()
 pages = [
     st.Page("pages/runs.py", title="Runs", url_path="runs", default=True),
     st.Page("pages/launch.py", title="Launch", url_path="launch"),

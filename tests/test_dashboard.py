@@ -303,3 +303,36 @@ def test_uploaded_instructions_are_checked_before_anything_is_stored(filled):
     assert not at.exception
     assert any("30 valid instructions" in s.value for s in at.success)
     assert at.text_input(key="form.data.instructions").value.startswith("blob:")
+
+
+@pytest.fixture
+def listening_everywhere(monkeypatch):
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    monkeypatch.delenv("ALIGNLAB_DASHBOARD_PASSWORD", raising=False)
+    yield
+    config.set_option("server.address", before)
+
+
+def test_off_loopback_without_a_login_configured_shows_nothing(filled, listening_everywhere):
+    at = app()
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception
+    assert any("not localhost" in e.value and "ALIGNLAB_DASHBOARD_PASSWORD" in e.value for e in at.error)
+    assert not at.dataframe and not at.button
+
+
+def test_off_loopback_the_password_opens_the_dashboard(filled, listening_everywhere, monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_DASHBOARD_PASSWORD", "correct horse")
+    at = app()
+    at.user = {"is_logged_in": False}
+    at.run()
+    at.text_input(key="login_password").set_value("wrong").run()
+    assert any("Wrong password" in e.value for e in at.error) and not at.dataframe
+    at.text_input(key="login_password").set_value("correct horse").run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["id"]) == [filled["run_id"]]
+    assert "login_password" not in at.session_state  # the password does not stay in the session

@@ -108,7 +108,7 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     tiny_model_dir, tiny_ci_spec, redis_conn, engine, alignlab_home, tmp_path
 ):
     spec = copy.deepcopy(tiny_ci_spec)
-    spec.data.instructions = str(tmp_path / "missing.jsonl")
+    spec.data.instructions = str(alignlab_home / "missing.jsonl")
     run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()

@@ -116,12 +116,14 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
     """Run one DAG node of a run. Arguments are JSON: ids, the node's name and the RunSpec dict."""
     from pipeline.configs import RunSpec, from_dict
     from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+    from pipeline.paths import allowed_roots, confine_spec
 
     job = get_current_job()
     emitter = EventEmitter(job.connection, run_id, stage_run_id)
     emitter.emit(EventKind.started, job_id=job.id, worker=job.worker_name or socket.gethostname())
     try:
         run_spec = from_dict(RunSpec, spec)
+        confine_spec(run_spec, allowed_roots() + ([Path(home).resolve()] if home else []))
         if run_spec.data.instructions.startswith("blob:"):
             from workers.blobs import materialize
             from workers.queues import alignlab_home

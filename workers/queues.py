@@ -36,10 +36,29 @@ def embedded_socket(home: Path | None = None) -> Path:
     return embedded_dir(home) / "redis.sock"
 
 
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def require_password_off_loopback(url: str) -> None:
+    """A Redis reached over a network must need a password: whoever can enqueue can run jobs on the GPU worker."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme == "unix" or (parsed.hostname or "localhost") in LOOPBACK_HOSTS:
+        return
+    if not parsed.password:
+        raise ConfigError(
+            f"REDIS_URL points at {parsed.hostname}, not this machine, and has no password: set one on the server "
+            "(requirepass) and in the URL (redis://:PASSWORD@host:6379/0, rediss:// for TLS), or reach it through "
+            "an SSH tunnel on 127.0.0.1"
+        )
+
+
 def connect(url: str | None = None) -> redis.Redis:
     """A client for REDIS_URL, or for the embedded server's socket; never starts a server."""
     url = url or os.environ.get("REDIS_URL")
     if url:
+        require_password_off_loopback(url)
         return redis.Redis.from_url(url, health_check_interval=30)
     socket = embedded_socket()
     if not socket.exists():

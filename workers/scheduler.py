@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -27,6 +28,7 @@ from db.session import write_engine, write_session
 from pipeline.configs import QUEUE_NAMES, RunSpec, preflight_spec, to_dict, with_seed
 from pipeline.dag import Node, plan, selected_nodes
 from pipeline.errors import ConfigError
+from pipeline.paths import allowed_roots, confine_spec
 from workers.events import cancel_key
 from workers.queues import SERIALIZER, fetch_job, queue
 
@@ -113,6 +115,7 @@ def submit(
     parent_id: int | None = None,
 ) -> int:
     """Write the Run and its StageRuns, enqueue one job per selected node; returns the run id."""
+    confine_spec(spec, allowed_roots() + ([Path(home).resolve()] if home else []))
     nodes = selected_nodes(spec)
     with write_session(engine) as session:
         run = Run(
