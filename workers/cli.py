@@ -4,6 +4,7 @@ resume, retry, db upgrade). Runs launched here go through the same scheduler as 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -187,6 +188,50 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_check():
+    from pipeline.preflight import Check
+    from workers.queues import connect
+
+    try:
+        connect().ping()
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        return Check("Redis reachable with auth", False, f"{type(exc).__name__}: {exc}")
+    url = os.environ.get("REDIS_URL")
+    where = "REDIS_URL" if url else "the embedded server"
+    return Check("Redis reachable with auth", True, f"PING answered by {where}")
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """Go / no-go on this machine for a config: environment checks, then the whole DAG at tiny scale."""
+    from pipeline.preflight import dag_check, environment_checks, verdict
+    from pipeline.tiny import alignlab_home
+
+    spec = spec_from_args(args)
+    home = alignlab_home()
+    checks = environment_checks(spec, home, _redis_check)
+    if not args.checks_only:
+        checks.append(dag_check(spec, home))
+    result = verdict(checks)
+    for check in result["checklist"]:
+        mark = "ok  " if check["passed"] else ("FAIL" if check["required"] else "info")
+        print(f"{mark} {check['item']}: {check['reason']}")
+    print("GO" if result["go"] else "NO-GO")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_record:
+        from workers.scheduler import record_preflight
+
+        try:
+            from db.migrate import upgrade
+
+            upgrade()
+            run_id = record_preflight(spec, result, checks_only=args.checks_only)
+            print(f"recorded as run {run_id} (tag preflight) for the dashboard")
+        except Exception as exc:  # noqa: BLE001 - the verdict stands without a database
+            print(f"warning: not recorded in the database: {exc}", file=sys.stderr)
+    return 0 if result["go"] else 1
+
+
 def build_full_parser() -> argparse.ArgumentParser:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -222,6 +267,13 @@ def build_full_parser() -> argparse.ArgumentParser:
     retry.add_argument("stage_run", type=int)
     retry.add_argument("--home", type=Path)
     retry.set_defaults(func=cmd_retry)
+
+    preflight = sub.add_parser("preflight", help="Go / no-go for a config on this machine (a RunPod pod).")
+    add_spec_arguments(preflight)
+    preflight.add_argument("--checks-only", action="store_true", help="Skip the DAG at tiny scale.")
+    preflight.add_argument("--out", type=Path, help="Write the checklist as JSON.")
+    preflight.add_argument("--no-record", action="store_true", help="Do not store the checklist in the database.")
+    preflight.set_defaults(func=cmd_preflight)
 
     db = sub.add_parser("db", help="Database maintenance.")
     db.add_argument("action", choices=("upgrade",), help="upgrade: apply Alembic migrations up to head.")

@@ -23,7 +23,7 @@ from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine, select
 
-from db.models import Run, StageRun, StageStatus, utcnow
+from db.models import Preview, Run, StageRun, StageStatus, utcnow
 from db.session import write_engine, write_session
 from pipeline.configs import QUEUE_NAMES, RunSpec, preflight_spec, to_dict, with_seed
 from pipeline.dag import Node, plan, selected_nodes
@@ -174,6 +174,39 @@ def submit_preflight(
 ) -> int:
     """The whole DAG at tiny scale on the configured model (`configs.preflight_spec`), tagged `preflight`."""
     return submit(preflight_spec(spec), connection, engine, home=home, tags=["preflight"])
+
+
+def record_preflight(
+    spec: RunSpec, result: dict[str, Any], engine: Engine | None = None, *, checks_only: bool = False
+) -> int:
+    """Store an `alignlab preflight` go/no-go (run on a pod) as a run tagged `preflight`, shown on the dashboard."""
+    status = "succeeded" if result["go"] else "failed"
+    now = utcnow()
+    with write_session(engine) as session:
+        run = Run(
+            name=f"{spec.name}-preflight",
+            spec=to_dict(spec if checks_only else preflight_spec(spec)),
+            spec_hash=spec_hash(spec),
+            preset=spec.preset,
+            base_model=spec.base_model.name_or_path,
+            tags=["preflight"],
+            status=status,
+            error=None
+            if result["go"]
+            else "NO-GO: "
+            + "; ".join(
+                f"{c['item']}: {c['reason']}" for c in result["checklist"] if c["required"] and not c["passed"]
+            ),
+            started_at=now,
+            finished_at=now,
+        )
+        session.add(run)
+        session.flush()
+        stage = StageRun(run_id=run.id, node="preflight", stage="preflight", queue="local", status=status)
+        session.add(stage)
+        session.flush()
+        session.add(Preview(run_id=run.id, stage_run_id=stage.id, kind="preflight", rows=[result]))
+        return run.id
 
 
 def cancel(run_id: int, connection: redis.Redis, engine: Engine | None = None) -> None:

@@ -130,6 +130,11 @@ def run_page(run_id: int) -> None:
         del st.query_params["run"]
         st.rerun()
     live_stages(run_id)
+    for verdict in queries.previews(run_id, "preflight"):
+        st.subheader("Preflight: " + ("GO" if verdict["go"] else "NO-GO"))
+        for check in verdict["checklist"]:
+            mark = "✅" if check["passed"] else ("❌" if check["required"] else "ℹ️")
+            st.markdown(f"{mark} **{check['item']}** — {check['reason']}")
     cancel_col, resume_col, _ = st.columns([1, 1, 4])
     if detail["status"] in ACTIVE and cancel_col.button("Cancel run", key="cancel"):
         scheduler.cancel(run_id, connect())
