@@ -147,8 +147,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = ValidationConfig(max_error_rate=args.max_error_rate, max_text_chars=args.max_text_chars)
     weights = NegativesConfig().normalized_weights() if args.check_type_mix else None
-    if args.kind == "sft":
-        _, report = validation.load_and_validate_sft(args.file, config, strict=False)
+    if args.kind in ("sft", "instructions"):
+        report = validation.validate_file(args.kind, args.file, config)
     elif args.kind == "negatives":
         _, report = validation.load_and_validate_negatives(args.file, config, weights=weights, strict=False)
     else:
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_tiny)
 
     validate = sub.add_parser("validate", help="Validate a data file before paying for a GPU.")
-    validate.add_argument("--kind", required=True, choices=("sft", "negatives", "pairs"))
+    validate.add_argument("--kind", required=True, choices=("instructions", "sft", "negatives", "pairs"))
     validate.add_argument("file", type=Path, help="JSONL file or datasets directory.")
     validate.add_argument("--heldout", type=Path, help="Held-out pairs file (pairs only): checks prompt leakage.")
     validate.add_argument("--json", action="store_true", help="Print the full report as JSON.")

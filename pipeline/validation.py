@@ -36,6 +36,8 @@ ISSUE_CODES: dict[str, str] = {
     "empty_text": "a text field is empty or whitespace only",
     "too_long": "a text field exceeds ValidationConfig.max_text_chars",
     "too_many_tokens": "prompt + response exceed ValidationConfig.max_tokens",
+    "separator_in_text": "the instruction contains the prompt template's response marker; the model would see "
+    "the answer's start inside the question: remove it or change FormatConfig.template",
     "duplicate_exact": "the same record appears more than once",
     "duplicate_normalized": "the record repeats another one up to case and whitespace",
     "chosen_equals_rejected": "chosen and rejected are the same text (after case/whitespace normalization)",
@@ -579,11 +581,24 @@ def load_and_validate_pairs(
 # ----------------------------------------------------------------------------------------------- instructions
 
 
+def template_separators(fmt: Any) -> tuple[str, ...]:
+    """The plain template's text around `{instruction}` ("Instruction:", "\nResponse:"): not allowed inside one."""
+    return tuple(part.rstrip() for part in fmt.template.split("{instruction}") if part.strip())
+
+
 def validate_instructions(
-    rows: Iterable[Row], field_name: str = "instruction", config: ValidationConfig | None = None, source: str = ""
+    rows: Iterable[Row],
+    field_name: str = "instruction",
+    config: ValidationConfig | None = None,
+    source: str = "",
+    separators: tuple[str, ...] | None = None,
 ) -> tuple[list[tuple[int, str]], ValidationReport]:
-    """Check instruction records (one required text field); returns (row, instruction) pairs and the report."""
+    """Check instruction records (one required text field); returns (row, instruction) pairs and the report.
+    `separators`: markers of the prompt template (default: the plain template's) that must not occur inside."""
+    from pipeline.configs import FormatConfig
+
     config = config or ValidationConfig()
+    separators = template_separators(FormatConfig()) if separators is None else separators
     report = ValidationReport("instructions", source or "<memory>", config.max_error_rate)
     dups = _Duplicates(report)
     valid: list[tuple[int, str]] = []
@@ -593,6 +608,10 @@ def validate_instructions(
             report.issues.append(record)
             continue
         if not _check_text_fields(report, row, record, (field_name,), config, None):
+            continue
+        found = [marker for marker in separators if marker in record[field_name]]
+        if found:
+            report.add(row, field_name, "separator_in_text", f"contains the template marker {found[0]!r}")
             continue
         before = dups.count
         dups.check(row, (record[field_name],), None)
@@ -632,3 +651,27 @@ def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], 
             f"(split {split!r}): {exc}"
         ) from exc
     return ((index, dict(row)) for index, row in enumerate(dataset, start=1)), f"hf:{source}[{split}]"
+
+
+FILE_KINDS = ("instructions", "sft", "negatives", "pairs")
+
+
+def validate_file(
+    kind: str, path: str | Path, config: ValidationConfig | None = None, heldout: str | Path | None = None
+) -> ValidationReport:
+    """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file check."""
+    config = config or ValidationConfig()
+    if kind == "instructions":
+        path = Path(path)
+        if not path.exists():
+            report = ValidationReport("instructions", str(path), config.max_error_rate)
+            report.add(None, None, "file_not_found", f"{path} does not exist")
+            return report
+        return validate_instructions(read_jsonl(path), config=config, source=str(path))[1]
+    if kind == "sft":
+        return load_and_validate_sft(path, config, strict=False)[1]
+    if kind == "negatives":
+        return load_and_validate_negatives(path, config, strict=False)[1]
+    if kind == "pairs":
+        return load_and_validate_pairs(path, heldout, config, strict=False)[1]
+    raise ValueError(f"kind {kind!r}: one of {', '.join(FILE_KINDS)}")

@@ -42,10 +42,18 @@ EXPECTED = [
     ("pairs_empty_chosen.jsonl", "pairs", "empty_text", 2, "chosen", "error", True),
     ("pairs_wrong_type_negative.jsonl", "pairs", "unknown_negative_type", 1, "negative_type", "error", True),
     ("missing_file.jsonl", "sft", "file_not_found", None, None, "error", True),
+    ("instructions_empty.jsonl", "instructions", "empty_file", None, None, "error", True),
+    ("instructions_huge_line.jsonl", "instructions", "too_long", 1, "instruction", "error", True),
+    ("instructions_separator_inside.jsonl", "instructions", "separator_in_text", 2, "instruction", "error", True),
+    ("instructions_wrong_field.jsonl", "instructions", "missing_field", 1, "instruction", "error", True),
 ]
 
 
 def validate(kind, path, **kw):
+    if kind == "instructions":
+        from pipeline.validation import validate_file
+
+        return validate_file(kind, path)
     if kind == "sft":
         return load_and_validate_sft(path, strict=False, **kw)[1]
     if kind == "negatives":

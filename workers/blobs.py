@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from pipeline.errors import DataError
-from pipeline.validation import ValidationReport, read_jsonl, validate_instructions
+from pipeline.validation import ValidationReport, read_jsonl, validate_file, validate_instructions
 
 MAX_BLOB_BYTES = 64 * 2**20
 BLOB_TTL_S = 7 * 24 * 3600
@@ -65,4 +65,20 @@ def instructions_report(data: bytes, filename: str, field_name: str = "instructi
         handle.write(data)
         handle.flush()
         _, report = validate_instructions(read_jsonl(handle.name), field_name, source=filename)
+    return report
+
+
+def check_upload(kind: str, data: bytes, filename: str) -> ValidationReport:
+    """An uploaded file of `kind` (instructions, sft, negatives, pairs) through the stages' own validators."""
+    import tempfile
+
+    if len(data) > MAX_BLOB_BYTES:
+        raise DataError(f"{filename}: over the {MAX_BLOB_BYTES // 2**20} MiB upload limit")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(filename).name
+        path.write_bytes(data)
+        report = validate_file(kind, path)
+    report.source = filename
+    for issue in report.issues:
+        issue.file = filename if issue.file else None
     return report

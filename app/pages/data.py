@@ -6,8 +6,32 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from pipeline.validation import FILE_KINDS
+from workers.blobs import check_upload
 
 st.title("Data and validation")
+
+with st.expander("Check a file before you launch", expanded=False):
+    kind = st.selectbox("Kind", FILE_KINDS, key="check_kind", help="What the file holds; the same checks as the run.")
+    upload = st.file_uploader("JSONL file", type=["jsonl"], key="check_file")
+    if upload is not None:
+        report = check_upload(kind, upload.getvalue(), upload.name)
+        summary = f"{upload.name}: {report.rows_valid} of {report.rows_read} rows valid"
+        if report.passed:
+            st.success(summary + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+        else:
+            first = report.errors[0]
+            where = f"row {first.row}, field {first.field or '-'}" if first.row else "the whole file"
+            st.error(f"{summary}. First error at {where}: {first.message}. Fix the file and check it again.")
+        if report.issues:
+            st.dataframe(
+                pd.DataFrame(
+                    [{k: getattr(i, k) for k in ("row", "field", "code", "severity", "message")} for i in report.issues]
+                ),
+                hide_index=True,
+                key="check_issues",
+            )
+
 runs = queries.list_runs()
 if not runs:
     st.info("No runs yet. Launch one from the Launch page.")

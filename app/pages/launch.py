@@ -127,6 +127,9 @@ if submitted or preflight:
             run_ids = scheduler.submit_seeds(spec, seeds, connect(), scope=scope, parent_id=parent_id)
         else:
             run_ids = [scheduler.submit(spec, connect(), parent_id=parent_id)]
+    except ConfigError as exc:  # e.g. a path outside the allowed roots: shown on its field
+        st.session_state["launch_errors"] = {error_field(str(exc)): str(exc)}
+        st.rerun()
     except AlignlabError as exc:
         st.error(f"Could not queue the run: {exc}")
     else:

@@ -19,7 +19,13 @@ from pipeline.formats import completion_text, render_prompt
 from pipeline.generation import cut_at_markers, generate_batched, longest_run, repeated_ngram_fraction
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
-from pipeline.validation import WARNING, instruction_rows, validate_instructions, validate_sft_data
+from pipeline.validation import (
+    WARNING,
+    instruction_rows,
+    template_separators,
+    validate_instructions,
+    validate_sft_data,
+)
 
 STAGE = "generate_sft"
 OUTPUT = "sft.jsonl"
@@ -61,7 +67,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     progress = Progress(STAGE, on_progress)
     config, fmt = spec.generation, spec.format
     rows, source = instruction_rows(spec.data.instructions, spec.data.split)
-    instructions, instruction_report = validate_instructions(rows, spec.data.instruction_field, spec.validation, source)
+    instructions, instruction_report = validate_instructions(
+        rows, spec.data.instruction_field, spec.validation, source, template_separators(spec.format)
+    )
     progress.emit("validation", report=instruction_report.to_dict())
     instruction_report.raise_if_failed()
     if spec.data.max_instructions:

@@ -18,7 +18,7 @@ from tests.conftest import add_stage_run
 from workers import scheduler
 from workers.recorder import Recorder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def start_worker(env_extra, *args):
