@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import dashboard_bench, queue_bench, training_bench
+from bench import dashboard_bench, gpu_bench, queue_bench, training_bench
 
 BENCHMARKS = {
     "generation": training_bench.generation,
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "recorder": queue_bench.recorder_throughput,
     "orchestration": queue_bench.orchestration,
     "dashboard": dashboard_bench.dashboard,
+    "gpu": gpu_bench.gpu,
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -21,3 +21,22 @@ def test_bench_quick_writes_json_and_markdown(redis_server_url, tmp_path):
     assert data["results"]["queue_latency"]["n"] == 5
     assert data["machine"]["cpu_count"] >= 1
     assert "| queue_latency |" in (tmp_path / "results-quick.md").read_text()
+
+
+def test_pipeline_and_gpu_benchmarks_run_at_their_smallest_size(tiny_model_dir, tmp_path):
+    names = ["generation", "sft_overhead", "dpo_overhead", "dpo_ref_cache", "eval_memory", "cache", "gpu"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", *names, "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "results-quick.json").read_text())["results"]
+    assert set(results) == set(names)
+    assert results["cache"]["reused_nodes"] == results["cache"]["nodes"] == 11
+    assert results["generation"]["speedup"] > 0 and results["sft_overhead"]["tokens"] > 0
+    assert results["eval_memory"]["peak_mib"]["all_at_once"] > 0
+    assert results["gpu"]["training"]["tokens_per_s"] > 0
+    if results["gpu"]["device"] == "cpu":
+        assert "no CUDA device" in results["gpu"]["cuda"]

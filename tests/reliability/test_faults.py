@@ -131,6 +131,7 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
         killed_at = time.monotonic()
         wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "failed", 60, "train_sft to be failed")
         assert time.monotonic() - killed_at < 60
+        print(f"FIGURE worker SIGKILL -> stage failed in {time.monotonic() - killed_at:.1f} s")
         failed = stage(sqlite_engine, run_id, "train_sft")
         assert "stopped heartbeating" in failed.error
         resumed_nodes = scheduler.resume(run_id, redis_conn, sqlite_engine, home=str(alignlab_home))
@@ -186,6 +187,7 @@ def test_cancel_stops_the_running_job_within_10s_and_statuses_agree(
             gone, alive = psutil.wait_procs(horses, timeout=10)
             assert not alive, "the job's process was still running 10 s after cancel"
             assert time.monotonic() - cancelled_at < 10
+            print(f"FIGURE cancel -> job process gone in {time.monotonic() - cancelled_at:.1f} s")
             time.sleep(3)  # let the recorder and the reconciler see the end of the job
         with read_session(sqlite_engine) as s:
             run = s.get(Run, run_id)
@@ -336,7 +338,11 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
 
         wait_for(step, 240, "train_sft past step 8")
         worker.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
         worker.wait(60)  # warm shutdown: the job checkpointed and gave up its slot quickly
+        # RunPod kills a preempted pod 5 s after SIGTERM: the checkpoint and the requeue must be done by then
+        print(f"FIGURE SIGTERM -> checkpoint saved, job requeued, worker exited in {time.monotonic() - sent:.1f} s")
+        assert time.monotonic() - sent < 5
         wait_for(lambda: "preempted" in (stage(sqlite_engine, run_id, "train_sft").log_tail or ""), 30, "preempted")
         assert stage(sqlite_engine, run_id, "train_sft").status in ("queued", "running")
         worker = start_worker(env, "--burst")
@@ -345,3 +351,45 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
     done = stage(sqlite_engine, run_id, "train_sft")
     stopped_at = int(done.metrics["resumed_from"].split("-")[1])
     assert stopped_at >= 8 and stopped_at % 1000 != 0  # the checkpoint saved on SIGTERM, not a periodic one
+
+
+def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+):
+    """The pod's link to Redis stalls (the Redis process frozen with SIGSTOP: connections stay open, nothing answers)
+    for 20 s while train_sft runs: the job waits, nobody starts it a second time, and the run completes."""
+    env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = long_sft_spec(tiny_ci_spec, "redis-stall")
+    spec.sft.seed = 17  # its own artifact key
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    port = redis_server_url.rsplit(":", 1)[1].split("/")[0]
+    server = next(
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "redis-server" in (p.info["name"] or "")
+        and (port in (p.info["cmdline"] or []) or f":{port}" in " ".join(p.info["cmdline"] or []))
+    )
+    worker = start_worker(env, "--burst")
+    try:
+        with RecorderThread(redis_conn, sqlite_engine):
+            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
+            server.suspend()
+            time.sleep(20)
+            server.resume()
+            worker.wait(600)
+            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status in ("succeeded", "failed"), 60, "end")
+        done = stage(sqlite_engine, run_id, "train_sft")
+        assert done.status == "succeeded", done.error
+        assert done.attempt == 1 and not done.metrics["resumed_from"]  # it ran once, straight through
+        assert len(horses) == 1 and not any(p.is_running() for p in horses)
+        with read_session(sqlite_engine) as s:
+            steps = s.scalars(
+                select(Metric.step).where(Metric.stage_run_id == done.id, Metric.name == "loss").order_by(Metric.step)
+            ).all()
+        assert steps == list(range(1, done.metrics["steps"] + 1))  # every step once
+        print("FIGURE Redis frozen 20 s mid-training -> job paused, ran once, run completed")
+    finally:
+        server.resume()
+        if worker.poll() is None:
+            kill_tree(worker)
