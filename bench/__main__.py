@@ -25,6 +25,7 @@ BENCHMARKS = {
     "gpu": gpu_bench.gpu,
 }
 RESULTS = Path(__file__).parent / "results"
+MET = {True: "yes", False: "no", None: "not measurable here"}
 
 
 def machine() -> dict:
@@ -50,9 +51,7 @@ def to_markdown(results: dict, info: dict) -> str:
     for name, result in results.items():
         where = result.get("machine", info)
         ran = f"{where.get('device_name', '?')}, {where.get('time', '?')}"
-        lines.append(
-            f"| {name} | {result['summary']} | {result['goal']} | {'yes' if result['met'] else 'no'} | {ran} |"
-        )
+        lines.append(f"| {name} | {result['summary']} | {result['goal']} | {MET[result['met']]} | {ran} |")
     return "\n".join(lines) + "\n"
 
 

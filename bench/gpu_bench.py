@@ -194,7 +194,7 @@ def gpu(quick: bool = False) -> dict:
     mfu = f"MFU {result['mfu']:.1%} of {peak / 1e12:.0f} TFLOP/s" if result["mfu"] else "MFU n/a (no GPU peak)"
     result.update(
         goal="≥ 8× batched generation on GPU; report MFU, memory, 8-bit, memory returned",
-        met=bool(cuda and gen["speedup"] >= 8),
+        met=gen["speedup"] >= 8 if cuda else None,  # a CPU run keeps the code working; it cannot meet a GPU goal
         summary=f"{name}, {train['parameters'] / 1e6:,.0f}M params: generation batched "
         f"{gen['batched_tokens_per_s']:,.0f} vs loop {gen['loop_tokens_per_s']:,.0f} tokens/s = "
         f"{gen['speedup']:.1f}×; training "

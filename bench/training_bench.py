@@ -117,30 +117,31 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+PLAIN_INFO = type("Info", (), {"device": "cpu", "dtype": "float32"})()  # what trainer_args needs of a LoadInfo
+
+
+def _plain_load(spec: Any) -> tuple[Any, Any]:
+    """What a script does: from_pretrained on the same directory, fp32 on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.models import resolve_model
+
+    path = resolve_model(spec.base_model.name_or_path)
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+
+
 def plain_sft(spec: Any, records_path: Path, out_dir: Path) -> None:
     """What a researcher's script does: load, SFTTrainer with the same arguments, train, save."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.models import resolve_model
-    from pipeline.training import trainer_args
+    from pipeline.training import lora_config, trainer_args
 
-    path = resolve_model(spec.base_model.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    tokenizer, model = _plain_load(spec)
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in _records(records_path)]
-    info = type("Info", (), {"device": "cpu", "dtype": "float32"})()
+    info = PLAIN_INFO
     args = SFTConfig(**trainer_args(spec.sft, out_dir, info), completion_only_loss=True, packing=False)
-    m = spec.base_model
-    lora = LoraConfig(
-        r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        target_modules=m.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(spec.base_model)  # the same LoraConfig the stages build
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
     )
@@ -150,32 +151,20 @@ def plain_sft(spec: Any, records_path: Path, out_dir: Path) -> None:
 
 def plain_dpo(spec: Any, train_path: Path, out_dir: Path, precompute: bool | None = None) -> None:
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from pipeline.models import resolve_model
-    from pipeline.training import trainer_args
+    from pipeline.training import lora_config, trainer_args
 
-    path = resolve_model(spec.base_model.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    tokenizer, model = _plain_load(spec)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _records(train_path)]
-    info = type("Info", (), {"device": "cpu", "dtype": "float32"})()
+    info = PLAIN_INFO
     args = DPOConfig(
         **trainer_args(spec.dpo, out_dir, info),
         beta=spec.dpo.beta,
         loss_type=[spec.dpo.loss_type],
         precompute_ref_log_probs=spec.dpo.precompute_ref_log_probs if precompute is None else precompute,
     )
-    m = spec.base_model
-    lora = LoraConfig(
-        r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        target_modules=m.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(spec.base_model)  # the same LoraConfig the stages build
     trainer = DPOTrainer(
         model=model,
         ref_model=None,

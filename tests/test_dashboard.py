@@ -336,3 +336,19 @@ def test_off_loopback_the_password_opens_the_dashboard(filled, listening_everywh
     assert not at.exception
     assert list(at.dataframe[0].value["id"]) == [filled["run_id"]]
     assert "login_password" not in at.session_state  # the password does not stay in the session
+
+
+def test_retry_button_requeues_a_stage_and_its_dependents(filled):
+    queued = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
+    scheduler.cancel(queued, filled["conn"], filled["engine"])
+    filled["conn"].delete("rq:queue:gpu", "rq:queue:cpu")
+    at = app(run=str(queued)).run()
+    assert not at.exception
+    at.selectbox(key="retry_node").set_value("train_sft").run()
+    at.button(key="retry").click().run()
+    assert not at.exception
+    with read_session(filled["engine"]) as s:
+        stages = {x.node: x.status for x in s.get(Run, queued).stages}
+    assert stages["train_sft"] == "queued" and stages["dpo_sft"] == "queued"
+    assert stages["generate_sft"] == "cancelled"  # upstream of the retried stage: untouched
+    assert filled["conn"].llen("rq:queue:gpu") + filled["conn"].llen("rq:queue:cpu") >= 1

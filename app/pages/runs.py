@@ -135,7 +135,7 @@ def run_page(run_id: int) -> None:
         for check in verdict["checklist"]:
             mark = "✅" if check["passed"] else ("❌" if check["required"] else "ℹ️")
             st.markdown(f"{mark} **{check['item']}** — {check['reason']}")
-    cancel_col, resume_col, _ = st.columns([1, 1, 4])
+    cancel_col, resume_col, retry_col, _ = st.columns([1, 1, 2, 2])
     if detail["status"] in ACTIVE and cancel_col.button("Cancel run", key="cancel"):
         scheduler.cancel(run_id, connect())
         st.rerun()
@@ -146,6 +146,16 @@ def run_page(run_id: int) -> None:
             st.error(f"Could not resume: {exc}")
         else:
             st.rerun()
+    failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
+    if failed and detail["status"] not in ACTIVE:
+        node = retry_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
+        if retry_col.button(f"Retry {node} and what depends on it", key="retry"):
+            try:
+                scheduler.retry(failed[node], connect())
+            except (AlignlabError, RuntimeError, KeyError) as exc:
+                st.error(f"Could not retry: {exc}")
+            else:
+                st.rerun()
 
     curves = pd.DataFrame(
         queries.metric_curves(

@@ -205,6 +205,16 @@ def test_cancel_stops_the_running_job_within_10s_and_statuses_agree(
             kill_tree(worker)
 
 
+def start_recorder(env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.recorder"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_recorder_killed_mid_stream_loses_and_duplicates_nothing(redis_conn, redis_server_url, sqlite_engine, tmp_path):
     from workers.events import EventEmitter
 
@@ -225,25 +235,13 @@ def test_recorder_killed_mid_stream_loses_and_duplicates_nothing(redis_conn, red
         with read_session(sqlite_engine) as s:
             return s.scalar(select(func.count()).select_from(Metric).where(Metric.stage_run_id == stage_run_id))
 
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "workers.recorder"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    recorder = start_recorder(env)
     wait_for(lambda: recorded() > 0, 60, "the recorder to start writing", poll=0.02)
     recorder.kill()
     recorder.wait(10)
     partial = recorded()
     assert 0 < partial < total, "kill the recorder mid-stream"
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "workers.recorder"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    recorder = start_recorder(env)
     try:
         wait_for(lambda: recorded() >= total, 120, "the restarted recorder to catch up")
         time.sleep(1)
