@@ -71,6 +71,9 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
     assert list(stages["stage"])[:2] == ["generate_sft", "train_sft"]
     assert set(stages["status"]) == {"cached"}
     assert at.get("vega_lite_chart"), "the training curves chart is missing"
+    (dag,) = at.get("graphviz_chart")
+    assert '"train_sft" -> "dpo_sft"' in dag.proto.spec and '"eval_dpo_only" -> "compare"' in dag.proto.spec
+    assert 'label="compare\\ncached"' in dag.proto.spec
     loads = at.dataframe[1].value
     assert set(loads["device"]) == {"cpu"}
     # a queued run (no worker drains it) can be cancelled from its page

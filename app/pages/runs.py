@@ -4,6 +4,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app.dag_view import dag_dot
 from db import queries
 from pipeline.configs import preset
 from pipeline.errors import AlignlabError
@@ -101,11 +102,13 @@ def live_stages(run_id: int) -> None:
             for s in detail["stages"]
         ]
     )
+    st.graphviz_chart(dag_dot({s["node"]: s["status"] for s in detail["stages"]}), width="stretch")
     st.dataframe(
         stages,
         key="stages_df",
         hide_index=True,
         width="stretch",
+        height=35 * (len(stages) + 1) + 3,  # every stage visible without scrolling
         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
     )
     for s in detail["stages"]:
@@ -170,7 +173,7 @@ def run_page(run_id: int) -> None:
             .encode(x="step:Q", y="value:Q", color="node:N", tooltip=["node", "step", "value"])
             .properties(height=220)
         )
-        st.altair_chart(chart.facet(facet="name:N", columns=3).resolve_scale(y="independent"), key="curves")
+        st.altair_chart(chart.facet(facet="name:N", columns=2).resolve_scale(y="independent"), key="curves")
 
     loads = [
         dict(
