@@ -202,6 +202,7 @@ def test_data_page_reports_records_and_mask_viewer(filled):
     records = at.dataframe[-1].value
     assert {"prompt", "completion"} <= set(records.columns) and len(records) > 0
     assert any("trained of" in c.value for c in at.caption)
+    assert any("rows per length bucket" in c.value for c in at.caption)  # length histograms of the hand-offs
 
 
 def test_launch_n_seeds_queues_one_group(filled):

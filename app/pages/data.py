@@ -61,6 +61,15 @@ for n, report in enumerate(reports):
             st.dataframe(issues, hide_index=True, key=f"issues_{n}")
         if report["stats"].get("negative_types"):
             st.bar_chart(pd.Series(report["stats"]["negative_types"], name="pairs"))
+        histograms = {
+            name: stat["histogram"]
+            for name, stat in report["stats"].items()
+            if isinstance(stat, dict) and stat.get("histogram")
+        }
+        for name, histogram in histograms.items():
+            st.caption(f"{name}: rows per length bucket (bucket start)")
+            frame = pd.DataFrame({"length from": [int(k) for k in histogram], "rows": list(histogram.values())})
+            st.bar_chart(frame, x="length from", y="rows")
         st.json(report["stats"], expanded=False)
 
 st.header("Records")
