@@ -7,6 +7,7 @@ a producer-made `event_id` (execution id + sequence number) so a redelivered or 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import redis
 STREAM = "alignlab:events"
 STREAM_MAXLEN = 2_000_000  # far above any backlog: trimming ignores consumer groups
 CHUNK_ROWS = 50  # rows per samples/preview event, to keep each event small
+OUTAGE_TOLERANCE_S = 300.0  # how long a job waits for an unreachable Redis before it gives up
+log = logging.getLogger("alignlab.events")
 
 
 class EventKind(StrEnum):
@@ -53,6 +56,7 @@ class EventEmitter:
     stage_run_id: int
     execution: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     seq: int = 0
+    outage_s: float = OUTAGE_TOLERANCE_S
 
     def emit(self, kind: EventKind | str, **payload: Any) -> str:
         self.seq += 1
@@ -64,8 +68,21 @@ class EventEmitter:
             "time": time.time(),
             "payload": payload,
         }
-        self.connection.xadd(STREAM, {"event": json.dumps(event, default=str)}, maxlen=STREAM_MAXLEN)
-        return event["event_id"]
+        fields = {"event": json.dumps(event, default=str)}
+        deadline = time.monotonic() + self.outage_s
+        delay = 0.5
+        while True:
+            try:
+                self.connection.xadd(STREAM, fields, maxlen=STREAM_MAXLEN)
+                return event["event_id"]
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis unreachable (a pod's link dropped, Redis restarting): the job keeps its work and waits;
+                # a retried XADD that had landed is harmless, the recorder keeps one row per event id
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Redis unreachable; event %s waits %.1fs", event["event_id"], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def emit_rows(self, kind: EventKind, rows: list[Any], **payload: Any) -> None:
         for start in range(0, len(rows), CHUNK_ROWS):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from rq import get_current_job
 
 from pipeline.errors import StopRequested
@@ -33,9 +34,14 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
         now = time.monotonic()
         if now - last["cancel_check"] > PROGRESS_INTERVAL_S:
             last["cancel_check"] = now
-            if emitter.connection.exists(cancel_key(run_id)):
+            try:
+                cancelled = emitter.connection.exists(cancel_key(run_id))
+                preempted = bool(worker_name) and emitter.connection.exists(preempt_key(worker_name))
+            except (redis.ConnectionError, redis.TimeoutError):
+                cancelled = preempted = False  # Redis unreachable: keep training; the next check will know
+            if cancelled:
                 raise JobCancelled(f"run {run_id} was cancelled")
-            if worker_name and emitter.connection.exists(preempt_key(worker_name)):
+            if preempted:
                 raise StopRequested(f"worker {worker_name} is shutting down")
         kind = event["kind"]
         if kind == "progress":

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import socket
+import threading
 
 from rq import Worker
 
@@ -16,11 +17,26 @@ from workers.queues import SERIALIZER, AllowlistJob, connect, queue
 MAINTENANCE_INTERVAL_S = 60
 # The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
 JOB_MONITORING_INTERVAL_S = 10
+HORSE_HEARTBEAT_TTL_S = 90  # as RQ's own: the job is abandoned only after 90 s without any heartbeat
 
 
 class PreemptibleWorker(Worker):
     """On SIGTERM (spot preemption, `docker stop`) the running job is told to checkpoint and is requeued; then the
     worker shuts down warm. RQ alone would wait for a training job to finish, past any grace period."""
+
+    def perform_job(self, job, queue, execution):
+        """In the work horse, keep the job's and execution's heartbeats fresh from the horse itself: if the worker
+        process dies (RQ's worker exits when Redis is unreachable for ~10 s) the job still runs, and neither the
+        reconciler nor RQ's cleanup takes it for abandoned and starts it a second time."""
+        if not getattr(self, "_is_horse", False):
+            return super().perform_job(job, queue, execution)
+        stop = threading.Event()
+        beat = threading.Thread(target=horse_heartbeats, args=(job, execution, stop), daemon=True)
+        beat.start()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            stop.set()
 
     def request_stop(self, signum, frame):
         from workers.events import preempt_key
@@ -30,6 +46,24 @@ class PreemptibleWorker(Worker):
         except Exception:  # noqa: BLE001  (Redis gone: RQ's own shutdown still proceeds)
             self.log.warning("could not flag preemption in Redis")
         super().request_stop(signum, frame)
+
+
+def horse_heartbeats(job, execution, stop: threading.Event) -> None:
+    """What RQ's worker does every job_monitoring_interval for a running job, from inside the job's process;
+    retried every second while Redis is unreachable so the heartbeat is fresh again right after it returns."""
+    from rq.utils import now
+
+    ttl = HORSE_HEARTBEAT_TTL_S
+    while not stop.wait(JOB_MONITORING_INTERVAL_S):
+        while not stop.is_set():
+            try:
+                with job.connection.pipeline() as pipeline:
+                    execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+                    job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
+                    pipeline.execute()
+                break
+            except Exception:  # noqa: BLE001 - Redis away: try again shortly; the job itself carries on
+                stop.wait(1.0)
 
 
 def make_worker(

@@ -16,6 +16,7 @@ from db.models import Metric, RecordedEvent, Run, StageRun
 from db.session import make_engine, read_session
 from tests.conftest import add_stage_run
 from workers import scheduler
+from workers.cli import FINAL
 from workers.recorder import Recorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -391,3 +392,59 @@ def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
         server.resume()
         if worker.poll() is None:
             kill_tree(worker)
+
+
+def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
+    dag_run, tiny_ci_spec, tmp_path, alignlab_home
+):
+    """Redis refuses connections for 20 s while train_sft runs (the pod's network drops, Redis restarts from its
+    AOF). RQ's worker process dies of it after ~10 s; the job's process carries on (events wait, the horse keeps
+    the heartbeats), a restarted worker does not start the job again, and the run completes."""
+    import redis as redis_lib
+
+    from db.migrate import upgrade
+    from tests.reliability.test_disk_and_redis import _redis_server
+    from tests.test_cli_up import free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = _redis_server(port, tmp_path)
+    db_url = f"sqlite:///{tmp_path / 'outage.db'}"
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    conn = redis_lib.Redis.from_url(url)
+    env = {"REDIS_URL": url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = long_sft_spec(tiny_ci_spec, "redis-down")
+    spec.sft.seed = 23  # its own artifact key
+    run_id = scheduler.submit(spec, conn, engine, home=str(alignlab_home))
+    first = start_worker(env)
+    second = None
+    try:
+        with RecorderThread(conn, engine):
+            wait_for(lambda: stage(engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            horses = wait_for(lambda: work_horses(first), 30, "the work horse")
+        server.kill()
+        server.wait(10)
+        time.sleep(20)
+        server = _redis_server(port, tmp_path)  # same port and directory: the AOF brings the queues back
+        assert first.wait(30) is not None  # RQ's worker process gave up while Redis was away
+        assert all(p.is_running() for p in horses), "the job's process should have outlived its worker"
+        second = start_worker(env)  # what a supervisor (compose restart, the pod) does
+        conn = redis_lib.Redis.from_url(url)
+        with RecorderThread(conn, engine):  # reconciles every 2 s: must not take the job for dead
+            wait_for(lambda: scheduler.run_summary(run_id, engine)["status"] in FINAL, 300, "the run to end")
+        done = stage(engine, run_id, "train_sft")
+        assert scheduler.run_summary(run_id, engine)["status"] == "succeeded", done.error
+        assert done.attempt == 1 and not done.metrics["resumed_from"]  # one execution, straight through
+        with read_session(engine) as s:
+            steps = s.scalars(
+                select(Metric.step).where(Metric.stage_run_id == done.id, Metric.name == "loss").order_by(Metric.step)
+            ).all()
+        assert steps == list(range(1, done.metrics["steps"] + 1))  # every step once, the outage's included
+        print("FIGURE Redis down 20 s mid-training -> worker process exited, job ran once, run completed")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                kill_tree(proc)
+        server.kill()
+        engine.dispose()
