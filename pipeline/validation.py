@@ -657,17 +657,20 @@ FILE_KINDS = ("instructions", "sft", "negatives", "pairs")
 
 
 def validate_file(
-    kind: str, path: str | Path, config: ValidationConfig | None = None, heldout: str | Path | None = None
+    kind: str,
+    path: str | Path,
+    config: ValidationConfig | None = None,
+    heldout: str | Path | None = None,
+    instruction_field: str = "instruction",
 ) -> ValidationReport:
-    """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file check."""
+    """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file checks."""
     config = config or ValidationConfig()
     if kind == "instructions":
         path = Path(path)
-        if not path.exists():
-            report = ValidationReport("instructions", str(path), config.max_error_rate)
-            report.add(None, None, "file_not_found", f"{path} does not exist")
-            return report
-        return validate_instructions(read_jsonl(path), config=config, source=str(path))[1]
+        return (
+            _missing(kind, path, config)
+            or validate_instructions(read_jsonl(path), instruction_field, config, source=str(path))[1]
+        )
     if kind == "sft":
         return load_and_validate_sft(path, config, strict=False)[1]
     if kind == "negatives":

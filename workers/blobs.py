@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from pipeline.errors import DataError
-from pipeline.validation import ValidationReport, read_jsonl, validate_file, validate_instructions
+from pipeline.validation import ValidationReport, validate_file
 
 MAX_BLOB_BYTES = 64 * 2**20
 BLOB_TTL_S = 7 * 24 * 3600
@@ -56,20 +56,9 @@ def materialize(connection: redis.Redis, reference: str, home: Path) -> Path:
     return target
 
 
-def instructions_report(data: bytes, filename: str, field_name: str = "instruction") -> ValidationReport:
-    """Validate uploaded instruction bytes before they are stored: the same checks generate_sft runs, with issues
-    naming `filename` and the row."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".jsonl") as handle:
-        handle.write(data)
-        handle.flush()
-        _, report = validate_instructions(read_jsonl(handle.name), field_name, source=filename)
-    return report
-
-
-def check_upload(kind: str, data: bytes, filename: str) -> ValidationReport:
-    """An uploaded file of `kind` (instructions, sft, negatives, pairs) through the stages' own validators."""
+def check_upload(kind: str, data: bytes, filename: str, instruction_field: str = "instruction") -> ValidationReport:
+    """An uploaded file of `kind` (instructions, sft, negatives, pairs) through the stages' own validators, its
+    issues naming `filename` and the row."""
     import tempfile
 
     if len(data) > MAX_BLOB_BYTES:
@@ -77,7 +66,7 @@ def check_upload(kind: str, data: bytes, filename: str) -> ValidationReport:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(filename).name
         path.write_bytes(data)
-        report = validate_file(kind, path)
+        report = validate_file(kind, path, instruction_field=instruction_field)
     report.source = filename
     for issue in report.issues:
         issue.file = filename if issue.file else None

@@ -9,7 +9,7 @@ from db import queries
 from pipeline.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
 from pipeline.errors import AlignlabError, ConfigError
 from workers import scheduler
-from workers.blobs import MAX_BLOB_BYTES, instructions_report, put_blob
+from workers.blobs import MAX_BLOB_BYTES, check_upload, put_blob
 from workers.queues import connect
 
 st.title("Launch a run")
@@ -63,20 +63,21 @@ if uploaded is not None:
         st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
 
 if dataset is not None:
-    report = instructions_report(dataset.getvalue(), dataset.name, base["data"]["instruction_field"])
-    if not report.passed:
-        st.error(
-            f"{dataset.name}: {report.error_rows} of {report.rows_read} rows are invalid, e.g. "
-            + "; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3])
-            + ". Fix the file and upload it again; nothing was queued."
-        )
-    else:
-        try:
+    try:
+        report = check_upload("instructions", dataset.getvalue(), dataset.name, base["data"]["instruction_field"])
+        if report.passed:
             base["data"]["instructions"] = put_blob(connect(), dataset.getvalue(), dataset.name)
-        except AlignlabError as exc:
-            st.error(str(exc))
-        else:
+    except AlignlabError as exc:  # over the size limit, Redis unreachable
+        st.error(f"{exc}. Nothing was queued.")
+    else:
+        if report.passed:
             st.success(f"{dataset.name}: {report.rows_valid} valid instructions, used by this run")
+        else:
+            st.error(
+                f"{dataset.name}: {report.error_rows} of {report.rows_read} rows are invalid, e.g. "
+                + "; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3])
+                + ". Fix the file and upload it again; nothing was queued."
+            )
 
 # a new starting point (another preset, run or file) refills the form: drop the widgets' remembered values
 signature = yaml.safe_dump(base, sort_keys=True)
