@@ -27,6 +27,11 @@ class JobCancelled(Exception):
     """The run was cancelled: raised at the stage's next progress report (cooperative cancellation)."""
 
 
+def metric_values(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a training log row worth a curve (not its step counter or wall clock)."""
+    return {k: v for k, v in row.items() if isinstance(v, int | float) and k not in ("step", "time")}
+
+
 def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | None):
     last = {"progress": 0.0, "cancel_check": 0.0}
 
@@ -53,10 +58,7 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
         elif kind == "log":
             emitter.emit(EventKind.log, message=event["message"])
         elif kind == "metric":
-            values = {
-                k: v for k, v in event["values"].items() if isinstance(v, int | float) and k not in ("step", "time")
-            }
-            emitter.emit(EventKind.metric, step=event["step"], values=values)
+            emitter.emit(EventKind.metric, step=event["step"], values=metric_values(event["values"]))
         elif kind == "resumed":
             emitter.emit(EventKind.resumed, step=event["step"])
         elif kind == "validation":
@@ -75,8 +77,7 @@ def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
         if log.exists():
             for line in log.read_text().splitlines():
                 row = json.loads(line)
-                values = {k: v for k, v in row.items() if isinstance(v, int | float) and k not in ("step", "time")}
-                emitter.emit(EventKind.metric, step=row["step"], values=values)
+                emitter.emit(EventKind.metric, step=row["step"], values=metric_values(row))
     for kind, rows in result.previews.items():
         if kind in ("samples", "report"):
             continue

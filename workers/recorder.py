@@ -56,6 +56,25 @@ def _new_event_ids(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     return set(session.scalars(statement, rows).all())
 
 
+def metric_rows(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Metric rows of one metric event: a point per named value."""
+    payload = event["payload"]
+    return [
+        {
+            "run_id": event["run_id"],
+            "stage_run_id": event["stage_run_id"],
+            "step": payload["step"],
+            "name": name,
+            "value": float(value),
+        }
+        for name, value in payload["values"].items()
+    ]
+
+
+def _append_log(stage_run: StageRun, line: str) -> None:
+    stage_run.log_tail = ((stage_run.log_tail or "") + line + "\n")[-LOG_TAIL_CHARS:]
+
+
 def apply_event(session: Session, event: dict[str, Any]) -> None:
     """Write one event's effect. Called once per event id, inside the batch's transaction."""
     kind, payload = event["kind"], event["payload"]
@@ -75,15 +94,12 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
         stage_run.progress_done, stage_run.progress_total = payload["done"], payload["total"]
         stage_run.progress_message = (payload.get("message") or "")[:500]
     elif kind == ev.EventKind.log:
-        stage_run.log_tail = ((stage_run.log_tail or "") + payload["message"] + "\n")[-LOG_TAIL_CHARS:]
+        _append_log(stage_run, payload["message"])
     elif kind == ev.EventKind.metric:
-        session.add_all(
-            Metric(run_id=run_id, stage_run_id=stage_run.id, step=payload["step"], name=name, value=float(value))
-            for name, value in payload["values"].items()
-        )
+        session.execute(insert(Metric), metric_rows(event))
     elif kind == ev.EventKind.resumed:  # the steps after the checkpoint are recomputed: drop their old points
         session.execute(delete(Metric).where(Metric.stage_run_id == stage_run.id, Metric.step > payload["step"]))
-        stage_run.log_tail = ((stage_run.log_tail or "") + f"resumed from step {payload['step']}\n")[-LOG_TAIL_CHARS:]
+        _append_log(stage_run, f"resumed from step {payload['step']}")
     elif kind == ev.EventKind.validation:
         report = payload["report"]
         session.add(
@@ -142,9 +158,7 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
     elif kind == ev.EventKind.preempted:
         if stage_run.status != StageStatus.cancelled:
             stage_run.status = StageStatus.queued.value
-        stage_run.log_tail = ((stage_run.log_tail or "") + f"preempted: {payload.get('reason')}; requeued\n")[
-            -LOG_TAIL_CHARS:
-        ]
+        _append_log(stage_run, f"preempted: {payload.get('reason')}; requeued")
     elif kind == ev.EventKind.failed:
         stage_run.status = (
             StageStatus.cancelled.value
@@ -249,7 +263,7 @@ class Recorder:
                     for eid, (sid, event) in unique.items()
                 ],
             )
-            metric_rows: list[dict[str, Any]] = []
+            pending_metrics: list[dict[str, Any]] = []
             touched_runs: set[int] = set()
             for _, event in events:
                 if event["event_id"] not in new:
@@ -257,25 +271,15 @@ class Recorder:
                 new.discard(event["event_id"])
                 applied += 1
                 if event["kind"] == ev.EventKind.metric:  # the bulk of the traffic: one INSERT per batch
-                    payload = event["payload"]
-                    metric_rows.extend(
-                        {
-                            "run_id": event["run_id"],
-                            "stage_run_id": event["stage_run_id"],
-                            "step": payload["step"],
-                            "name": name,
-                            "value": float(value),
-                        }
-                        for name, value in payload["values"].items()
-                    )
+                    pending_metrics.extend(metric_rows(event))
                     continue
-                if metric_rows:  # keep order: a `resumed` event deletes the points logged before it
-                    session.execute(insert(Metric), metric_rows)
-                    metric_rows = []
+                if pending_metrics:  # keep order: a `resumed` event deletes the points logged before it
+                    session.execute(insert(Metric), pending_metrics)
+                    pending_metrics = []
                 apply_event(session, event)
                 touched_runs.add(event["run_id"])
-            if metric_rows:
-                session.execute(insert(Metric), metric_rows)
+            if pending_metrics:
+                session.execute(insert(Metric), pending_metrics)
             session.flush()
             for run_id in touched_runs:
                 run = session.get(Run, run_id)

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from pipeline.errors import AlignlabError
 from pipeline.validation import FILE_KINDS
 from workers.blobs import check_upload
 
@@ -14,8 +15,12 @@ st.title("Data and validation")
 with st.expander("Check a file before you launch", expanded=False):
     kind = st.selectbox("Kind", FILE_KINDS, key="check_kind", help="What the file holds; the same checks as the run.")
     upload = st.file_uploader("JSONL file", type=["jsonl"], key="check_file")
-    if upload is not None:
-        report = check_upload(kind, upload.getvalue(), upload.name)
+    try:
+        report = check_upload(kind, upload.getvalue(), upload.name) if upload is not None else None
+    except AlignlabError as exc:  # over the upload limit
+        st.error(str(exc))
+        report = None
+    if report is not None:
         summary = f"{upload.name}: {report.rows_valid} of {report.rows_read} rows valid"
         if report.passed:
             st.success(summary + (f", {len(report.warnings)} warnings" if report.warnings else ""))
