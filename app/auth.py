@@ -12,12 +12,13 @@ import os
 
 import streamlit as st
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+from workers.queues import LOOPBACK_HOSTS
+
 PASSWORD_ENV = "ALIGNLAB_DASHBOARD_PASSWORD"
 
 
 def on_loopback() -> bool:
-    return (st.get_option("server.address") or "") in LOOPBACK
+    return (st.get_option("server.address") or "") in LOOPBACK_HOSTS
 
 
 def _secret(name: str) -> str | None:

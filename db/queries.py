@@ -26,12 +26,13 @@ def list_runs(
         if status:
             query = query.where(Run.status == status)
         runs = s.scalars(query).all()
+        listed = StageRun.run_id.in_([run.id for run in runs])  # count stages of the listed runs only
         counts = dict(
             s.execute(
-                select(StageRun.run_id, func.count()).where(StageRun.status.in_(DONE)).group_by(StageRun.run_id)
+                select(StageRun.run_id, func.count()).where(listed, StageRun.status.in_(DONE)).group_by(StageRun.run_id)
             ).all()
         )
-        totals = dict(s.execute(select(StageRun.run_id, func.count()).group_by(StageRun.run_id)).all())
+        totals = dict(s.execute(select(StageRun.run_id, func.count()).where(listed).group_by(StageRun.run_id)).all())
         rows = []
         for run in runs:
             if tag and tag not in (run.tags or []):
@@ -118,6 +119,20 @@ def metric_curves(run_id: int, names: list[str] | None = None, engine: Engine | 
         return [{"node": n, "name": m, "step": st, "value": v} for n, m, st, v in s.execute(query).all()]
 
 
+def _evaluation_row(e: Evaluation, run_name: str) -> dict[str, Any]:
+    return {
+        "run_id": e.run_id,
+        "run": run_name,
+        "method": e.method,
+        "metric": e.metric,
+        "negative_type": e.negative_type,
+        "value": e.value,
+        "ci_low": e.ci_low,
+        "ci_high": e.ci_high,
+        "n": e.n,
+    }
+
+
 def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[dict[str, Any]]:
     """Overall (not per-type) evaluation rows across runs and methods, with CIs."""
     with read_session(engine) as s:
@@ -126,19 +141,7 @@ def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[
             .join(Run, Run.id == Evaluation.run_id)
             .where(Evaluation.run_id.in_(run_ids), Evaluation.negative_type.is_(None))
         ).all()
-        return [
-            {
-                "run_id": e.run_id,
-                "run": name,
-                "method": e.method,
-                "metric": e.metric,
-                "value": e.value,
-                "ci_low": e.ci_low,
-                "ci_high": e.ci_high,
-                "n": e.n,
-            }
-            for e, name in rows
-        ]
+        return [_evaluation_row(e, name) for e, name in rows]
 
 
 def sample_flags(stats: dict[str, Any], reference: str | None) -> list[str]:
@@ -202,19 +205,7 @@ def by_negative_type(run_ids: list[int], metric: str = "preference_accuracy", en
             .where(Evaluation.run_id.in_(run_ids), Evaluation.negative_type.is_not(None), Evaluation.metric == metric)
             .order_by(Evaluation.run_id, Evaluation.negative_type, Evaluation.method)
         ).all()
-    return [
-        {
-            "run_id": e.run_id,
-            "run": name,
-            "negative_type": e.negative_type,
-            "method": e.method,
-            "value": e.value,
-            "ci_low": e.ci_low,
-            "ci_high": e.ci_high,
-            "n": e.n,
-        }
-        for e, name in rows
-    ]
+    return [_evaluation_row(e, name) for e, name in rows]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -234,8 +225,9 @@ def spec_differences(run_ids: list[int], engine: Engine | None = None) -> dict[i
     (name, preset label, stage selection, queues and timeouts)."""
     with read_session(engine) as s:
         specs = {i: flatten(spec or {}) for i, spec in s.execute(select(Run.id, Run.spec).where(Run.id.in_(run_ids)))}
-    fields = sorted(f for spec in specs.values() for f in spec if f not in NOT_RESULT_FIELDS)
-    fields = sorted(set(fields) - {f for f in fields if f.startswith("execution.")})
+    fields = sorted(
+        {f for spec in specs.values() for f in spec if f not in NOT_RESULT_FIELDS and not f.startswith("execution.")}
+    )
     varying = [f for f in fields if len({json.dumps(spec.get(f)) for spec in specs.values()}) > 1]
     return {i: {f: spec.get(f) for f in varying} for i, spec in specs.items()}
 

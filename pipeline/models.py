@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.configs import TINY_MODEL, ModelConfig
 from pipeline.errors import ModelLoadError
+from pipeline.paths import written_as_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 SIXTEEN_BIT_HEADROOM = 1.3  # weights + activations/KV cache for generation; above this, "auto" goes 8-bit
@@ -74,8 +75,7 @@ def resolve_model(name_or_path: str) -> str:
                 "written by save_pretrained"
             )
         return str(path.resolve())
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local or not HUB_ID.match(name_or_path):
+    if written_as_path(name_or_path) or not HUB_ID.match(name_or_path):
         raise ModelLoadError(
             f"model {name_or_path!r}: no such directory, and not a Hugging Face id (org/name); check the path"
         )

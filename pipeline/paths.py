@@ -23,11 +23,16 @@ def allowed_roots() -> list[Path]:
     return [root.resolve() for root in [alignlab_home(), *extra]]
 
 
+def written_as_path(value: str) -> bool:
+    """Spelled as a filesystem path (./x, /x, ~/x, a/b/c), never a hub id (org/name)."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1
+
+
 def is_local_path(value: str) -> bool:
     """A value the loaders would read from disk (not a hub id, the tiny model, `demo` or a blob)."""
     if value in NOT_PATHS or value.startswith("blob:"):
         return False
-    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).expanduser().exists()
+    return written_as_path(value) or Path(value).expanduser().exists()
 
 
 def confine(value: str, field: str, roots: list[Path] | None = None) -> None:

@@ -93,7 +93,7 @@ def live_stages(run_id: int) -> None:
                 "status": s["status"],
                 "attempt": s["attempt"],
                 "progress": 1.0
-                if s["status"] in ("succeeded", "cached")
+                if s["status"] in queries.DONE
                 else (s["progress_done"] / s["progress_total"] if s["progress_total"] else 0.0),
                 "peak memory MiB": round(s["peak_memory_bytes"] / 2**20, 1) if s["peak_memory_bytes"] else None,
                 "device": s["device"],

@@ -77,7 +77,6 @@ with blind:
         winner = {"A": left, "B": right, "tie": "tie"}[choice]
         scheduler.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
         st.session_state["ab_position"] = position + 1
-        st.success("Recorded. Next prompt.")
         st.rerun()
     rates = pd.DataFrame(queries.win_rates(run_id))
     if not rates.empty:
