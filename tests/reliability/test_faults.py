@@ -89,6 +89,18 @@ def stage(engine, run_id, node):
         return s.scalars(select(StageRun).where(StageRun.run_id == run_id, StageRun.node == node)).one()
 
 
+def loss_steps(engine, stage_run) -> list[int]:
+    """The steps of a stage's recorded loss curve, in order (duplicates kept, so a double record shows)."""
+    with read_session(engine) as s:
+        return list(
+            s.scalars(
+                select(Metric.step)
+                .where(Metric.stage_run_id == stage_run.id, Metric.name == "loss")
+                .order_by(Metric.step)
+            )
+        )
+
+
 def long_sft_spec(tiny_ci_spec, name):
     spec = copy.deepcopy(tiny_ci_spec)
     spec.name = name
@@ -155,13 +167,10 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
         ).error
     resumed = stage(sqlite_engine, run_id, "train_sft")
     assert resumed.attempt == 2 and resumed.metrics["resumed_from"].startswith("checkpoint-")
+    # every step exactly once: points recomputed after the checkpoint replaced, nothing recorded twice
+    assert loss_steps(sqlite_engine, resumed) == list(range(1, resumed.metrics["steps"] + 1))
     with read_session(sqlite_engine) as s:
         assert s.get(Run, run_id).status == "succeeded"
-        steps = s.scalars(
-            select(Metric.step).where(Metric.stage_run_id == resumed.id, Metric.name == "loss").order_by(Metric.step)
-        ).all()
-        # every step exactly once: points recomputed after the checkpoint replaced, nothing recorded twice
-        assert steps == list(range(1, resumed.metrics["steps"] + 1))
         assert s.scalar(select(func.count(RecordedEvent.event_id))) == s.scalar(
             select(func.count(func.distinct(RecordedEvent.event_id)))
         )
@@ -382,11 +391,7 @@ def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
         assert done.status == "succeeded", done.error
         assert done.attempt == 1 and not done.metrics["resumed_from"]  # it ran once, straight through
         assert len(horses) == 1 and not any(p.is_running() for p in horses)
-        with read_session(sqlite_engine) as s:
-            steps = s.scalars(
-                select(Metric.step).where(Metric.stage_run_id == done.id, Metric.name == "loss").order_by(Metric.step)
-            ).all()
-        assert steps == list(range(1, done.metrics["steps"] + 1))  # every step once
+        assert loss_steps(sqlite_engine, done) == list(range(1, done.metrics["steps"] + 1))  # every step once
         print("FIGURE Redis frozen 20 s mid-training -> job paused, ran once, run completed")
     finally:
         server.resume()
@@ -436,11 +441,7 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
         done = stage(engine, run_id, "train_sft")
         assert scheduler.run_summary(run_id, engine)["status"] == "succeeded", done.error
         assert done.attempt == 1 and not done.metrics["resumed_from"]  # one execution, straight through
-        with read_session(engine) as s:
-            steps = s.scalars(
-                select(Metric.step).where(Metric.stage_run_id == done.id, Metric.name == "loss").order_by(Metric.step)
-            ).all()
-        assert steps == list(range(1, done.metrics["steps"] + 1))  # every step once, the outage's included
+        assert loss_steps(engine, done) == list(range(1, done.metrics["steps"] + 1))  # the outage's steps too
         print("FIGURE Redis down 20 s mid-training -> worker process exited, job ran once, run completed")
     finally:
         for proc in (first, second):
