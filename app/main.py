@@ -1,16 +1,23 @@
-"""The dashboard's router: the login gate, then st.navigation over the pages."""
+"""The dashboard's router and its one door: the login gate, then st.navigation over the views.
+
+The views live in `app/views/`, not in a `pages/` folder: Streamlit serves every file of a `pages/` folder beside
+the main script as a page of its own, past this script and so past the gate. Every URL therefore runs this script,
+and every page and every action (a button's callback runs inside a rerun of this script) passes `require_login`.
+"""
 
 import streamlit as st
 
 from app.auth import require_login
 
+VIEWS = (  # (file under app/, title, URL path)
+    ("views/runs.py", "Runs", "runs"),
+    ("views/launch.py", "Launch", "launch"),
+    ("views/data.py", "Data", "data"),
+    ("views/compare.py", "Compare", "compare"),
+    ("views/samples.py", "Samples", "samples"),
+)
+
 st.set_page_config(page_title="alignlab", layout="wide")
 require_login()
-pages = [
-    st.Page("pages/runs.py", title="Runs", url_path="runs", default=True),
-    st.Page("pages/launch.py", title="Launch", url_path="launch"),
-    st.Page("pages/data.py", title="Data", url_path="data"),
-    st.Page("pages/compare.py", title="Compare", url_path="compare"),
-    st.Page("pages/samples.py", title="Samples", url_path="samples"),
-]
+pages = [st.Page(path, title=title, url_path=url, default=i == 0) for i, (path, title, url) in enumerate(VIEWS)]
 st.navigation(pages).run()

@@ -189,10 +189,10 @@ def dashboard(quick: bool = False) -> dict:
         pages = {
             "runs table": {},
             "run page": {"query": {"run": str(runs)}},
-            "launch": {"page": "pages/launch.py"},
-            "data": {"page": "pages/data.py"},
-            "compare": {"page": "pages/compare.py"},
-            "samples": {"page": "pages/samples.py"},
+            "launch": {"page": "views/launch.py"},
+            "data": {"page": "views/data.py"},
+            "compare": {"page": "views/compare.py"},
+            "samples": {"page": "views/samples.py"},
         }
         times = render_times(url, pages, renders)
     per_page = {

@@ -147,14 +147,18 @@ class ValidationReportRow(Base):
 
 
 class Metric(Base):
+    """One point of a training curve. Every (stage run, name, step) exists once: a restarted attempt replaces
+    the steps it redoes. A non-finite value (NaN, inf) is kept as NULL with `non_finite` saying which."""
+
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_curve", "stage_run_id", "name", "step"),)
+    __table_args__ = (UniqueConstraint("stage_run_id", "name", "step", name="uq_metrics_stage_run_name_step"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     stage_run_id: Mapped[int] = mapped_column(ForeignKey("stage_runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(100))
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)
+    non_finite: Mapped[str | None] = mapped_column(String(10))  # "nan", "inf", "-inf"
 
 
 class Evaluation(Base):
@@ -217,4 +221,19 @@ class RecordedEvent(Base):
     stream_id: Mapped[str] = mapped_column(String(50))
     kind: Mapped[str] = mapped_column(String(30))
     run_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DeadEvent(Base):
+    """An event the recorder could not write (malformed, or refused by the database): kept with the reason, so that
+    one bad event never blocks the stream and nothing is dropped without a trace."""
+
+    __tablename__ = "dead_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(50))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str | None] = mapped_column(String(30))
+    run_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    error: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

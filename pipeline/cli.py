@@ -41,13 +41,16 @@ def _parse_value(text: str) -> object:
     return yaml.safe_load(text)
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config / --preset plus one `--section.field VALUE` flag per RunSpec field, help from its metadata."""
+def add_spec_arguments(parser: argparse.ArgumentParser, home: bool = True) -> None:
+    """--config / --preset plus one `--section.field VALUE` flag per RunSpec field, help from its metadata.
+
+    `home=False` for commands that queue work: where a worker reads and writes is its own ALIGNLAB_HOME."""
     import dataclasses
 
     parser.add_argument("--config", type=Path, help="RunSpec file (YAML or JSON), e.g. from `alignlab config`.")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="Start from a preset instead of a file.")
-    parser.add_argument("--home", type=Path, help="ALIGNLAB_HOME for artifacts (default ~/.alignlab).")
+    if home:
+        parser.add_argument("--home", type=Path, help="ALIGNLAB_HOME for artifacts (default ~/.alignlab).")
     spec = RunSpec()
     group = parser.add_argument_group("run settings (override the file or preset)")
     for f in dataclasses.fields(spec):

@@ -3,17 +3,48 @@
 Whoever can submit a run (the dashboard, Redis) decides which files the GPU worker reads: a model directory, an
 adapter, an instructions file. Paths are resolved (symlinks and `..` included) and must lie under
 ALIGNLAB_HOME or one of the directories in ALIGNLAB_DATA_ROOTS (os.pathsep-separated). Hub ids, the tiny model,
-`demo` and uploaded `blob:` datasets are not paths and pass.
+`demo` and uploaded datasets are not paths and pass; an uploaded dataset's reference is `blob:` and a sha256 hex
+digest, nothing else, and its file is re-hashed whenever it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 
 NOT_PATHS = ("demo",)
+BLOB_PREFIX = "blob:"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def blob_digest(reference: str, field: str = "DataConfig.instructions") -> str:
+    """The sha256 of a `blob:<sha256>` reference; anything else after `blob:` is refused, naming `field`."""
+    digest = reference.removeprefix(BLOB_PREFIX)
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ConfigError(
+            f"{field}: {reference!r} is not an uploaded file's reference; a blob reference is 'blob:' followed by "
+            "the 64 lowercase hex digits of the file's sha256 (upload the file in the dashboard to get one)"
+        )
+    return digest
+
+
+def blob_path(home: Path, reference: str) -> Path:
+    """Where the worker keeps the uploaded file `reference` (a checked digest: never a path of the caller's)."""
+    return home / "blobs" / f"{blob_digest(reference)}.jsonl"
+
+
+def read_blob(home: Path, reference: str) -> Path:
+    """The materialized blob's path after re-hashing its bytes: a file changed on disk is refused."""
+    path = blob_path(home, reference)
+    if not path.exists():
+        raise DataError(f"instructions {reference}: the uploaded file was not materialized at {path}; resubmit it")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != blob_digest(reference):
+        raise DataError(f"instructions {reference}: {path} no longer matches its sha256; upload the file again")
+    return path
 
 
 def allowed_roots() -> list[Path]:
@@ -30,13 +61,17 @@ def written_as_path(value: str) -> bool:
 
 def is_local_path(value: str) -> bool:
     """A value the loaders would read from disk (not a hub id, the tiny model, `demo` or a blob)."""
-    if value in NOT_PATHS or value.startswith("blob:"):
+    if value in NOT_PATHS or value.startswith(BLOB_PREFIX):
         return False
     return written_as_path(value) or Path(value).expanduser().exists()
 
 
 def confine(value: str, field: str, roots: list[Path] | None = None) -> None:
-    """Raise ConfigError naming `field` if local path `value` resolves outside every allowed root."""
+    """Raise ConfigError naming `field` if local path `value` resolves outside every allowed root, or if a blob
+    reference is anything but a sha256 digest."""
+    if value.startswith(BLOB_PREFIX):
+        blob_digest(value, field)
+        return
     if not is_local_path(value):
         return
     roots = roots if roots is not None else allowed_roots()

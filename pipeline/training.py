@@ -93,8 +93,21 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return None
 
 
+def start_from_checkpoint(out_dir: Path, progress: Progress) -> str | None:
+    """Where this attempt starts: the newest complete checkpoint, or None for step 0. Either way the log keeps
+    only the steps before it and a `resumed` event says so, so that every step an earlier attempt logged and this
+    one redoes (after a kill before the first checkpoint too) is recorded once, not twice."""
+    resume = last_checkpoint(out_dir)
+    step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    trim_log_to(out_dir, step)
+    if resume:
+        progress.log(f"resuming from {Path(resume).name}")
+    progress.emit("resumed", step=step)
+    return resume
+
+
 def trim_log_to(out_dir: Path, step: int) -> None:
-    """On resume, drop log lines after the checkpoint's step: they are recomputed and logged again."""
+    """Drop log lines after `step`: they are recomputed and logged again."""
     path = out_dir / LOG_FILE
     if not path.exists():
         return

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.configs import NEGATIVE_TYPES, ValidationConfig
 from pipeline.errors import DataError
+from pipeline.paths import BLOB_PREFIX, read_blob
 
 ERROR, WARNING = "error", "warning"
 
@@ -629,12 +630,10 @@ def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], 
         from pipeline.tiny import demo_path
 
         return read_jsonl(demo_path()), str(demo_path())
-    if source.startswith("blob:"):  # a dataset uploaded in the dashboard, materialized by the worker
+    if source.startswith(BLOB_PREFIX):  # a dataset uploaded in the dashboard, materialized by the worker
         from pipeline.tiny import alignlab_home
 
-        path = alignlab_home() / "blobs" / f"{source[5:]}.jsonl"
-        if not path.exists():
-            raise DataError(f"instructions {source}: the uploaded file was not materialized at {path}; resubmit it")
+        path = read_blob(alignlab_home(), source)
         return read_records(path), f"{source} ({path})"
     path = Path(source).expanduser()
     if path.exists():

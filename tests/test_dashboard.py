@@ -34,7 +34,7 @@ def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_ho
     upgrade(url)
     monkeypatch.setenv("DATABASE_URL", url)
     engine = make_engine(url)
-    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["demo"])
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, tags=["demo"])
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     return {
@@ -97,7 +97,7 @@ def test_tags_and_notes_are_saved(filled):
 
 def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     assert not at.exception
     at.number_input(key="form.generation.temperature").set_value(0.0)
     at.button[[b.label for b in at.button].index("Launch")].click().run()
@@ -109,7 +109,7 @@ def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
 
 def test_launch_valid_config_queues_a_run_and_opens_it(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     at.text_input(key="form.run.name").set_value("from-the-form")
     at.button[[b.label for b in at.button].index("Launch")].click().run()
     assert not at.exception
@@ -137,7 +137,7 @@ def test_pages_never_import_torch():
         "import sys\nfrom streamlit.testing.v1 import AppTest\n"
         "at = AppTest.from_file('app/main.py', default_timeout=60).run()\n"
         "for page in ('launch', 'data', 'compare', 'samples'):\n"
-        "    at.switch_page(f'pages/{page}.py').run()\n"
+        "    at.switch_page(f'views/{page}.py').run()\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
     out = subprocess.run(
@@ -154,7 +154,7 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
     from db.queries import comparison_matrix
 
     at = app().run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception
     table = at.dataframe[0].value
     expected = {
@@ -172,7 +172,7 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     from db.models import Judgement
 
     at = app().run()
-    at.switch_page("pages/samples.py").run()
+    at.switch_page("views/samples.py").run()
     assert not at.exception
     assert {h.value for h in at.subheader} >= {"base", "sft", "sft_dpo", "dpo_only"}
     assert at.button(key="ab_record").disabled  # nothing is recorded before a choice is made
@@ -194,7 +194,7 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
 
 def test_data_page_reports_records_and_mask_viewer(filled):
     at = app().run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert not at.exception
     labels = [e.label for e in at.expander]
     assert any("generate_sft · instructions · passed" in label for label in labels)
@@ -207,7 +207,7 @@ def test_data_page_reports_records_and_mask_viewer(filled):
 
 def test_launch_n_seeds_queues_one_group(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     at.text_input(key="form.run.name").set_value("seeded")
     at.number_input(key="launch_seeds").set_value(3)
     at.button[[b.label for b in at.button].index("Launch")].click().run()
@@ -222,7 +222,7 @@ def test_launch_n_seeds_queues_one_group(filled):
 
 def test_preflight_button_queues_the_whole_dag_at_tiny_scale(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     at.text_input(key="form.run.name").set_value("big")
     at.button[[b.label for b in at.button].index("Preflight")].click().run()
     assert not at.exception
@@ -235,7 +235,7 @@ def test_preflight_button_queues_the_whole_dag_at_tiny_scale(filled):
 
 def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     at.radio(key="launch_source").set_value("earlier run").run()
     assert not at.exception
     assert at.multiselect(key="form.run.stages").value == ["train_dpo", "evaluate", "compare"]
@@ -262,12 +262,12 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
 
     changed = to_dict(from_dict(RunSpec, filled["spec"]))
     changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
-    second = scheduler.submit(from_dict(RunSpec, changed), filled["conn"], filled["engine"], home=filled["home"])
+    second = scheduler.submit(from_dict(RunSpec, changed), filled["conn"], filled["engine"])
     drain_queues(filled["conn"])
     Recorder(filled["conn"], filled["engine"]).drain()
 
     at = app().run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     at.multiselect(key="compare_runs").set_value([filled["run_id"], second]).run()
     assert not at.exception
     assert at.selectbox(key="sweep_field").value == "dpo.beta"
@@ -281,7 +281,7 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
     from db.queries import samples_side_by_side
 
     at = app().run()
-    at.switch_page("pages/samples.py").run()
+    at.switch_page("views/samples.py").run()
     for only in ("flagged", "disagreeing"):
         at.radio(key="samples_filter").set_value(only).run()
         assert not at.exception
@@ -294,7 +294,7 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
 
 def test_uploaded_instructions_are_checked_before_anything_is_stored(filled):
     at = app().run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/launch.py").run()
     bad = b'{"instruction": "Name a colour."}\n{"prompt": "no instruction field"}\nnot json\n'
     at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", bad, "application/jsonl")).run()
     assert not at.exception

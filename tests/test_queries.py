@@ -11,7 +11,7 @@ from workers.recorder import Recorder
 def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
     dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
 ):
-    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["q"])
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, tags=["q"])
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
 
@@ -72,7 +72,7 @@ def test_metric_curves_of_a_training_stage(tiny_model_dir, tiny_ci_spec, redis_c
     spec = copy.deepcopy(tiny_ci_spec)
     spec.stages = ["generate_sft", "train_sft"]
     spec.sft.seed = 3
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     curves = queries.metric_curves(run_id, ["loss", "lr"], engine=engine)
@@ -86,10 +86,10 @@ def test_dpo_only_relaunch_reuses_the_earlier_run_and_feeds_the_cross_run_sweep(
 ):
     from pipeline.configs import DPO_STAGES, RunSpec, from_dict, to_dict
 
-    first = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home))
+    first = scheduler.submit(tiny_ci_spec, redis_conn, engine)
     changed = to_dict(tiny_ci_spec)
     changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
-    second = scheduler.submit(from_dict(RunSpec, changed), redis_conn, engine, home=str(alignlab_home), parent_id=first)
+    second = scheduler.submit(from_dict(RunSpec, changed), redis_conn, engine, parent_id=first)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
 

@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0001"
+    assert current(db_url) == "0002"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
@@ -40,13 +40,47 @@ def test_upgrade_head_on_an_empty_database(db_url):
         "judgements",
         "previews",
         "recorded_events",
+        "dead_events",
     } <= tables
+
+
+def test_migration_0002_keeps_one_point_per_step_of_what_was_recorded_twice(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO runs (id, name, status, spec, spec_hash, preset, base_model, tags, notes, created_at)"
+                " VALUES (1, 'r', 'succeeded', '{}', 'x', 'p', 'm', '[]', '', '2026-01-01')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO stage_runs (id, run_id, node, stage, status, queue, attempt, log_tail, "
+                "progress_done, progress_total, progress_message, created_at) VALUES "
+                "(1, 1, 'train_sft', 'train_sft', 'succeeded', 'gpu', 2, '', 0, 0, '', '2026-01-01')"
+            )
+        )
+        for step, value in ((1, 9.0), (2, 8.0), (1, 7.0), (2, 6.0), (3, 5.0)):  # steps 1-2 recorded twice
+            c.execute(
+                text("INSERT INTO metrics (run_id, stage_run_id, step, name, value) VALUES (1, 1, :s, 'loss', :v)"),
+                {"s": step, "v": value},
+            )
+    upgrade(url)
+    with engine.begin() as c:
+        rows = c.execute(text("SELECT step, value FROM metrics ORDER BY step")).all()
+    assert [tuple(r) for r in rows] == [(1, 7.0), (2, 6.0), (3, 5.0)]  # the later attempt's points
 
 
 def test_submitted_dag_runs_on_a_worker_and_lands_in_the_database(
     dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
 ):
-    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, home=str(alignlab_home), tags=["ci"])
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, tags=["ci"])
     with read_session(engine) as s:
         assert s.get(Run, run_id).status == "queued"
         assert len(s.get(Run, run_id).stages) == len(plan())
@@ -91,7 +125,7 @@ def test_queued_run_does_the_work_and_records_metrics(
     spec.generation.seed = 7
     spec.data.max_instructions = 24
     spec.stages = ["generate_sft", "train_sft"]
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     with read_session(engine) as s:
@@ -109,7 +143,7 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
 ):
     spec = copy.deepcopy(tiny_ci_spec)
     spec.data.instructions = str(alignlab_home / "missing.jsonl")
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     scheduler.reconcile(redis_conn, engine)
@@ -121,7 +155,7 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
         assert run.status == "failed" and "generate_sft" in run.error
         first_stage_run = run.stages[0].id
     # retry re-enqueues the stage and everything downstream of it, as new attempts
-    nodes = scheduler.retry(first_stage_run, redis_conn, engine, home=str(alignlab_home))
+    nodes = scheduler.retry(first_stage_run, redis_conn, engine).enqueued
     assert nodes == [n.name for n in plan()]
     with read_session(engine) as s:
         run = s.get(Run, run_id)
@@ -186,7 +220,7 @@ def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
     spec = copy.deepcopy(tiny_ci_spec)
     spec.data.instructions = reference
     spec.stages = ["generate_sft"]
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     with read_session(engine) as s:

@@ -108,7 +108,7 @@ def test_tokens_in_the_environment_reach_no_database_event_job_or_log(
 ):
     spec = copy.deepcopy(tiny_ci_spec)
     spec.stages = ["generate_sft", "train_sft"]
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     env = {**os.environ, **FAKE_SECRETS, "REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
     log = tmp_path / "worker.log"
     with open(log, "w") as handle:

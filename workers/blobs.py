@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from pipeline.errors import DataError
+from pipeline.paths import BLOB_PREFIX, blob_digest, blob_path
 from pipeline.validation import ValidationReport, validate_file
 
 MAX_BLOB_BYTES = 64 * 2**20
@@ -33,14 +34,14 @@ def put_blob(connection: redis.Redis, data: bytes, filename: str = "upload") -> 
         )
     sha = hashlib.sha256(data).hexdigest()
     connection.set(_key(sha), data, ex=BLOB_TTL_S)
-    return f"blob:{sha}"
+    return f"{BLOB_PREFIX}{sha}"
 
 
 def materialize(connection: redis.Redis, reference: str, home: Path) -> Path:
     """Write blob `reference` under home/blobs once (hash checked, atomic); returns its path."""
-    sha = reference.removeprefix("blob:")
-    target = home / "blobs" / f"{sha}.jsonl"
-    if target.exists():
+    sha = blob_digest(reference)
+    target = blob_path(home, reference)
+    if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == sha:
         return target
     data = connection.get(_key(sha))
     if data is None:

@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from workers.scheduler import submit
 
     spec = spec_from_args(args)
-    run_id = submit(spec, connect(), _engine(), home=str(args.home) if args.home else None, tags=args.tag or [])
+    run_id = submit(spec, connect(), _engine(), tags=args.tag or [])
     print(f"run {run_id} submitted: {spec.name} ({len(spec.stages)} stages); follow it with `alignlab status {run_id}`")
     return 0
 
@@ -82,8 +81,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from workers.queues import connect
     from workers.scheduler import resume
 
-    nodes = resume(args.run, connect(), _engine(), home=str(args.home) if args.home else None)
-    print(f"run {args.run}: re-enqueued {', '.join(nodes) or 'nothing (every stage is complete)'}")
+    print(f"run {args.run}: {resume(args.run, connect(), _engine())}")
     return 0
 
 
@@ -91,34 +89,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from workers.queues import connect
     from workers.scheduler import retry
 
-    nodes = retry(args.stage_run, connect(), _engine(), home=str(args.home) if args.home else None)
-    print(f"stage run {args.stage_run}: re-enqueued {', '.join(nodes)}")
+    print(f"stage run {args.stage_run}: {retry(args.stage_run, connect(), _engine())}")
     return 0
 
 
-def _stop(processes: dict[str, subprocess.Popen]) -> None:
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in processes.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its work horse too
-            proc.wait(5)
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    """Embedded Redis (unless REDIS_URL), migrations, recorder, one worker and the dashboard; Ctrl-C stops all."""
+    """Embedded Redis (unless REDIS_URL), migrations, recorder, one worker and the dashboard, supervised: a child
+    that dies is restarted with backoff; Ctrl-C or SIGTERM stops everything, running jobs included."""
     from db.migrate import upgrade
     from db.session import database_url
     from workers.queues import EmbeddedRedis, connect, embedded_socket
+    from workers.supervisor import Supervisor
 
     if args.home:
         os.environ["ALIGNLAB_HOME"] = str(args.home)
     owner = None
-    processes: dict[str, subprocess.Popen] = {}
+    supervisor = Supervisor(ROOT)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     try:
@@ -130,30 +116,27 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("redis: REDIS_URL")
         upgrade()
         print(f"database: {database_url()}")
-        spawn = {"start_new_session": True, "cwd": ROOT}
-        processes["recorder"] = subprocess.Popen([sys.executable, "-m", "workers.recorder"], **spawn)
-        processes["worker"] = subprocess.Popen([sys.executable, "-m", "workers", "--queues", args.queues], **spawn)
-        app = ROOT / "app" / "main.py"
-        if app.exists():
-            processes["dashboard"] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "streamlit",
-                    "run",
-                    str(app),
-                    "--server.address",
-                    args.host,
-                    "--server.port",
-                    str(args.port),
-                    "--server.headless",
-                    "true",
-                ],
-                **spawn,
-            )
-            print(f"dashboard: http://{args.host}:{args.port}")
-        else:
-            print("dashboard: not part of this build yet; use `alignlab submit`, `alignlab status RUN`")
+        supervisor.start("recorder", [sys.executable, "-m", "workers.recorder"])
+        supervisor.start("worker", [sys.executable, "-m", "workers", "--queues", args.queues])
+        supervisor.start(
+            "dashboard",
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(ROOT / "app" / "main.py"),
+                "--server.address",
+                args.host,
+                "--server.port",
+                str(args.port),
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+        )
+        print(f"dashboard: http://{args.host}:{args.port}")
         run_id = None
         if args.config or args.preset:
             from workers.scheduler import submit
@@ -164,10 +147,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         last_status = None
         while not stopping["now"]:
             time.sleep(1)
-            dead = [name for name, proc in processes.items() if proc.poll() is not None]
-            if dead:
-                print(f"error: {', '.join(dead)} exited unexpectedly; stopping", file=sys.stderr)
-                return 1
+            supervisor.poll()
             if run_id is not None:
                 from workers.scheduler import run_summary
 
@@ -181,10 +161,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(processes)
+        supervisor.stop()
         if owner is not None:
             owner.stop()
-        print("alignlab stopped", flush=True)
+        restarts = ", ".join(f"{name} {n}" for name, n in supervisor.restarts().items() if n)
+        print("alignlab stopped" + (f" (restarts: {restarts})" if restarts else ""), flush=True)
     return 0
 
 
@@ -245,7 +226,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     submit = sub.add_parser("submit", help="Queue a run (needs `alignlab up` or REDIS_URL and a recorder).")
-    add_spec_arguments(submit)
+    add_spec_arguments(submit, home=False)
     submit.add_argument("--tag", action="append", help="Tag the run (repeatable).")
     submit.set_defaults(func=cmd_submit)
 
@@ -261,11 +242,9 @@ def build_full_parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("run", type=int)
-        command.add_argument("--home", type=Path, help="ALIGNLAB_HOME of the worker's artifacts.")
         command.set_defaults(func=func)
     retry = sub.add_parser("retry", help="Re-enqueue one stage run and its unfinished dependents.")
     retry.add_argument("stage_run", type=int)
-    retry.add_argument("--home", type=Path)
     retry.set_defaults(func=cmd_retry)
 
     preflight = sub.add_parser("preflight", help="Go / no-go for a config on this machine (a RunPod pod).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,21 @@ class EventKind(StrEnum):
     finished = "finished"
     failed = "failed"
     preempted = "preempted"  # stopped by a worker shutdown, checkpoint saved, job requeued
+
+
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float spelled as "nan", "inf" or "-inf": events are strict JSON, which every
+    database's JSON column accepts (PostgreSQL refuses a bare NaN) and the recorder turns back into a flag."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def cancel_key(run_id: int) -> str:
@@ -68,7 +84,7 @@ class EventEmitter:
             "time": time.time(),
             "payload": payload,
         }
-        fields = {"event": json.dumps(event, default=str)}
+        fields = {"event": json.dumps(strict_json(event), default=str, allow_nan=False)}
         deadline = time.monotonic() + self.outage_s
         delay = 0.5
         while True:
@@ -89,5 +105,19 @@ class EventEmitter:
             self.emit(kind, rows=rows[start : start + CHUNK_ROWS], **payload)
 
 
+ENVELOPE = {"event_id": str, "kind": str, "run_id": int, "stage_run_id": int, "payload": dict}
+
+
 def decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    return json.loads(fields[b"event"])
+    """One stream entry as an event; ValueError naming what is wrong when it is not one."""
+    if b"event" not in fields:
+        raise ValueError(f"stream entry without an 'event' field (fields: {sorted(k.decode() for k in fields)})")
+    event = json.loads(fields[b"event"])
+    if not isinstance(event, dict):
+        raise ValueError(f"event is a {type(event).__name__}, not an object")
+    for name, kind in ENVELOPE.items():
+        if not isinstance(event.get(name), kind):
+            raise ValueError(f"event field {name!r} is {event.get(name)!r}, not a {kind.__name__}")
+    if event["kind"] not in EventKind.__members__:
+        raise ValueError(f"unknown event kind {event['kind']!r}")
+    return event

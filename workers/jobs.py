@@ -36,7 +36,22 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
     last = {"progress": 0.0, "cancel_check": 0.0}
 
     def on_progress(event: dict[str, Any]) -> None:
+        # the event first, the stop check after: a step that was logged is recorded even when the stop lands on it
         now = time.monotonic()
+        kind = event["kind"]
+        if kind == "progress":
+            final = event["done"] >= event["total"]
+            if final or now - last["progress"] >= PROGRESS_INTERVAL_S:
+                last["progress"] = now
+                emitter.emit(EventKind.progress, done=event["done"], total=event["total"], message=event["message"])
+        elif kind == "log":
+            emitter.emit(EventKind.log, message=event["message"])
+        elif kind == "metric":
+            emitter.emit(EventKind.metric, step=event["step"], values=metric_values(event["values"]))
+        elif kind == "resumed":
+            emitter.emit(EventKind.resumed, step=event["step"])
+        elif kind == "validation":
+            emitter.emit(EventKind.validation, report=event["report"])
         if now - last["cancel_check"] > PROGRESS_INTERVAL_S:
             last["cancel_check"] = now
             try:
@@ -48,21 +63,6 @@ def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | Non
                 raise JobCancelled(f"run {run_id} was cancelled")
             if preempted:
                 raise StopRequested(f"worker {worker_name} is shutting down")
-        kind = event["kind"]
-        if kind == "progress":
-            final = event["done"] >= event["total"]
-            if not final and now - last["progress"] < PROGRESS_INTERVAL_S:
-                return
-            last["progress"] = now
-            emitter.emit(EventKind.progress, done=event["done"], total=event["total"], message=event["message"])
-        elif kind == "log":
-            emitter.emit(EventKind.log, message=event["message"])
-        elif kind == "metric":
-            emitter.emit(EventKind.metric, step=event["step"], values=metric_values(event["values"]))
-        elif kind == "resumed":
-            emitter.emit(EventKind.resumed, step=event["step"])
-        elif kind == "validation":
-            emitter.emit(EventKind.validation, report=event["report"])
 
     return on_progress
 
@@ -75,6 +75,7 @@ def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
             emitter.emit(EventKind.validation, report=report)
         log = out_dir / "train_log.jsonl"
         if log.exists():
+            emitter.emit(EventKind.resumed, step=0)  # the stored curve replaces whatever an earlier attempt sent
             for line in log.read_text().splitlines():
                 row = json.loads(line)
                 emitter.emit(EventKind.metric, step=row["step"], values=metric_values(row))
@@ -119,25 +120,28 @@ def ping_job(sent_at: float) -> dict:
     return {"sent_at": sent_at, "ran_at": time.time()}
 
 
-def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any], home: str | None = None) -> dict:
-    """Run one DAG node of a run. Arguments are JSON: ids, the node's name and the RunSpec dict."""
+def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any]) -> dict:
+    """Run one DAG node of a run. Arguments are JSON: ids, the node's name and the RunSpec dict.
+
+    Where it reads and writes is the worker's own business: ALIGNLAB_HOME and ALIGNLAB_DATA_ROOTS of this process,
+    never a path the job brings."""
     from pipeline.configs import RunSpec, from_dict
     from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
-    from pipeline.paths import allowed_roots, confine_spec
+    from pipeline.paths import BLOB_PREFIX, allowed_roots, confine_spec
 
     job = get_current_job()
     emitter = EventEmitter(job.connection, run_id, stage_run_id)
     emitter.emit(EventKind.started, job_id=job.id, worker=job.worker_name or socket.gethostname())
     try:
         run_spec = from_dict(RunSpec, spec)
-        confine_spec(run_spec, allowed_roots() + ([Path(home).resolve()] if home else []))
-        if run_spec.data.instructions.startswith("blob:"):
+        confine_spec(run_spec, allowed_roots())
+        if run_spec.data.instructions.startswith(BLOB_PREFIX):
             from workers.blobs import materialize
             from workers.queues import alignlab_home
 
             materialize(job.connection, run_spec.data.instructions, alignlab_home())
         keys = artifact_keys(run_spec)
-        store = default_store(home)
+        store = default_store()
         result = run_node(
             run_spec, store, node_by_name(node), keys, _progress_adapter(emitter, run_id, job.worker_name)
         )

@@ -105,13 +105,40 @@ class EmbeddedRedis:
 
 
 class AllowlistJob(Job):
-    """A Job that refuses to resolve any function outside `ALLOWED_JOBS` (Redis is a code-execution surface)."""
+    """A Job that runs nothing but an allowlisted function with its JSON arguments (Redis is a code-execution
+    surface): a job naming another function, or carrying callbacks (`on_success`, `on_failure`, `on_stopped`) or
+    webhooks, is refused. Its callbacks and webhooks are dropped as it is read, so they never run or connect, not
+    even as the refused job fails."""
+
+    refusal: str | None = None
+
+    def restore(self, raw_data) -> Any:
+        result = super().restore(raw_data)
+        extras = [
+            f"{hook}={name}"
+            for hook, name in (
+                ("on_success", self._success_callback_name),
+                ("on_failure", self._failure_callback_name),
+                ("on_stopped", self._stopped_callback_name),
+            )
+            if name
+        ] + [f"webhook {hook.url}" for hook in self.webhooks]
+        if extras:
+            self.refusal = f"job {self.id} carries {', '.join(extras)}"
+            self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
+            self._success_callback = self._failure_callback = self._stopped_callback = None
+            self.webhooks = []
+        return result
 
     @property
     def func(self) -> Any:
         name = self.func_name
         if name not in ALLOWED_JOBS:
             raise PermissionError(f"job {self.id}: function {name!r} is not an allowlisted alignlab job")
+        if self.refusal:
+            raise PermissionError(
+                f"{self.refusal}: an alignlab job is an allowlisted function with JSON arguments and nothing else"
+            )
         return super().func
 
 

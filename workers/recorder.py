@@ -10,7 +10,9 @@ dependents of failed or cancelled stages instead of leaving them deferred foreve
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -19,11 +21,13 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db.models import (
     Artifact,
+    DeadEvent,
     Evaluation,
     Metric,
     Preview,
@@ -42,6 +46,8 @@ log = logging.getLogger("alignlab.recorder")
 GROUP = "recorder"
 LOG_TAIL_CHARS = 8000
 CLAIM_IDLE_MS = 60_000
+# the database is away or busy (locked, connection lost): not the event's fault, so read the batch again later
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
 def _new_event_ids(session: Session, rows: list[dict[str, Any]]) -> set[str]:
@@ -56,19 +62,34 @@ def _new_event_ids(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     return set(session.scalars(statement, rows).all())
 
 
+def _metric_value(name: str, value: Any) -> tuple[float | None, str | None]:
+    """(value, non_finite flag) of one metric value: a number, or "nan" / "inf" / "-inf" as events spell them."""
+    if isinstance(value, str) and value in ev.NON_FINITE:
+        return None, value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"metric {name!r}: {value!r} is not a number")
+    if not math.isfinite(value):  # an event written by an older emitter, bare NaN/Infinity in its JSON
+        return None, "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return float(value), None
+
+
 def metric_rows(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Metric rows of one metric event: a point per named value."""
+    """The Metric rows of one metric event: a point per named value, non-finite values flagged."""
     payload = event["payload"]
-    return [
-        {
-            "run_id": event["run_id"],
-            "stage_run_id": event["stage_run_id"],
-            "step": payload["step"],
-            "name": name,
-            "value": float(value),
-        }
-        for name, value in payload["values"].items()
-    ]
+    rows = []
+    for name, raw in payload["values"].items():
+        value, non_finite = _metric_value(name, raw)
+        rows.append(
+            {
+                "run_id": event["run_id"],
+                "stage_run_id": event["stage_run_id"],
+                "step": int(payload["step"]),
+                "name": name,
+                "value": value,
+                "non_finite": non_finite,
+            }
+        )
+    return rows
 
 
 def _append_log(stage_run: StageRun, line: str) -> None:
@@ -97,9 +118,9 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
         _append_log(stage_run, payload["message"])
     elif kind == ev.EventKind.metric:
         session.execute(insert(Metric), metric_rows(event))
-    elif kind == ev.EventKind.resumed:  # the steps after the checkpoint are recomputed: drop their old points
+    elif kind == ev.EventKind.resumed:  # an attempt (re)starts after `step`: what it redoes replaces the old points
         session.execute(delete(Metric).where(Metric.stage_run_id == stage_run.id, Metric.step > payload["step"]))
-        _append_log(stage_run, f"resumed from step {payload['step']}")
+        _append_log(stage_run, f"training from step {payload['step']}" + (" (resumed)" if payload["step"] else ""))
     elif kind == ev.EventKind.validation:
         report = payload["report"]
         session.add(
@@ -236,16 +257,51 @@ class Recorder:
         return entries[0][1] if entries else []
 
     def step(self) -> int:
-        """Read one batch, apply it in one transaction, commit, then ack. Returns the events applied."""
+        """Read one batch, apply it in one transaction, commit, then ack. Returns the events applied.
+
+        An event that cannot be written (malformed, or refused by the database) never blocks the stream: the batch
+        is applied again one event at a time, and each event that fails alone is dead-lettered with the reason.
+        A database that is unreachable or locked is not the event's fault: that raises, nothing is acked, and
+        the batch is read again."""
         self.ensure_group()
         entries = self._read()
         if not entries:
             return 0
-        events = []
+        events: list[tuple[str, dict[str, Any]]] = []
+        dead: list[tuple[str, dict[bytes, bytes], dict[str, Any] | None, str]] = []
+        raw_by_sid: dict[str, dict[bytes, bytes]] = {}
         for stream_id, fields in entries:
-            if fields:  # a trimmed entry still in the PEL has no fields: nothing to apply
-                sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+            if not fields:  # a trimmed entry still in the PEL has no fields: nothing to apply
+                continue
+            sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+            raw_by_sid[sid] = fields
+            try:
                 events.append((sid, ev.decode(fields)))
+            except ValueError as exc:  # json.JSONDecodeError included
+                dead.append((sid, fields, None, f"malformed event: {exc}"))
+        try:
+            applied = self._apply(events)
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - one poisoned event: find it by applying them one at a time
+            applied = 0
+            for sid, event in events:
+                try:
+                    applied += self._apply([(sid, event)])
+                except TRANSIENT_DB_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the reason is recorded with the event
+                    dead.append((sid, raw_by_sid[sid], event, f"{type(exc).__name__}: {exc}"[:2000]))
+        if dead:
+            self._dead_letter(dead)
+        self.connection.xack(ev.STREAM, GROUP, *[stream_id for stream_id, _ in entries])
+        self.recorded += applied
+        return applied
+
+    def _apply(self, events: list[tuple[str, dict[str, Any]]]) -> int:
+        """Apply `events` in one transaction, skipping event ids already recorded; returns how many were new."""
+        if not events:
+            return 0
         applied = 0
         with write_session(self.engine) as session:
             # dedupe within the batch too: a re-sent event may sit next to its original
@@ -285,9 +341,27 @@ class Recorder:
                 run = session.get(Run, run_id)
                 if run is not None:
                     refresh_run_status(session, run)
-        self.connection.xack(ev.STREAM, GROUP, *[stream_id for stream_id, _ in entries])
-        self.recorded += applied
         return applied
+
+    def _dead_letter(self, dead: list[tuple[str, dict[bytes, bytes], dict[str, Any] | None, str]]) -> None:
+        with write_session(self.engine) as session:
+            for sid, fields, event, error in dead:
+                log.warning("event %s dead-lettered: %s", sid, error)
+                raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+                session.add(
+                    DeadEvent(
+                        stream_id=sid,
+                        event_id=str(event.get("event_id"))[:200] if event else None,
+                        kind=str(event.get("kind"))[:30] if event else None,
+                        run_id=event.get("run_id") if event and isinstance(event.get("run_id"), int) else None,
+                        error=error,
+                        raw=json.dumps(raw)[:100_000],
+                    )
+                )
+            stage_run_ids = {e["stage_run_id"] for _, _, e, _ in dead if e}
+            for stage_run in session.scalars(select(StageRun).where(StageRun.id.in_(stage_run_ids))):
+                reasons = [err for _, _, e, err in dead if e and e["stage_run_id"] == stage_run.id]
+                _append_log(stage_run, f"{len(reasons)} event(s) not recorded: {reasons[0]}")
 
     def drain(self, idle_rounds: int = 1) -> int:
         """Apply everything in the stream now (tests, `alignlab status`); stops after `idle_rounds` empty reads."""
@@ -314,6 +388,9 @@ class Recorder:
                     last = time.monotonic()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable (%s); retrying in 2 s", exc)
+                stop.wait(2)
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning("database unavailable (%s); retrying in 2 s", str(exc).splitlines()[0])
                 stop.wait(2)
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -81,17 +81,18 @@ def _enqueue(
     spec: RunSpec,
     stage_runs: dict[str, StageRun],
     to_run: list[Node],
-    home: str | None,
+    running_jobs: dict[str, str | None] | None = None,
 ) -> None:
-    """Enqueue `to_run` (in DAG order) with depends_on on the ones enqueued in the same call."""
-    enqueued: dict[str, str] = {}
+    """Enqueue `to_run` (in DAG order) with depends_on on the ones enqueued in the same call and on the jobs of
+    `running_jobs` (node -> RQ job id) that are still at work."""
+    enqueued: dict[str, str | None] = dict(running_jobs or {})
     for node in to_run:
         stage_run = stage_runs[node.name]
         job_id = _job_id(run.id, node.name, stage_run.attempt)
-        depends = [enqueued[dep] for _, dep in node.deps if dep in enqueued]
+        depends = [enqueued[dep] for _, dep in node.deps if enqueued.get(dep)]
         queue(stage_run.queue, connection).enqueue_call(
             JOB_FUNCTION,
-            args=(run.id, stage_run.id, node.name, to_dict(spec), home),
+            args=(run.id, stage_run.id, node.name, to_dict(spec)),
             timeout=spec.execution.timeout_for(node.stage),
             result_ttl=RESULT_TTL_S,
             failure_ttl=RESULT_TTL_S,
@@ -109,13 +110,12 @@ def submit(
     connection: redis.Redis,
     engine: Engine | None = None,
     *,
-    home: str | None = None,
     tags: list[str] | None = None,
     group: str | None = None,
     parent_id: int | None = None,
 ) -> int:
     """Write the Run and its StageRuns, enqueue one job per selected node; returns the run id."""
-    confine_spec(spec, allowed_roots() + ([Path(home).resolve()] if home else []))
+    confine_spec(spec, allowed_roots())
     nodes = selected_nodes(spec)
     with write_session(engine) as session:
         run = Run(
@@ -144,7 +144,7 @@ def submit(
         }
         session.add_all(stage_runs.values())
         session.flush()
-        _enqueue(connection, run, spec, stage_runs, nodes, home)
+        _enqueue(connection, run, spec, stage_runs, nodes)
         return run.id
 
 
@@ -155,7 +155,6 @@ def submit_seeds(
     engine: Engine | None = None,
     *,
     scope: str = "training",
-    home: str | None = None,
     tags: list[str] | None = None,
     parent_id: int | None = None,
 ) -> list[int]:
@@ -164,16 +163,14 @@ def submit_seeds(
         raise ConfigError(f"seeds {seeds}: give one or more distinct seeds")
     group = f"{spec.name}-seeds-{uuid.uuid4().hex[:6]}"
     return [
-        submit(with_seed(spec, seed, scope), connection, engine, home=home, tags=tags, group=group, parent_id=parent_id)
+        submit(with_seed(spec, seed, scope), connection, engine, tags=tags, group=group, parent_id=parent_id)
         for seed in seeds
     ]
 
 
-def submit_preflight(
-    spec: RunSpec, connection: redis.Redis, engine: Engine | None = None, *, home: str | None = None
-) -> int:
+def submit_preflight(spec: RunSpec, connection: redis.Redis, engine: Engine | None = None) -> int:
     """The whole DAG at tiny scale on the configured model (`configs.preflight_spec`), tagged `preflight`."""
-    return submit(preflight_spec(spec), connection, engine, home=home, tags=["preflight"])
+    return submit(preflight_spec(spec), connection, engine, tags=["preflight"])
 
 
 def record_preflight(
@@ -235,9 +232,21 @@ def cancel(run_id: int, connection: redis.Redis, engine: Engine | None = None) -
         run.finished_at = utcnow()
 
 
-def _replan(
-    run_id: int, connection: redis.Redis, engine: Engine | None, nodes_to_run: set[str] | None, home: str | None
-) -> list[str]:
+@dataclass
+class Replanned:
+    """What a resume or retry did: the nodes re-enqueued, and the ones it left running (their dependents wait)."""
+
+    enqueued: list[str]
+    left_running: list[str]
+
+    def __str__(self) -> str:
+        text = f"re-enqueued {', '.join(self.enqueued) or 'nothing (every stage is complete or running)'}"
+        if self.left_running:
+            text += f"; left {', '.join(self.left_running)} running (what needs them waits for them)"
+        return text
+
+
+def _replan(run_id: int, connection: redis.Redis, engine: Engine | None, nodes_to_run: set[str] | None) -> Replanned:
     connection.delete(cancel_key(run_id))
     with write_session(engine) as session:
         run = session.get(Run, run_id)
@@ -248,16 +257,12 @@ def _replan(
         spec = from_dict(RunSpec, run.spec)
         by_node = {s.node: s for s in run.stages}
         running = [n for n, s in by_node.items() if s.status == StageStatus.running]
-        if running:
-            raise RuntimeError(
-                f"run {run_id}: {', '.join(running)} still running; cancel it first, or wait for the reconciler "
-                "to mark a dead worker's stage failed"
-            )
         wanted = [
             node
             for node in plan(spec)
             if node.name in by_node
             and not StageStatus(by_node[node.name].status).done
+            and node.name not in running
             and (nodes_to_run is None or node.name in nodes_to_run)
         ]
         for node in wanted:
@@ -274,28 +279,27 @@ def _replan(
             stage_run.error = None
             stage_run.started_at = stage_run.finished_at = None
             stage_run.progress_done = stage_run.progress_total = 0
-        run.status, run.finished_at, run.error = "queued", None, None
+        run.status, run.finished_at, run.error = ("running" if running else "queued"), None, None
         session.flush()
-        _enqueue(connection, run, spec, by_node, wanted, home)
-        return [node.name for node in wanted]
+        # a re-enqueued stage that needs a still-running one waits on that stage's job
+        _enqueue(connection, run, spec, by_node, wanted, {n: by_node[n].rq_job_id for n in running})
+        return Replanned([node.name for node in wanted], running)
 
 
-def resume(run_id: int, connection: redis.Redis, engine: Engine | None = None, home: str | None = None) -> list[str]:
-    """Re-enqueue every stage that is not complete; training resumes from its last checkpoint."""
+def resume(run_id: int, connection: redis.Redis, engine: Engine | None = None) -> Replanned:
+    """Re-enqueue every stage that is neither complete nor running; training resumes from its last checkpoint."""
     reconcile(connection, engine)
-    return _replan(run_id, connection, engine, None, home)
+    return _replan(run_id, connection, engine, None)
 
 
-def retry(
-    stage_run_id: int, connection: redis.Redis, engine: Engine | None = None, home: str | None = None
-) -> list[str]:
+def retry(stage_run_id: int, connection: redis.Redis, engine: Engine | None = None) -> Replanned:
     """Re-enqueue one stage and its unfinished dependents."""
     with write_session(engine) as session:
         stage_run = session.get(StageRun, stage_run_id)
         if stage_run is None:
             raise KeyError(f"no stage run {stage_run_id}")
         run_id, node = stage_run.run_id, stage_run.node
-    return _replan(run_id, connection, engine, {node} | _dependents(node), home)
+    return _replan(run_id, connection, engine, {node} | _dependents(node))
 
 
 def reconcile(connection: redis.Redis, engine: Engine | None = None) -> list[str]:

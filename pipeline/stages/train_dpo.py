@@ -26,16 +26,15 @@ from pipeline.training import (
     MODEL_DIR,
     drop_console_printer,
     free_trainer,
-    last_checkpoint,
     lora_config,
     make_log_callback,
     model_config_from_ref,
     raise_if_stopped,
     read_log,
     require_trainable,
+    start_from_checkpoint,
     step_one,
     trainer_args,
-    trim_log_to,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_pairs
@@ -191,11 +190,7 @@ def run(
             callbacks=[log_callback],
         )
         drop_console_printer(trainer)
-        resume = last_checkpoint(out_dir)
-        if resume:
-            trim_log_to(out_dir, int(Path(resume).name.split("-")[-1]))
-            progress.log(f"resuming from {Path(resume).name}")
-            progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
+        resume = start_from_checkpoint(out_dir, progress)
         output = trainer.train(resume_from_checkpoint=resume)
         raise_if_stopped(log_callback, trainer)
         trainer.save_model(str(out_dir / MODEL_DIR))

@@ -20,14 +20,13 @@ from pipeline.training import (
     MODEL_DIR,
     drop_console_printer,
     free_trainer,
-    last_checkpoint,
     lora_config,
     make_log_callback,
     raise_if_stopped,
     read_log,
     require_trainable,
+    start_from_checkpoint,
     trainer_args,
-    trim_log_to,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_sft
@@ -116,12 +115,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         mask_examples = verify_trainer_masking(trainer, [r["completion"] for r in kept], tokenizer, rows_to_check)
         progress.log(f"masking verified on {min(rows_to_check, len(kept))} examples from the trainer's collator")
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        resume = last_checkpoint(out_dir)
-        if resume:
-            step = int(Path(resume).name.split("-")[-1])
-            trim_log_to(out_dir, step)
-            progress.log(f"resuming from {Path(resume).name}")
-            progress.emit("resumed", step=int(Path(resume).name.split("-")[-1]))
+        resume = start_from_checkpoint(out_dir, progress)
         output = trainer.train(resume_from_checkpoint=resume)
         raise_if_stopped(log_callback, trainer)
         changed = sum(int(not p.detach().equal(before[n])) for n, p in trainer.model.named_parameters() if n in before)

@@ -60,7 +60,7 @@ def empty_store(redis_conn, tmp_path, monkeypatch):
 
 def page(name):
     at = AppTest.from_file(MAIN, default_timeout=60).run()
-    at.switch_page(f"pages/{name}.py").run()
+    at.switch_page(f"views/{name}.py").run()
     return at
 
 
@@ -100,7 +100,7 @@ def test_a_model_path_that_does_not_exist_fails_its_stage_and_completes_nothing(
     spec = copy.deepcopy(tiny_ci_spec)
     spec.name = "no-model"
     spec.base_model.name_or_path = str(alignlab_home / "models" / "does-not-exist")
-    run_id = scheduler.submit(spec, redis_conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     scheduler.reconcile(redis_conn, engine)

@@ -128,7 +128,7 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
 ):
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
     spec = long_sft_spec(tiny_ci_spec, "killed-worker")
-    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     worker = start_worker(env)
     with RecorderThread(redis_conn, sqlite_engine):
 
@@ -147,7 +147,7 @@ def test_killed_worker_fails_its_stage_within_60s_and_resume_finishes_from_the_c
         print(f"FIGURE worker SIGKILL -> stage failed in {time.monotonic() - killed_at:.1f} s")
         failed = stage(sqlite_engine, run_id, "train_sft")
         assert "stopped heartbeating" in failed.error
-        resumed_nodes = scheduler.resume(run_id, redis_conn, sqlite_engine, home=str(alignlab_home))
+        resumed_nodes = scheduler.resume(run_id, redis_conn, sqlite_engine).enqueued
         # negatives (independent of train_sft) may have run before the kill, or be waiting in the queue
         assert resumed_nodes[0] == "train_sft" and set(resumed_nodes) <= {"train_sft", "negatives"}
         worker = start_worker(env, "--burst")
@@ -186,7 +186,7 @@ def test_cancel_stops_the_running_job_within_10s_and_statuses_agree(
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
     spec = long_sft_spec(tiny_ci_spec, "cancelled")
     spec.sft.seed = 5  # its own artifact key
-    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     worker = start_worker(env)
     try:
         with RecorderThread(redis_conn, sqlite_engine):
@@ -332,7 +332,7 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
     spec.sft.seed = 11  # its own artifact key
     spec.sft.checkpoint_every = 1000  # no periodic checkpoint: the one saved at SIGTERM is what resume uses
     spec.execution.retries = 0  # preemption requeues even when transient retries are off
-    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     worker = start_worker(env)
     with RecorderThread(redis_conn, sqlite_engine):
 
@@ -369,7 +369,7 @@ def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
     spec = long_sft_spec(tiny_ci_spec, "redis-stall")
     spec.sft.seed = 17  # its own artifact key
-    run_id = scheduler.submit(spec, redis_conn, sqlite_engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     port = redis_server_url.rsplit(":", 1)[1].split("/")[0]
     server = next(
         p
@@ -421,7 +421,7 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
     env = {"REDIS_URL": url, "ALIGNLAB_HOME": str(alignlab_home)}
     spec = long_sft_spec(tiny_ci_spec, "redis-down")
     spec.sft.seed = 23  # its own artifact key
-    run_id = scheduler.submit(spec, conn, engine, home=str(alignlab_home))
+    run_id = scheduler.submit(spec, conn, engine)
     first = start_worker(env)
     second = None
     try:

@@ -134,4 +134,4 @@ for run_id in run_ids:
     else:
         st.error("NO-GO")
     for item in verdict["checklist"]:
-        st.markdown(f"{'✅' if item['passed'] else '❌'} **{item['item']}** — {item['reason']}")
+        st.text(f"{'PASS' if item['passed'] else 'FAIL'}  {item['item']}: {item['reason']}")

@@ -33,14 +33,15 @@ side_by_side, blind = st.tabs(["Side by side", "Blind A/B"])
 with side_by_side:
     index = st.number_input("Prompt", min_value=1, max_value=len(rows), value=1, step=1, key="prompt_index") - 1
     row = rows[int(index)]
-    st.markdown(f"**Prompt** `{row['prompt_id']}`")
-    st.code(row["prompt"])
-    st.markdown(f"**Reference (SFT data):** {row['reference']}")
+    st.caption(f"Prompt {row['prompt_id']}")
+    st.text(row["prompt"])
+    st.caption("Reference (SFT data)")
+    st.text(row["reference"] or "(none)")
     columns = st.columns(len(row["methods"]))
     for column, (method, sample) in zip(columns, sorted(row["methods"].items()), strict=True):
         with column:
             st.subheader(method)
-            st.write(sample["generation"] or "(empty)")
+            st.text(sample["generation"] or "(empty)")
             stats = sample["stats"]
             if sample["flags"]:
                 st.warning("flags: " + ", ".join(sample["flags"]))
@@ -63,12 +64,12 @@ with blind:
     item = queue[position]
     # the order is random but stable for this prompt and pair, and stored with the judgement
     left, right = pair if random.Random(f"{item['prompt_id']}:{pair}").random() < 0.5 else pair[::-1]
-    st.code(item["prompt"])
+    st.text(item["prompt"])
     col_a, col_b = st.columns(2)
-    col_a.markdown("**A**")
-    col_a.write(item["methods"][left]["generation"] or "(empty)")
-    col_b.markdown("**B**")
-    col_b.write(item["methods"][right]["generation"] or "(empty)")
+    col_a.subheader("A")
+    col_a.text(item["methods"][left]["generation"] or "(empty)")
+    col_b.subheader("B")
+    col_b.text(item["methods"][right]["generation"] or "(empty)")
     # a fresh widget per prompt and pair: every prompt starts unanswered
     choice = st.radio(
         "Which is better?", ["A", "B", "tie"], index=None, horizontal=True, key=f"ab_choice_{item['prompt_id']}_{pair}"

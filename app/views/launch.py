@@ -134,7 +134,7 @@ if submitted or preflight:
     except AlignlabError as exc:
         st.error(f"Could not queue the run: {exc}")
     else:
-        st.switch_page("pages/runs.py", query_params={"run": str(run_ids[0])})
+        st.switch_page("views/runs.py", query_params={"run": str(run_ids[0])})
 
 if "_form" in errors:
     st.error(errors["_form"])

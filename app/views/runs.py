@@ -136,16 +136,16 @@ def run_page(run_id: int) -> None:
     for verdict in queries.previews(run_id, "preflight"):
         st.subheader("Preflight: " + ("GO" if verdict["go"] else "NO-GO"))
         for check in verdict["checklist"]:
-            mark = "✅" if check["passed"] else ("❌" if check["required"] else "ℹ️")
-            st.markdown(f"{mark} **{check['item']}** — {check['reason']}")
+            mark = "PASS" if check["passed"] else ("FAIL" if check["required"] else "INFO")
+            st.text(f"{mark}  {check['item']}: {check['reason']}")
     cancel_col, resume_col, retry_col, _ = st.columns([1, 1, 2, 2])
     if detail["status"] in ACTIVE and cancel_col.button("Cancel run", key="cancel"):
         scheduler.cancel(run_id, connect())
         st.rerun()
     if detail["status"] in ("failed", "cancelled") and resume_col.button("Resume run", key="resume"):
         try:
-            scheduler.resume(run_id, connect())
-        except (AlignlabError, RuntimeError) as exc:
+            st.session_state["run_action_result"] = f"Run {run_id}: {scheduler.resume(run_id, connect())}"
+        except (AlignlabError, KeyError) as exc:
             st.error(f"Could not resume: {exc}")
         else:
             st.rerun()
@@ -154,11 +154,13 @@ def run_page(run_id: int) -> None:
         node = retry_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
         if retry_col.button(f"Retry {node} and what depends on it", key="retry"):
             try:
-                scheduler.retry(failed[node], connect())
-            except (AlignlabError, RuntimeError, KeyError) as exc:
+                st.session_state["run_action_result"] = f"Run {run_id}: {scheduler.retry(failed[node], connect())}"
+            except (AlignlabError, KeyError) as exc:
                 st.error(f"Could not retry: {exc}")
             else:
                 st.rerun()
+    if "run_action_result" in st.session_state:
+        st.info(st.session_state.pop("run_action_result"))
 
     curves = pd.DataFrame(
         queries.metric_curves(

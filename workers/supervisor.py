@@ -1,0 +1,110 @@
+"""`alignlab up`'s process supervisor: restart a child that dies (with backoff and a count shown), and on stop end
+every process it started, the worker's job processes included.
+
+RQ's work horse puts itself in a process group of its own (`os.setpgrp`), so signalling the worker's group does
+not reach a running job: the supervisor takes the whole process tree (psutil) before it stops anything.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a child that ran this long before dying starts again at the shortest backoff
+STOP_GRACE_S = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = BACKOFF_START_S
+    restart_at: float | None = None  # set while it waits to be started again
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts children, restarts the ones that exit, and stops the whole tree."""
+
+    def __init__(self, cwd: Path, out=None):
+        self.cwd = cwd
+        self.children: dict[str, Child] = {}
+        self.out = out or sys.stdout
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        child = self.children.setdefault(name, Child(name, argv))
+        child.proc = subprocess.Popen(argv, cwd=self.cwd, start_new_session=True)
+        child.started_at, child.restart_at = time.monotonic(), None
+        return child
+
+    def poll(self) -> None:
+        """Notice children that exited and restart them once their backoff has passed."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self.start(child.name, child.argv)
+                    self._say(f"{child.name}: restarted (restart {child.restarts})")
+                continue
+            code = child.proc.poll() if child.proc else None
+            if code is None:
+                continue
+            child.exit_codes.append(code)
+            if now - child.started_at > STABLE_AFTER_S:
+                child.backoff_s = BACKOFF_START_S
+            child.restart_at = now + child.backoff_s
+            self._say(
+                f"{child.name}: exited with code {code}; restarting in {child.backoff_s:.0f} s "
+                f"({child.restarts} restarts so far)"
+            )
+            child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
+
+    def restarts(self) -> dict[str, int]:
+        return {name: child.restarts for name, child in self.children.items()}
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child (a worker checkpoints its job and requeues it), wait, then SIGKILL whatever of the
+        tree is left: children, their work horses and anything those started."""
+        tree: list[psutil.Process] = []
+        for child in self.children.values():
+            if child.proc is None or child.proc.poll() is not None:
+                continue
+            try:
+                parent = psutil.Process(child.proc.pid)
+                tree += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            child.proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for proc in alive:
+            try:
+                tree += proc.children(recursive=True)  # started during the grace period
+            except psutil.NoSuchProcess:
+                pass
+        for proc in {p.pid: p for p in tree}.values():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=5)
+        for child in self.children.values():
+            if child.proc is not None:
+                try:
+                    child.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._say(f"{child.name}: pid {child.proc.pid} did not exit")
