@@ -13,29 +13,69 @@ import yaml
 from pipeline.configs import RunSpec
 
 
-def _widget(section: str, f: dataclasses.Field, value: Any, tp: Any, error: str | None) -> Any:
-    key = f"form.{section}.{f.name}"
+def _key(section: str, name: str) -> str:
+    return f"form.{section}.{name}"
+
+
+def _edited_as_text(tp: Any, choices: Any) -> bool:
+    """Fields without a widget of their own (dicts, optional values, unions) are edited as YAML text."""
+    return not (tp in (bool, int, float, str) or choices)
+
+
+def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
+    """(section, field, type) of every RunSpec field; section "run" for the top-level ones."""
+    hints = typing.get_type_hints(RunSpec)
+    out = []
+    for f in dataclasses.fields(RunSpec):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub_hints = typing.get_type_hints(tp)
+            out += [(f.name, sub, sub_hints[sub.name]) for sub in dataclasses.fields(tp)]
+        else:
+            out.append(("run", f, tp))
+    return out
+
+
+def _value(spec: dict[str, Any], section: str, name: str) -> Any:
+    return spec[name] if section == "run" else spec[section][name]
+
+
+def fill_form(spec: dict[str, Any]) -> None:
+    """Put `spec` into the form's widgets: the one way the form changes other than a person typing. The widgets
+    take their values from session state only, so what they show is what `spec_form` returns."""
+    for section, f, tp in _fields():
+        value = _value(spec, section, f.name)
+        if _edited_as_text(tp, f.metadata.get("choices")):
+            value = yaml.safe_dump(value, default_flow_style=True).strip()
+        elif tp is float:
+            value = float(value)
+        st.session_state[_key(section, f.name)] = value
+
+
+def set_field(section: str, name: str, value: Any) -> None:
+    st.session_state[_key(section, name)] = value
+
+
+def _widget(section: str, f: dataclasses.Field, tp: Any, error: str | None) -> Any:
+    key = _key(section, f.name)
     label = f.name.replace("_", " ")
     help_text = f.metadata.get("help")
     choices = f.metadata.get("choices")
     origin = typing.get_origin(tp)
     if tp is bool:
-        result = st.checkbox(label, value=value, help=help_text, key=key)
+        result = st.checkbox(label, help=help_text, key=key)
     elif origin is list and choices:
-        result = st.multiselect(label, list(choices), default=value, help=help_text, key=key)
-    elif choices and not isinstance(value, list):
-        options = list(choices)
-        result = st.selectbox(label, options, index=options.index(value), help=help_text, key=key)
+        result = st.multiselect(label, list(choices), help=help_text, key=key)
+    elif choices:
+        result = st.selectbox(label, list(choices), help=help_text, key=key)
     elif tp is int:
-        result = st.number_input(label, value=value, step=1, help=help_text, key=key)
+        result = st.number_input(label, step=1, help=help_text, key=key)
     elif tp is float:
-        result = st.number_input(label, value=float(value), format="%g", help=help_text, key=key)
+        result = st.number_input(label, format="%g", help=help_text, key=key)
     elif tp is str:
-        result = st.text_input(label, value=value, help=help_text, key=key)
+        result = st.text_input(label, help=help_text, key=key)
     else:  # dicts, optional values, unions: edited as YAML, parsed and checked by the dataclass
-        text = st.text_input(
-            label, value=yaml.safe_dump(value, default_flow_style=True).strip(), help=help_text, key=key
-        )
+        text = st.text_input(label, help=help_text, key=key)
         try:
             result = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -45,26 +85,23 @@ def _widget(section: str, f: dataclasses.Field, value: Any, tp: Any, error: str 
     return result
 
 
-def spec_form(spec: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
-    """Widgets for every RunSpec field, prefilled from `spec`; returns the edited dict (unchecked)."""
-    hints = typing.get_type_hints(RunSpec)
+def spec_form(errors: dict[str, str]) -> dict[str, Any]:
+    """Widgets for every RunSpec field, showing what `fill_form` and the person put there; returns the spec dict
+    they show (unchecked)."""
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunSpec)}
     edited: dict[str, Any] = {}
-    for f in dataclasses.fields(RunSpec):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sub_hints = typing.get_type_hints(tp)
-            with st.expander(
-                f"{f.name.replace('_', ' ')} — {f.metadata.get('help', '')}",
-                expanded=any(k.startswith(f"{f.name}.") for k in errors),
-            ):
-                edited[f.name] = {
-                    sub.name: _widget(
-                        f.name, sub, spec[f.name][sub.name], sub_hints[sub.name], errors.get(f"{f.name}.{sub.name}")
-                    )
-                    for sub in dataclasses.fields(tp)
-                }
-        else:
-            edited[f.name] = _widget("run", f, spec[f.name], tp, errors.get(f.name))
+    sections: dict[str, list[tuple[dataclasses.Field, Any]]] = {}
+    for section, f, tp in _fields():
+        sections.setdefault(section, []).append((f, tp))
+    for section, fields in sections.items():
+        if section == "run":
+            for f, tp in fields:
+                edited[f.name] = _widget("run", f, tp, errors.get(f.name))
+            continue
+        with st.expander(
+            f"{section.replace('_', ' ')} — {helps[section]}", expanded=any(k.startswith(f"{section}.") for k in errors)
+        ):
+            edited[section] = {f.name: _widget(section, f, tp, errors.get(f"{section}.{f.name}")) for f, tp in fields}
     return edited
 
 

@@ -150,3 +150,44 @@ def add_stage_run(engine, node: str = "train_sft", status: str = "running") -> t
         s.add(stage_run)
         s.flush()
         return run.id, stage_run.id
+
+
+# ----------------------------------------------------------------------------------------------- dashboard
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    """Streamlit's caches are global per process and outlive an AppTest: every test starts without them."""
+    import sys
+
+    if "streamlit" in sys.modules:
+        import streamlit as st
+
+        st.cache_data.clear()
+        st.cache_resource.clear()
+
+
+@pytest.fixture
+def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_home):
+    """A database holding one queued tiny run, done by a worker and recorded."""
+    from db.migrate import upgrade
+    from db.session import make_engine
+    from pipeline.configs import to_dict
+    from tests.test_queue import drain_queues
+    from workers import scheduler
+    from workers.recorder import Recorder
+
+    url = f"sqlite:///{tmp_path / 'dash.db'}"
+    upgrade(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    engine = make_engine(url)
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, tags=["demo"])
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    return {
+        "engine": engine,
+        "run_id": run_id,
+        "conn": redis_conn,
+        "spec": to_dict(tiny_ci_spec),
+        "home": str(alignlab_home),
+    }

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
@@ -17,33 +16,6 @@ from workers import scheduler
 from workers.recorder import Recorder
 
 MAIN = "../app/main.py"
-
-
-@pytest.fixture(autouse=True)
-def clear_streamlit_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-@pytest.fixture
-def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_home):
-    from db.migrate import upgrade
-    from db.session import make_engine
-
-    url = f"sqlite:///{tmp_path / 'dash.db'}"
-    upgrade(url)
-    monkeypatch.setenv("DATABASE_URL", url)
-    engine = make_engine(url)
-    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine, tags=["demo"])
-    drain_queues(redis_conn)
-    Recorder(redis_conn, engine).drain()
-    return {
-        "engine": engine,
-        "run_id": run_id,
-        "conn": redis_conn,
-        "spec": to_dict(tiny_ci_spec),
-        "home": str(alignlab_home),
-    }
 
 
 def app(**query):
@@ -258,7 +230,7 @@ def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
 
 
 def test_compare_across_runs_sweeps_the_differing_setting(filled):
-    from pipeline.configs import DPO_STAGES, RunSpec, from_dict, to_dict
+    from pipeline.configs import DPO_STAGES, RunSpec, from_dict
 
     changed = to_dict(from_dict(RunSpec, filled["spec"]))
     changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES

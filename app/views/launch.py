@@ -1,10 +1,17 @@
 """Launch: a run from a preset, a config file or an earlier run; every field editable and checked before anything is
-queued; N seeds as one group; a preflight of the whole DAG at tiny scale."""
+queued; N seeds as one group; a preflight of the whole DAG at tiny scale.
+
+The form is the spec: a starting point (preset, file, earlier run) is written into the widgets once, when it
+changes; the widgets are the only state; Launch, the preview and the YAML export all take the dict the widgets
+return, so what is shown is what is submitted."""
+
+import hashlib
+import json
 
 import streamlit as st
 import yaml
 
-from app.forms import error_field, spec_form
+from app.forms import error_field, fill_form, set_field, spec_form
 from db import queries
 from pipeline.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
 from pipeline.errors import AlignlabError, ConfigError
@@ -14,13 +21,15 @@ from workers.queues import connect
 
 st.title("Launch a run")
 errors = st.session_state.setdefault("launch_errors", {})
+blocking: list[str] = []  # why Launch is disabled: an input that was rejected and not yet fixed or removed
 
 runs = {r["id"]: r for r in queries.list_runs()}
-source_col, import_col = st.columns([2, 1])
+source_col, dataset_col = st.columns([2, 1])
 with source_col:
-    sources = ["preset", "earlier run"] if runs else ["preset"]
+    sources = ["preset", "config file", "earlier run"] if runs else ["preset", "config file"]
     source = st.radio("Start from", sources, horizontal=True, key="launch_source")
     parent_id = None
+    base = None
     if source == "preset":
         chosen = st.selectbox(
             "Preset",
@@ -30,6 +39,21 @@ with source_col:
             help="Starting values; every field below can be changed.",
         )
         base = to_dict(preset(chosen))
+    elif source == "config file":
+        uploaded = st.file_uploader("Config (YAML or JSON)", type=["yaml", "yml", "json"], key="launch_import")
+        if uploaded is None:
+            st.info("Choose a config file (e.g. one exported from this page or written for `alignlab submit`).")
+        else:
+            try:
+                loaded = yaml.safe_load(uploaded.getvalue().decode("utf-8"))
+                if not isinstance(loaded, dict):
+                    raise ConfigError(f"the file holds a {type(loaded).__name__}, not a mapping of RunSpec sections")
+                base = to_dict(from_dict(RunSpec, loaded))
+            except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
+                st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
+                blocking.append(f"the config file {uploaded.name} was rejected")
+            else:
+                st.success(f"Loaded {uploaded.name}")
     else:
         parent_id = st.selectbox(
             "Run",
@@ -45,8 +69,7 @@ with source_col:
             key="launch_dpo_only",
         ):
             base = {**base, "stages": DPO_STAGES}
-with import_col:
-    uploaded = st.file_uploader("Import a config (YAML or JSON)", type=["yaml", "yml", "json"], key="launch_import")
+with dataset_col:
     dataset = st.file_uploader(
         "Upload instructions (JSONL)",
         type=["jsonl"],
@@ -55,20 +78,33 @@ with import_col:
         "Checked here, then sent to the worker through Redis. Larger data: a path on the worker or a hub id.",
     )
 
-if uploaded is not None:
-    try:
-        base = to_dict(from_dict(RunSpec, yaml.safe_load(uploaded.getvalue().decode("utf-8")) or {}))
-        st.success(f"Loaded {uploaded.name}")
-    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
+if base is None:  # a file to choose, or a rejected one: nothing to show or launch yet
+    st.session_state.pop("launch_base", None)
+    if blocking:
+        st.button("Launch", type="primary", disabled=True, key="launch_disabled")
+    st.stop()
+
+# a new starting point refills the form, once; after that the widgets hold the person's edits
+signature = hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()
+if st.session_state.get("launch_base") != signature:
+    fill_form(base)
+    st.session_state["launch_base"] = signature
+    st.session_state.pop("launch_dataset_sha", None)
+    st.session_state["launch_errors"] = errors = {}
 
 if dataset is not None:
+    data = dataset.getvalue()
+    instruction_field = st.session_state.get("form.data.instruction_field", base["data"]["instruction_field"])
     try:
-        report = check_upload("instructions", dataset.getvalue(), dataset.name, base["data"]["instruction_field"])
+        report = check_upload("instructions", data, dataset.name, instruction_field)
         if report.passed:
-            base["data"]["instructions"] = put_blob(connect(), dataset.getvalue(), dataset.name)
+            reference = put_blob(connect(), data, dataset.name)
+            if st.session_state.get("launch_dataset_sha") != reference:
+                set_field("data", "instructions", reference)  # shown in the form like any other value
+                st.session_state["launch_dataset_sha"] = reference
     except AlignlabError as exc:  # over the size limit, Redis unreachable
-        st.error(f"{exc}. Nothing was queued.")
+        st.error(f"{dataset.name}: {exc}.")
+        blocking.append(f"the upload {dataset.name} was rejected")
     else:
         if report.passed:
             st.success(f"{dataset.name}: {report.rows_valid} valid instructions, used by this run")
@@ -76,50 +112,40 @@ if dataset is not None:
             st.error(
                 f"{dataset.name}: {report.error_rows} of {report.rows_read} rows are invalid, e.g. "
                 + "; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3])
-                + ". Fix the file and upload it again; nothing was queued."
+                + ". Fix the file and upload it again, or remove it."
             )
+            blocking.append(f"the upload {dataset.name} was rejected")
 
-# a new starting point (another preset, run or file) refills the form: drop the widgets' remembered values
-signature = yaml.safe_dump(base, sort_keys=True)
-if st.session_state.get("launch_base") != signature:
-    for key in [k for k in st.session_state if str(k).startswith("form.")]:
-        del st.session_state[key]
-    st.session_state["launch_base"] = signature
+edited = spec_form(errors)
+seeds_col, scope_col = st.columns(2)
+n_seeds = seeds_col.number_input(
+    "Seeds", min_value=1, max_value=32, value=1, step=1, key="launch_seeds", help="N > 1 launches N runs as a group."
+)
+scope = scope_col.selectbox(
+    "A seed varies",
+    list(SEED_SCOPES),
+    key="launch_seed_scope",
+    help="training: SFT, DPO and evaluation seeds (the data is shared); everything: every stage's seed.",
+)
+exported = yaml.safe_dump(edited, sort_keys=False)
+with st.expander("Config preview: exactly what Launch submits"):
+    st.code(exported, language="yaml")
+launch_col, preflight_col, export_col = st.columns(3)
+submitted = launch_col.button("Launch", type="primary", disabled=bool(blocking), key="launch")
+preflight = preflight_col.button(
+    "Preflight",
+    disabled=bool(blocking),
+    key="preflight",
+    help="The whole DAG on this model at tiny scale (a few prompts, two steps) before a long run.",
+)
+export_col.download_button("Export this config as YAML", exported, file_name="run.yaml", key="export")
+if blocking:
+    st.error("Launch is disabled: " + "; ".join(blocking) + ". Nothing was queued.")
 
-with st.form("launch_form"):
-    edited = spec_form(base, errors)
-    seeds_col, scope_col = st.columns(2)
-    n_seeds = seeds_col.number_input(
-        "Seeds",
-        min_value=1,
-        max_value=32,
-        value=1,
-        step=1,
-        key="launch_seeds",
-        help="N > 1 launches N runs as a group.",
-    )
-    scope = scope_col.selectbox(
-        "A seed varies",
-        list(SEED_SCOPES),
-        key="launch_seed_scope",
-        help="training: SFT, DPO and evaluation seeds (the data is shared); everything: every stage's seed.",
-    )
-    launch_col, preflight_col = st.columns(2)
-    submitted = launch_col.form_submit_button("Launch", type="primary")
-    preflight = preflight_col.form_submit_button(
-        "Preflight", help="The whole DAG on this model at tiny scale (a few prompts, two steps) before a long run."
-    )
-
-st.download_button("Export this config as YAML", yaml.safe_dump(edited, sort_keys=False), file_name="run.yaml")
 
 if submitted or preflight:
-    st.session_state["launch_errors"] = {}
     try:
         spec = from_dict(RunSpec, edited)
-    except ConfigError as exc:
-        st.session_state["launch_errors"] = {error_field(str(exc)): str(exc)}
-        st.rerun()
-    try:
         if preflight:
             run_ids = [scheduler.submit_preflight(spec, connect())]
         elif n_seeds > 1:
@@ -128,13 +154,20 @@ if submitted or preflight:
             run_ids = scheduler.submit_seeds(spec, seeds, connect(), scope=scope, parent_id=parent_id)
         else:
             run_ids = [scheduler.submit(spec, connect(), parent_id=parent_id)]
-    except ConfigError as exc:  # e.g. a path outside the allowed roots: shown on its field
+    except ConfigError as exc:  # a bad value, a path outside the allowed roots: shown on its field and here
         st.session_state["launch_errors"] = {error_field(str(exc)): str(exc)}
         st.rerun()
     except AlignlabError as exc:
         st.error(f"Could not queue the run: {exc}")
     else:
+        st.session_state["launch_errors"] = {}
         st.switch_page("views/runs.py", query_params={"run": str(run_ids[0])})
 
-if "_form" in errors:
-    st.error(errors["_form"])
+if errors:
+    st.error(
+        "Nothing was queued. Fix "
+        + "; ".join(
+            (f"{field} (in the '{field.split('.')[0]}' group above): " if "." in field else "") + message
+            for field, message in errors.items()
+        )
+    )

@@ -449,3 +449,111 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
                 kill_tree(proc)
         server.kill()
         engine.dispose()
+
+
+def steps_recorded_twice(engine, run_id) -> list[tuple]:
+    """(stage, metric, step, times) for every point recorded more than once in a run: the exactly-once query."""
+    with read_session(engine) as s:
+        return [
+            tuple(row)
+            for row in s.execute(
+                select(StageRun.node, Metric.name, Metric.step, func.count())
+                .join(StageRun, StageRun.id == Metric.stage_run_id)
+                .where(Metric.run_id == run_id)
+                .group_by(StageRun.node, Metric.name, Metric.step)
+                .having(func.count() > 1)
+            )
+        ]
+
+
+def max_step(engine, stage_run) -> int:
+    with read_session(engine) as s:
+        return s.scalar(select(func.max(Metric.step)).where(Metric.stage_run_id == stage_run.id)) or 0
+
+
+def kill_horse(worker) -> int:
+    """SIGKILL the job's process only (the kernel's OOM killer does this): the worker retries the job."""
+    (horse,) = wait_for(lambda: work_horses(worker), 60, "the work horse")
+    horse.kill()
+    psutil.wait_procs([horse], timeout=30)
+    return horse.pid
+
+
+def test_kills_before_and_after_a_checkpoint_preemption_mid_dpo_and_nan_record_every_step_once(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+):
+    from workers.events import EventEmitter
+
+    env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.name = "every-step-once"
+    spec.stages = ["generate_sft", "train_sft", "generate_negatives", "make_pairs", "train_dpo"]
+    spec.sft.seed = spec.dpo.seed = 23  # their own artifact keys
+    spec.sft.num_epochs, spec.sft.max_steps, spec.sft.batch_size, spec.sft.checkpoint_every = 100.0, 60, 2, 25
+    spec.dpo.num_epochs, spec.dpo.max_steps, spec.dpo.batch_size, spec.dpo.checkpoint_every = 100.0, 40, 2, 1000
+    spec.execution.retries = 3  # a killed job process is retried by RQ
+    run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
+    worker = start_worker(env)
+    try:
+        with RecorderThread(redis_conn, sqlite_engine):
+            sft = lambda: stage(sqlite_engine, run_id, "train_sft")  # noqa: E731
+            # 1. SIGKILL before the first checkpoint (step 25): the retry starts from step 0
+            wait_for(lambda: sft().status == "running" and max_step(sqlite_engine, sft()) >= 3, 240, "sft step 3")
+            kill_horse(worker)
+            killed_at = max_step(sqlite_engine, sft())
+            # 2. SIGKILL after the first checkpoint: the retry resumes from checkpoint-25
+            wait_for(lambda: max_step(sqlite_engine, sft()) >= 28 and work_horses(worker), 240, "sft past step 28")
+            kill_horse(worker)
+            # 3. a NaN reaches the stream between them (a diverging metric of this stage)
+            EventEmitter(redis_conn, run_id, sft().id).emit("metric", step=1, values={"probe": float("nan")})
+            # 4. SIGTERM mid-DPO: checkpoint, requeue, another worker resumes
+            dpo_running = lambda: next(  # noqa: E731
+                (
+                    s
+                    for s in (stage(sqlite_engine, run_id, n) for n in ("dpo_sft", "dpo_base"))
+                    if s.status == "running"
+                ),
+                None,
+            )
+            wait_for(lambda: (s := dpo_running()) and max_step(sqlite_engine, s) >= 3, 300, "a DPO stage at step 3")
+            preempted = dpo_running().node
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(120)
+            worker = start_worker(env, "--burst")
+            worker.wait(600)
+            wait_for(
+                lambda: all(s.status in ("succeeded", "cached", "failed") for s in run_stages(sqlite_engine, run_id)),
+                120,
+                "every stage finished",
+            )
+            if any(s.status == "failed" for s in run_stages(sqlite_engine, run_id)):
+                scheduler.resume(run_id, redis_conn, sqlite_engine)  # whatever a kill left failed is resumable
+                worker = start_worker(env, "--burst")
+                worker.wait(600)
+            wait_for(lambda: run_status(sqlite_engine, run_id) in FINAL, 120, "the run to finish")
+    finally:
+        if worker.poll() is None:
+            kill_tree(worker)
+    assert run_status(sqlite_engine, run_id) == "succeeded", [
+        (s.node, s.error) for s in run_stages(sqlite_engine, run_id)
+    ]
+    assert steps_recorded_twice(sqlite_engine, run_id) == []
+    trained = {s.node: s for s in run_stages(sqlite_engine, run_id) if s.stage in ("train_sft", "train_dpo")}
+    for node, stage_run in trained.items():
+        assert loss_steps(sqlite_engine, stage_run) == list(range(1, stage_run.metrics["steps"] + 1)), node
+    assert killed_at < 25  # the first kill landed before the first checkpoint
+    assert trained["train_sft"].attempt == 1 and trained["train_sft"].metrics["resumed_from"] == "checkpoint-25"
+    assert trained[preempted].metrics["resumed_from"] is not None  # the checkpoint saved at SIGTERM
+    with read_session(sqlite_engine) as s:
+        probe = s.execute(select(Metric.value, Metric.non_finite).where(Metric.name == "probe")).all()
+    assert [tuple(p) for p in probe] == [(None, "nan")]
+
+
+def run_stages(engine, run_id) -> list[StageRun]:
+    with read_session(engine) as s:
+        return list(s.scalars(select(StageRun).where(StageRun.run_id == run_id).order_by(StageRun.id)))
+
+
+def run_status(engine, run_id) -> str:
+    with read_session(engine) as s:
+        return s.get(Run, run_id).status
