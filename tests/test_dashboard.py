@@ -137,7 +137,7 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
     assert dict(zip(table["method"], table["value"], strict=True)) == expected
     assert any("Did SFT before DPO help?" in m.value for m in at.markdown)
     assert any("fair" in s.value for s in at.success)
-    assert any("masking verified" in m.value for m in at.markdown)
+    assert any("masking verified" in t.value for t in at.text)
 
 
 def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
@@ -148,13 +148,13 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     assert not at.exception
     assert {h.value for h in at.subheader} >= {"base", "sft", "sft_dpo", "dpo_only"}
     assert at.button(key="ab_record").disabled  # nothing is recorded before a choice is made
-    shown = at.code[-1].value
+    shown = [t.value for t in at.text]
     choice = next(r for r in at.radio if r.label == "Which is better?")
     choice.set_value("A")
     at.text_input(key="reviewer").set_value("ana").run()
     at.button(key="ab_record").click().run()
     assert next(r for r in at.radio if r.label == "Which is better?").value is None  # the next prompt: unanswered
-    assert at.code[-1].value != shown
+    assert [t.value for t in at.text] != shown
     assert not at.exception
     with read_session(filled["engine"]) as s:
         (judgement,) = s.scalars(select(Judgement)).all()
@@ -162,6 +162,23 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
         assert {judgement.method_a, judgement.method_b} == {"base", "dpo_only"}  # the first pair offered
         assert judgement.winner == judgement.method_a  # "A" is whatever was shown on the left
     assert at.dataframe[-1].value["n"].tolist() == [1]  # the win-rate table counts it
+
+
+def test_samples_render_model_output_as_text_never_markdown(filled):
+    from sqlalchemy import update
+
+    from db.models import Sample
+    from db.session import write_session
+
+    injected = "![tracker](http://203.0.113.7/pixel.png) [click me](http://203.0.113.7/) **bold** <b>x</b>"
+    with write_session(filled["engine"]) as s:
+        s.execute(update(Sample).values(generation=injected, reference=injected))
+    at = app().run()
+    at.switch_page("views/samples.py").run()
+    assert not at.exception
+    assert sum(t.value == injected for t in at.text) >= 5  # reference + four methods, verbatim
+    markdown = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    assert not any("203.0.113.7" in m for m in markdown)
 
 
 def test_data_page_reports_records_and_mask_viewer(filled):
@@ -270,8 +287,9 @@ def test_uploaded_instructions_are_checked_before_anything_is_stored(filled):
     bad = b'{"instruction": "Name a colour."}\n{"prompt": "no instruction field"}\nnot json\n'
     at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", bad, "application/jsonl")).run()
     assert not at.exception
-    (error,) = [e.value for e in at.error if "mine.jsonl" in e.value]
-    assert "row 2, field instruction" in error and "row 3" in error and "nothing was queued" in error
+    (error,) = [e.value for e in at.error if "mine.jsonl: " in e.value]
+    assert "row 2, field instruction" in error and "row 3" in error
+    assert any("Launch is disabled" in e.value and "Nothing was queued" in e.value for e in at.error)
     assert not [k for k in filled["conn"].keys("alignlab:blob:*")]
 
     good = b"".join(b'{"instruction": "Name colour number %d."}\n' % i for i in range(30))

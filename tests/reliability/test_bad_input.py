@@ -66,6 +66,7 @@ def page(name):
 
 def test_bad_configs_imported_on_launch_show_an_error_not_a_traceback(empty_store, redis_conn):
     at = page("launch")
+    at.radio(key="launch_source").set_value("config file").run()
     for path in BAD_CONFIGS:
         at.file_uploader(key="launch_import").set_value((path.name, path.read_bytes(), "application/x-yaml")).run()
         assert not at.exception, path.name
