@@ -86,8 +86,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, float) and math.isnan(value):
-            raise ConfigError(f"{where}: NaN is not a valid value")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value} is not a finite number (NaN and infinity are not valid values)")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -441,6 +441,11 @@ class RunSpec:
     def __post_init__(self) -> None:
         check_fields(self)
         _require(self.name.strip() != "", "RunSpec.name", "must not be empty")
+        _require(
+            not any(c in self.name for c in "/\\:") and self.name.isprintable() and len(self.name) <= 150,
+            "RunSpec.name",
+            f"{self.name!r}: use at most 150 printable characters without '/', '\\' or ':'",
+        )
         _require(len(set(self.stages)) == len(self.stages), "RunSpec.stages", "lists a stage twice")
         _require(len(self.stages) > 0, "RunSpec.stages", "name at least one stage")
         self.stages = [s for s in STAGES if s in self.stages]  # canonical DAG order
@@ -459,6 +464,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str | None = None) -> Any:
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    not_names = [k for k in data if not isinstance(k, str)]
+    if not_names:
+        keys = ", ".join(repr(k) for k in not_names)
+        raise ConfigError(f"{where}: key(s) {keys} are not field names; keys are the names of {cls.__name__} fields")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -491,12 +500,16 @@ def dump_spec(spec: RunSpec, path: str | Path) -> Path:
 def load_spec(path: str | Path) -> RunSpec:
     """Read a RunSpec from YAML or JSON; errors name the file and the offending key."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file (give the YAML or JSON file inside it)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -506,8 +519,11 @@ def load_spec(path: str | Path) -> RunSpec:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both carry the line
         raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__} ({data!r:.40}), not a mapping"
+        raise ConfigError(f"{path}: {what}; a config file maps RunSpec sections (name, sft, dpo, ...) to values")
     try:
-        return from_dict(RunSpec, data or {})
+        return from_dict(RunSpec, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

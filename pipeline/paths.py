@@ -84,9 +84,44 @@ def confine(value: str, field: str, roots: list[Path] | None = None) -> None:
         )
 
 
+DATASET_DIR_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # written by save_to_disk
+# what a local path must be for each field: (a file, or a directory holding one of these files, or both)
+EXPECTED = {
+    "ModelConfig.name_or_path": (False, ("config.json",), "a model directory (with config.json)"),
+    "ModelConfig.adapter": (False, ("adapter_config.json",), "a LoRA adapter directory (with adapter_config.json)"),
+    "DataConfig.instructions": (
+        True,
+        DATASET_DIR_MARKERS,
+        "a JSONL file or a directory saved with datasets' save_to_disk",
+    ),
+}
+
+
+def require_kind(value: str, field: str) -> None:
+    """A local path must exist and be what `field` reads (a file, a model directory...), named in the error."""
+    if not is_local_path(value):
+        return
+    path = Path(value).expanduser()
+    file_ok, markers, what = EXPECTED[field]
+    if not path.exists():
+        raise ConfigError(f"{field}: {value} does not exist; it must be {what}")
+    if path.is_file() and file_ok:
+        return
+    if path.is_dir() and any((path / marker).exists() for marker in markers):
+        return
+    kind = "a directory" if path.is_dir() else "a file"
+    raise ConfigError(f"{field}: {value} is {kind}, not {what}")
+
+
 def confine_spec(spec, roots: list[Path] | None = None) -> None:
-    """Every local path of a RunSpec, checked before it is queued and again by the worker before it reads."""
-    confine(spec.base_model.name_or_path, "ModelConfig.name_or_path", roots)
-    if spec.base_model.adapter:
-        confine(spec.base_model.adapter, "ModelConfig.adapter", roots)
-    confine(spec.data.instructions, "DataConfig.instructions", roots)
+    """Every local path of a RunSpec, checked before it is queued and again by the worker before it reads: inside
+    the allowed roots, existing, and of the kind its field reads."""
+    fields = [
+        (spec.base_model.name_or_path, "ModelConfig.name_or_path"),
+        (spec.base_model.adapter, "ModelConfig.adapter"),
+        (spec.data.instructions, "DataConfig.instructions"),
+    ]
+    for value, field in fields:
+        if value:
+            confine(value, field, roots)
+            require_kind(value, field)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.configs import NEGATIVE_TYPES, ValidationConfig
 from pipeline.errors import DataError
-from pipeline.paths import BLOB_PREFIX, read_blob
+from pipeline.paths import BLOB_PREFIX, DATASET_DIR_MARKERS, read_blob
 
 ERROR, WARNING = "error", "warning"
 
@@ -162,11 +162,37 @@ class ValidationReport:
 Row = tuple[int, Any]  # (row number, decoded object, or an Issue for an unreadable line)
 
 
+@dataclass
+class Noted:
+    """A readable row that comes with a warning about how it was read (e.g. a UTF-8 byte-order mark)."""
+
+    record: Any
+    warning: Issue
+
+
+def take_row(report: ValidationReport, record: Any, file: str | None = None) -> Any:
+    """The record of a row with its reading issues put on `report`; None when the row could not be read."""
+    if isinstance(record, Issue | Noted):
+        issue = record if isinstance(record, Issue) else record.warning
+        issue.file = file or issue.file
+        report.issues.append(issue)
+        return None if isinstance(record, Issue) else record.record
+    return record
+
+
+BOM = b"\xef\xbb\xbf"
+
+
 def read_jsonl(path: str | Path) -> Iterator[Row]:
-    """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue)."""
+    """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue). A UTF-8
+    byte-order mark (Windows tools write one) is read past, with a warning."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a JSONL file; give the file inside it")
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            bom = number == 1 and raw.startswith(BOM)
+            raw = raw[len(BOM) :] if bom else raw
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -175,9 +201,15 @@ def read_jsonl(path: str | Path) -> Iterator[Row]:
             if text.strip() == "":
                 continue
             try:
-                yield number, json.loads(text)
+                record = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield number, Issue(number, None, "malformed_json", f"{exc.msg} at column {exc.colno}")
+                continue
+            if bom:
+                note = "starts with a UTF-8 byte-order mark; read past it (save as UTF-8 without BOM to silence this)"
+                yield number, Noted(record, Issue(number, None, "byte_order_mark", note, WARNING, str(path)))
+            else:
+                yield number, record
 
 
 def read_records(source: str | Path) -> Iterator[Row]:
@@ -185,6 +217,9 @@ def read_records(source: str | Path) -> Iterator[Row]:
     path = Path(source)
     if path.is_dir():
         from datasets import load_from_disk
+
+        if not any((path / marker).exists() for marker in DATASET_DIR_MARKERS):
+            raise DataError(f"{path} is a directory, not a JSONL file or a directory saved with datasets' save_to_disk")
 
         dataset = load_from_disk(str(path))
         if hasattr(dataset, "keys"):  # a DatasetDict: take the train split
@@ -321,8 +356,8 @@ def validate_sft_data(
     valid: list[dict[str, Any]] = []
     for row, record in rows:
         report.rows_read += 1
-        if isinstance(record, Issue):
-            report.issues.append(record)
+        record = take_row(report, record)
+        if record is None:
             continue
         if not _check_text_fields(report, row, record, ("prompt", "completion"), config, None):
             continue
@@ -410,8 +445,8 @@ def validate_negative_examples(
     valid: list[dict[str, Any]] = []
     for row, record in rows:
         report.rows_read += 1
-        if isinstance(record, Issue):
-            report.issues.append(record)
+        record = take_row(report, record)
+        if record is None:
             continue
         if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, None):
             continue
@@ -456,9 +491,8 @@ def validate_preference_pairs(
     for split, rows, file in sides:
         for row, record in rows:
             report.rows_read += 1
-            if isinstance(record, Issue):
-                record.file = file
-                report.issues.append(record)
+            record = take_row(report, record, file)
+            if record is None:
                 continue
             if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, file):
                 continue
@@ -605,8 +639,8 @@ def validate_instructions(
     valid: list[tuple[int, str]] = []
     for row, record in rows:
         report.rows_read += 1
-        if isinstance(record, Issue):
-            report.issues.append(record)
+        record = take_row(report, record)
+        if record is None:
             continue
         if not _check_text_fields(report, row, record, (field_name,), config, None):
             continue

@@ -13,14 +13,13 @@ from db.models import Run
 from db.session import read_session
 from pipeline.configs import load_spec
 from pipeline.errors import ConfigError
-from tests.test_queue import drain_queues
 from workers import scheduler
-from workers.recorder import Recorder
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BAD_CONFIGS = sorted((DATA / "bad_configs").iterdir())
 # files whose problem needs a second file (a held-out leak) are covered in test_validation
 BAD_DATA = sorted(p for p in (DATA / "bad").glob("*.jsonl") if "leak" not in p.name)
+WHOLE_FILE_PROBLEMS = {"instructions_empty.jsonl", "sft_empty.jsonl"}  # no row to point at
 WARNINGS_ONLY = {"sft_duplicates.jsonl", "pairs_prefix.jsonl"}  # usable files with something worth knowing
 MAIN = "../../app/main.py"
 
@@ -39,11 +38,53 @@ def test_every_bad_config_names_its_file_and_what_is_wrong(path):
         load_spec(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ")
-    unparseable = {"broken_yaml.yaml", "truncated.json", "not_utf8.yaml", "not_a_mapping.yaml"}
-    if path.name in unparseable:
-        assert any(w in message for w in ("YAML", "JSON", "UTF-8", "mapping"))
+    whole_file = {  # the file as a whole is wrong: the message says how
+        "broken_yaml.yaml": "not valid YAML",
+        "truncated.json": "not valid JSON",
+        "not_utf8.yaml": "not UTF-8",
+        "not_a_mapping.yaml": "not a mapping",
+        "list_not_a_mapping.yaml": "holds a list",
+        "false_not_a_mapping.yaml": "holds a bool",
+        "empty_file.yaml": "is empty",
+    }
+    if path.name in whole_file:
+        assert whole_file[path.name] in message
     else:  # the field, as Section.field
         assert "Config." in message or "RunSpec." in message
+
+
+def test_a_directory_given_as_a_config_or_data_file_is_named(tmp_path, tiny_ci_spec, redis_conn, engine, alignlab_home):
+    from pipeline.errors import DataError
+    from pipeline.validation import validate_file
+    from workers.cli import main
+
+    folder = tmp_path / "run.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_spec(folder)
+    assert main(["submit", "--config", str(folder)]) == 2
+    data_dir = alignlab_home / "data.jsonl"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.data.instructions = str(data_dir)
+    with pytest.raises(ConfigError, match="DataConfig.instructions: .* is a directory, not a JSONL file"):
+        scheduler.submit(spec, redis_conn, engine)
+    with pytest.raises(DataError, match="is a directory, not a JSONL file"):
+        validate_file("sft", data_dir)
+    with pytest.raises(DataError, match="is a directory, not a JSONL file"):
+        validate_file("instructions", data_dir)
+    assert redis_conn.llen("rq:queue:gpu") == 0
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_loads_with_a_warning(tmp_path):
+    from pipeline.validation import validate_file
+
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"instruction": "Name a colour."}\r\n{"instruction": "Name a fruit."}\r\n')
+    report = validate_file("instructions", path)
+    assert report.passed and report.rows_valid == 2 and not report.errors
+    (warning,) = report.issues
+    assert warning.code == "byte_order_mark" and warning.row == 1 and warning.severity == "warning"
 
 
 @pytest.fixture
@@ -87,38 +128,36 @@ def test_bad_data_files_checked_on_the_data_page_name_file_row_and_field(empty_s
             continue
         (error,) = [e.value for e in at.error if path.name in e.value]
         assert "First error at" in error and "Fix the file" in error, error
-        issues = at.dataframe[0].value
-        first = issues.iloc[0]
-        if first["row"] == first["row"] and first["row"] is not None:  # a row-level problem names row and field
-            assert f"row {int(first['row'])}" in error
+        first = at.dataframe[0].value.iloc[0]
+        if path.name in WHOLE_FILE_PROBLEMS:
+            assert first["row"] != first["row"] or first["row"] is None, path.name  # no row to name
+        else:  # a row-level problem names its row
+            assert f"row {int(first['row'])}" in error, path.name
 
 
-def test_a_model_path_that_does_not_exist_fails_its_stage_and_completes_nothing(
-    tiny_ci_spec, redis_conn, engine, alignlab_home
+def test_a_model_path_that_does_not_exist_is_refused_before_anything_is_queued(
+    tiny_ci_spec, redis_conn, alignlab_home, empty_store
 ):
-    from pipeline.dag import artifact_keys, default_store
-
+    engine = empty_store
+    missing = str(alignlab_home / "models" / "does-not-exist")
     spec = copy.deepcopy(tiny_ci_spec)
-    spec.name = "no-model"
-    spec.base_model.name_or_path = str(alignlab_home / "models" / "does-not-exist")
-    run_id = scheduler.submit(spec, redis_conn, engine)
-    drain_queues(redis_conn)
-    Recorder(redis_conn, engine).drain()
-    scheduler.reconcile(redis_conn, engine)
-    summary = scheduler.run_summary(run_id, engine)
-    assert summary["status"] == "failed"
-    first = summary["stages"][0]
-    assert first["node"] == "generate_sft" and first["status"] == "failed"
-    assert "does-not-exist" in first["error"] and "no such directory" in first["error"]
-    assert {s["status"] for s in summary["stages"][1:]} == {"cancelled"}
-    store = default_store(alignlab_home)
-    assert not any(store.is_complete(key) for key in artifact_keys(spec).values())
+    spec.base_model.name_or_path = missing
+    with pytest.raises(ConfigError, match="ModelConfig.name_or_path: .*does-not-exist does not exist"):
+        scheduler.submit(spec, redis_conn, engine)
+    at = page("launch")
+    at.text_input(key="form.base_model.name_or_path").set_value(missing).run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert any("ModelConfig.name_or_path" in e.value and "does not exist" in e.value for e in at.error)
+    assert redis_conn.llen("rq:queue:gpu") == 0 and redis_conn.llen("rq:queue:cpu") == 0
+    with read_session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
 
 
 def test_a_model_path_outside_the_allowed_roots_is_refused_on_launch(empty_store, redis_conn):
     at = page("launch")
-    at.text_input(key="form.base_model.name_or_path").set_value("/etc/models/stolen")
-    at.button[[b.label for b in at.button].index("Launch")].click().run()
+    at.text_input(key="form.base_model.name_or_path").set_value("/etc/models/stolen").run()
+    at.button(key="launch").click().run()
     assert not at.exception
     assert any("ModelConfig.name_or_path" in e.value and "outside" in e.value for e in at.error)
     assert redis_conn.llen("rq:queue:gpu") == 0
