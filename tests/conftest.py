@@ -83,11 +83,14 @@ def redis_server_url(tmp_path_factory):
         stdout=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
-    for _ in range(200):
+    deadline = time.monotonic() + 60
+    while True:
         try:
             client.ping()
             break
         except redis.ConnectionError:
+            assert proc.poll() is None, f"redis-server exited with code {proc.returncode}"
+            assert time.monotonic() < deadline, "redis-server did not answer PING within 60 s"
             time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
     proc.terminate()

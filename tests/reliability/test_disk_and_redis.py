@@ -95,7 +95,7 @@ def _redis_server(port: int, directory: Path) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         try:
             client.ping()
