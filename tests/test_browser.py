@@ -1,11 +1,15 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) against the real stack that
 `alignlab up` starts: embedded Redis, the recorder, a worker and `streamlit run`.
 
-A researcher's path: launch a tiny run from the Launch page, watch it finish on the Runs page, read Compare, judge
-one pair blind on Samples. Screenshots go to the test's directory, or to $ALIGNLAB_SCREENSHOTS (the README's
+The stack listens off loopback (127.0.0.2, not one of the addresses that skip the login) with a password. Without
+it, every page URL shows the login and nothing else, and no action can be reached; after it, every action works:
+cancel, resume, retry, tags and notes on a run parked on a queue no worker serves, then a researcher's path:
+launch a tiny run from the Launch page, watch it finish on the Runs page, read Compare, judge one pair blind on
+Samples. Screenshots go to the test's directory, or to $ALIGNLAB_SCREENSHOTS (the README's
 `docs/screenshots/` are made that way)."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +36,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 RUN_TIMEOUT_MS = 480_000
+HOST = "127.0.0.2"  # loopback range, so the test talks to nothing else; not a login-exempt address
+PASSWORD = "correct horse battery staple"
+PAGE_URLS = ("/", "/runs", "/runs?run=1", "/?run=1", "/launch", "/data", "/compare", "/samples", "/nonexistent")
 
 
 @pytest.fixture
@@ -42,16 +49,18 @@ def stack(tiny_model_dir, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["ALIGNLAB_HOME"] = str(home)
+    env["ALIGNLAB_DASHBOARD_PASSWORD"] = PASSWORD
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - closed below; a file, not a pipe, so it never blocks
+    # the local worker serves gpu and cpu only: a run sent to gpu-80gb stays queued for the run actions
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "workers.cli", "up", "--host", HOST, "--port", str(port), "--queues", "gpu,cpu"],
         cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
@@ -62,6 +71,16 @@ def stack(tiny_model_dir, tmp_path):
             pass
         assert time.monotonic() < deadline, "the dashboard did not come up in 120 s"
         time.sleep(0.5)
+    parked = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "submit", "--preset", "tiny-ci", "--name", "parked"]
+        + ["--execution.default_queue", "gpu-80gb", "--execution.queues", "{compare: gpu-80gb, make_pairs: gpu-80gb}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert parked.returncode == 0 and "run 1 submitted" in parked.stdout, parked.stderr
     yield {"url": url, "home": home, "db": f"sqlite:///{home / 'alignlab.db'}", "log": tmp_path / "up.log"}
     proc.send_signal(signal.SIGTERM)
     try:
@@ -91,36 +110,102 @@ def navigate(page, name):
     wait_for_run(page)
 
 
-def test_launch_watch_compare_and_judge_in_a_real_browser(stack, tmp_path):
+def button(page, label):
+    return page.get_by_test_id("stButton").filter(has_text=re.compile(f"^{re.escape(label)}$")).locator("button")
+
+
+def log_in(page, url):
+    """A fresh session on `url` (a password login lasts one browser session): type the password, see the page."""
+    page.goto(url, timeout=60_000)
+    wait_for_run(page)
+    field = page.get_by_test_id("stTextInput").filter(has_text="Password").locator("input")
+    field.fill(PASSWORD)
+    field.press("Enter")
+    wait_for_run(page)
+
+
+def db_row(stack, *columns, where=None):
+    engine = create_engine(stack["db"])
+    with engine.connect() as connection:
+        row = connection.execute(select(*columns).where(where)).one()
+    engine.dispose()
+    return row
+
+
+def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_judge(stack, tmp_path):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install -y chromium chromium-driver"
     from playwright.sync_api import expect, sync_playwright
 
     shots = Path(os.environ.get("ALIGNLAB_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
+    url = stack["url"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(stack["url"], timeout=60_000)
-        wait_for_run(page)
-        expect(page.get_by_text("No runs yet")).to_be_visible(timeout=60_000)
 
-        # Launch: the tiny-ci preset, a name of our own, then the Launch button of the form
+        # Without the password: every URL is the login, and nothing of a page (its actions included) is there
+        for path in PAGE_URLS:
+            page.goto(url + path, timeout=60_000)
+            wait_for_run(page)
+            expect(page.get_by_test_id("stTextInput").filter(has_text="Password")).to_be_visible(timeout=60_000)
+            for text in ("Launch a run", "parked", "Runs", "Compare", "Samples", "Check a file"):
+                expect(page.get_by_text(text, exact=True)).to_have_count(0)
+            expect(page.get_by_test_id("stButton")).to_have_count(0)  # cancel, resume, retry, launch, judge...
+            expect(page.get_by_test_id("stSidebarNav")).to_have_count(0)
+        field = page.get_by_test_id("stTextInput").filter(has_text="Password").locator("input")
+        field.fill("wrong")
+        field.press("Enter")
+        wait_for_run(page)
+        expect(page.get_by_text("Wrong password.")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stButton")).to_have_count(0)
+        page.screenshot(path=str(shots / "login.png"), full_page=True, animations="disabled")
+        assert db_row(stack, Run.status, Run.notes, where=Run.id == 1) == ("queued", "")  # nothing acted
+
+        # With it: the actions on the parked run
+        log_in(page, url + "/?run=1")
+        expect(page.get_by_text("parked", exact=False).first).to_be_visible(timeout=60_000)
+        button(page, "Cancel run").click()
+        wait_for_run(page)
+        expect(button(page, "Resume run")).to_be_visible(timeout=60_000)
+        assert db_row(stack, Run.status, where=Run.id == 1) == ("cancelled",)
+        button(page, "Resume run").click()
+        wait_for_run(page)
+        expect(page.get_by_text("re-enqueued", exact=False)).to_be_visible(timeout=60_000)
+        assert db_row(stack, Run.status, where=Run.id == 1) == ("queued",)
+        button(page, "Cancel run").click()
+        wait_for_run(page)
+        page.get_by_test_id("stButton").filter(has_text="what depends on it").locator("button").click()
+        wait_for_run(page)
+        expect(page.get_by_text("re-enqueued", exact=False)).to_be_visible(timeout=60_000)
+        assert db_row(stack, Run.status, where=Run.id == 1) == ("queued",)
+        page.get_by_test_id("stTextArea").filter(has_text="Notes").locator("textarea").fill("parked on purpose")
+        page.get_by_test_id("stFormSubmitButton").filter(has_text="Save tags and notes").locator("button").click()
+        wait_for_run(page)
+        expect(page.get_by_text("Saved")).to_be_visible(timeout=60_000)
+        assert db_row(stack, Run.notes, where=Run.id == 1) == ("parked on purpose",)
+        button(page, "Cancel run").click()  # leave the worker free for the run below
+        wait_for_run(page)
+
+        # Launch: the tiny-ci preset, a name of our own, then Launch
         navigate(page, "Launch")
         page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
         page.get_by_role("option", name="tiny-ci").click()
         wait_for_run(page)
         name = page.get_by_test_id("stTextInput").filter(has_text="name").first.locator("input")
         name.fill("browser-run")
-        page.get_by_test_id("stFormSubmitButton").filter(has_text="Launch").locator("button").click()
+        name.press("Enter")
+        wait_for_run(page)
+        expect(page.get_by_test_id("stCode").filter(has_text="name: browser-run")).to_have_count(1)
+        button(page, "Launch").click()
         wait_for_run(page)
 
         # Runs: we land on the run's page; its live fragment refreshes until the run succeeds
-        expect(page).to_have_url(f"{stack['url']}/?run=1", timeout=60_000)
-        expect(page.get_by_text("Run 1 · browser-run · succeeded")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        expect(page).to_have_url(f"{url}/?run=2", timeout=60_000)
+        expect(page.get_by_text("Run 2 · browser-run · succeeded")).to_be_visible(timeout=RUN_TIMEOUT_MS)
         wait_for_run(page)
         expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=60_000)
         page.screenshot(path=str(shots / "run.png"), full_page=True, animations="disabled")
-        page.get_by_test_id("stButton").filter(has_text="all runs").locator("button").click()
+        button(page, "← all runs").click()
         wait_for_run(page)
         page.screenshot(path=str(shots / "runs.png"), full_page=True, animations="disabled")
 
@@ -138,18 +223,15 @@ def test_launch_watch_compare_and_judge_in_a_real_browser(stack, tmp_path):
         wait_for_run(page)
         page.get_by_test_id("stRadio").filter(has_text="Which is better?").get_by_text("B", exact=True).click()
         wait_for_run(page)
-        page.get_by_test_id("stButton").filter(has_text="Record judgement").locator("button").click()
+        button(page, "Record judgement").click()
         wait_for_run(page)
         page.get_by_role("tab", name="Blind A/B").click()
         expect(page.get_by_text("Win rates from judgements")).to_be_visible(timeout=60_000)
         page.screenshot(path=str(shots / "blind.png"), full_page=True, animations="disabled")
         browser.close()
 
-    engine = create_engine(stack["db"])
-    with engine.connect() as connection:
-        run = connection.execute(select(Run.name, Run.status)).one()
-        judgement = connection.execute(select(Judgement.reviewer, Judgement.method_b, Judgement.winner)).one()
-    engine.dispose()
-    assert tuple(run) == ("browser-run", "succeeded")
+    assert tuple(db_row(stack, Run.name, Run.status, where=Run.id == 2)) == ("browser-run", "succeeded")
+    judgement = db_row(stack, Judgement.reviewer, Judgement.method_b, Judgement.winner, where=Judgement.run_id == 2)
     assert judgement.reviewer == "browser" and judgement.winner == judgement.method_b  # "B" is the right one
-    assert {p.name for p in shots.glob("*.png")} >= {"runs.png", "run.png", "compare.png", "samples.png", "blind.png"}
+    assert {p.name for p in shots.glob("*.png")} >= {"login.png", "runs.png", "run.png", "compare.png", "blind.png"}
+    assert "Collecting usage statistics" not in stack["log"].read_text()

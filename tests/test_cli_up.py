@@ -81,3 +81,65 @@ def test_up_runs_a_submitted_run_on_embedded_redis_and_leaves_no_orphan(tiny_mod
         timeout=60,
     )
     assert submit.returncode == 2 and "alignlab up" in submit.stderr
+
+
+def test_up_restarts_a_dead_recorder_and_stops_every_process_it_started(tiny_model_dir, tmp_path):
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_model_dir, home / "models" / tiny_model_dir.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["ALIGNLAB_HOME"] = str(home)
+    log_path = tmp_path / "up.log"
+    with open(log_path, "w") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "up", "--port", str(free_port()), "--preset", "tiny-ci"]
+            + ["--stages", "[generate_sft, train_sft]", "--sft.num_epochs", "100", "--sft.checkpoint_every", "1000"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def children(name_part):
+        found = []
+        for proc in psutil.Process(up.pid).children(recursive=True):
+            try:
+                if name_part in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def wait_for(predicate, what, timeout=300):
+        deadline = time.monotonic() + timeout
+        while not (value := predicate()):
+            assert up.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        return value
+
+    try:
+        wait_for(lambda: "train_sft:running" in log_path.read_text(), "train_sft to run")
+        worker = wait_for(lambda: children("-m workers --queues"), "the worker")[0]
+        horses = wait_for(
+            lambda: [p for p in worker.children() if os.getpgid(p.pid) == p.pid], "the job's process (work horse)"
+        )
+        (recorder,) = children("workers.recorder")
+        recorder.kill()
+        wait_for(lambda: "recorder: restarted (restart 1)" in log_path.read_text(), "the recorder's restart")
+        (restarted,) = wait_for(lambda: children("workers.recorder"), "a new recorder")
+        assert restarted.pid != recorder.pid
+        started = psutil.Process(up.pid).children(recursive=True)  # recorder, worker, job, dashboard, redis
+        assert {h.pid for h in horses} <= {p.pid for p in started}
+        up.send_signal(signal.SIGTERM)
+        up.wait(120)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    assert "recorder: exited with code -9" in text and "alignlab stopped (restarts: recorder 1)" in text
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]  # the job's process too, not an orphan

@@ -365,3 +365,31 @@ def test_retry_button_requeues_a_stage_and_its_dependents(filled):
     assert stages["train_sft"] == "queued" and stages["dpo_sft"] == "queued"
     assert stages["generate_sft"] == "cancelled"  # upstream of the retried stage: untouched
     assert filled["conn"].llen("rq:queue:gpu") + filled["conn"].llen("rq:queue:cpu") >= 1
+
+
+@pytest.mark.parametrize("view", ["runs", "launch", "data", "compare", "samples"])
+def test_off_loopback_every_view_shows_only_the_login(filled, listening_everywhere, monkeypatch, view):
+    monkeypatch.setenv("ALIGNLAB_DASHBOARD_PASSWORD", "correct horse")
+    at = app(run=str(filled["run_id"]))
+    at.user = {"is_logged_in": False}
+    at.run()
+    at.switch_page(f"views/{view}.py").run()
+    assert not at.exception
+    assert [t.label for t in at.text_input] == ["Password"]
+    assert not at.button and not at.dataframe and not at.selectbox and not at.get("vega_lite_chart")
+
+
+def test_no_page_can_be_served_past_the_gate():
+    """Streamlit serves every file of a `pages/` folder beside the main script as its own URL, past the router's
+    login gate, and runs widget callbacks before the script (so before the gate): neither may exist."""
+    import re
+
+    app_dir = Path(__file__).resolve().parents[1] / "app"
+    assert not (app_dir / "pages").exists()
+    callbacks = [
+        f"{view.name}:{n}"
+        for view in (app_dir / "views").glob("*.py")
+        for n, line in enumerate(view.read_text().splitlines(), 1)
+        if re.search(r"\bon_(click|change|select)\s*=", line)
+    ]
+    assert callbacks == []
