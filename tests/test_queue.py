@@ -242,3 +242,25 @@ def test_migrations_match_the_models(db_url):
     with create_engine(db_url).connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+
+
+def test_resume_leaves_running_stages_alone_and_what_needs_them_waits_for_them(tiny_ci_spec, redis_conn, engine):
+    from db.session import write_session
+    from workers.cli import main
+    from workers.queues import fetch_job
+
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine)  # no worker: every job stays queued
+    with write_session(engine) as s:
+        stages = {x.node: x for x in s.get(Run, run_id).stages}
+        stages["generate_sft"].status = "running"  # at work on a worker
+        running_job = stages["generate_sft"].rq_job_id
+        for node in ("train_sft", "negatives"):  # failed meanwhile (e.g. a retry of theirs ran out)
+            stages[node].status = "failed"
+    result = scheduler.resume(run_id, redis_conn, engine)
+    assert result.left_running == ["generate_sft"]
+    assert "generate_sft" not in result.enqueued and {"train_sft", "negatives"} <= set(result.enqueued)
+    with read_session(engine) as s:
+        train_sft = next(x for x in s.get(Run, run_id).stages if x.node == "train_sft")
+        assert train_sft.status == "queued" and train_sft.attempt == 2
+    assert fetch_job(train_sft.rq_job_id, redis_conn).dependency_ids == [running_job]  # waits for it
+    assert main(["resume", str(run_id)]) == 0  # the CLI says what it did, no traceback

@@ -363,6 +363,8 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
     done = stage(sqlite_engine, run_id, "train_sft")
     stopped_at = int(done.metrics["resumed_from"].split("-")[1])
     assert stopped_at >= 8 and stopped_at % 1000 != 0  # the checkpoint saved on SIGTERM, not a periodic one
+    # the step the stop landed on is recorded too (it was lost when the stop check ran before the metric's event)
+    assert loss_steps(sqlite_engine, done) == list(range(1, done.metrics["steps"] + 1))
 
 
 def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
