@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, select
 
 from db.models import Judgement, Run
@@ -124,6 +125,10 @@ def log_in(page, url):
     wait_for_run(page)
 
 
+def name_field(page):
+    return page.get_by_test_id("stTextInput").filter(has_text="name").first.locator("input")
+
+
 def db_row(stack, *columns, where=None):
     engine = create_engine(stack["db"])
     with engine.connect() as connection:
@@ -191,7 +196,7 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
         page.get_by_role("option", name="tiny-ci").click()
         wait_for_run(page)
-        name = page.get_by_test_id("stTextInput").filter(has_text="name").first.locator("input")
+        name = name_field(page)
         name.fill("browser-run")
         name.press("Enter")
         wait_for_run(page)
@@ -228,6 +233,30 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         page.get_by_role("tab", name="Blind A/B").click()
         expect(page.get_by_text("Win rates from judgements")).to_be_visible(timeout=60_000)
         page.screenshot(path=str(shots / "blind.png"), full_page=True, animations="disabled")
+
+        # Launch from an earlier run and from a file: the fields, the preview and the export show that spec
+        navigate(page, "Launch")
+        page.get_by_test_id("stRadio").filter(has_text="Start from").get_by_text("earlier run", exact=True).click()
+        wait_for_run(page)
+        page.get_by_test_id("stSelectbox").filter(has_text="Run").first.click()
+        page.get_by_role("option", name="2: browser-run (succeeded)").click()
+        wait_for_run(page)
+        assert name_field(page).input_value() == "browser-run"
+        preview = yaml.safe_load(page.get_by_test_id("stCode").first.text_content())
+        assert preview["name"] == "browser-run" and preview["stages"] == ["train_dpo", "evaluate", "compare"]
+        page.get_by_test_id("stRadio").filter(has_text="Start from").get_by_text("config file", exact=True).click()
+        wait_for_run(page)
+        config = tmp_path / "from-a-file.yaml"
+        config.write_text("name: from-a-file\ndpo:\n  beta: 0.33\n")
+        page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(str(config))
+        wait_for_run(page)
+        expect(page.get_by_text("Loaded from-a-file.yaml")).to_be_visible(timeout=60_000)
+        assert name_field(page).input_value() == "from-a-file"
+        preview = yaml.safe_load(page.get_by_test_id("stCode").first.text_content())
+        with page.expect_download() as download:
+            page.get_by_test_id("stDownloadButton").locator("button").click()
+        exported = yaml.safe_load(Path(download.value.path()).read_text())
+        assert exported == preview and preview["name"] == "from-a-file" and preview["dpo"]["beta"] == 0.33
         browser.close()
 
     assert tuple(db_row(stack, Run.name, Run.status, where=Run.id == 2)) == ("browser-run", "succeeded")
