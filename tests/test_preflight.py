@@ -45,7 +45,7 @@ def test_preflight_runs_the_checks_and_the_tiny_dag_and_records_a_go(
     at.run()
     assert not at.exception
     assert any(h.value == "Preflight: GO" for h in at.subheader)
-    assert any("whole DAG at tiny scale" in m.value for m in at.markdown)
+    assert any("whole DAG at tiny scale" in t.value for t in at.text)
 
 
 def test_a_missing_model_is_a_no_go_naming_the_path(redis_server_url, tmp_path):

@@ -142,7 +142,9 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     tiny_model_dir, tiny_ci_spec, redis_conn, engine, alignlab_home, tmp_path
 ):
     spec = copy.deepcopy(tiny_ci_spec)
-    spec.data.instructions = str(alignlab_home / "missing.jsonl")
+    unusable = alignlab_home / "unusable.jsonl"  # exists, so it is queued; no row has an instruction: the job fails
+    unusable.write_text('{"prompt": "no instruction field"}\n' * 3)
+    spec.data.instructions = str(unusable)
     run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
@@ -150,7 +152,7 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         statuses = {x.node: x.status for x in run.stages}
-        assert statuses["generate_sft"] == "failed" and "missing.jsonl" in run.stages[0].error
+        assert statuses["generate_sft"] == "failed" and "unusable.jsonl" in run.stages[0].error
         assert all(v == "cancelled" for k, v in statuses.items() if k != "generate_sft")
         assert run.status == "failed" and "generate_sft" in run.error
         first_stage_run = run.stages[0].id

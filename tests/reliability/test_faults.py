@@ -284,8 +284,8 @@ while writes + locked < transactions:
     try:
         with write_session(engine) as s:
             s.get(StageRun, sid).progress_done = step  # read then write: the deferred-BEGIN trap
-            s.add_all(Metric(run_id=rid, stage_run_id=sid, step=step, name="loss", value=random.random())
-                      for _ in range(20))
+            s.add_all(Metric(run_id=rid, stage_run_id=sid, step=step, name=f"loss{k}", value=random.random())
+                      for k in range(20))
         writes += 1
     except OperationalError as exc:
         if "locked" in str(exc):
@@ -322,8 +322,9 @@ def test_four_writers_and_a_reader_never_see_database_is_locked(sqlite_engine):
             read_errors += 1
             print("read error", exc)
         time.sleep(0.01)
-    results = [w.communicate()[0].split() for w in writers]
-    assert all(w.returncode == 0 for w in writers), [w.stderr.read() if w.stderr else "" for w in writers]
+    outputs = [w.communicate() for w in writers]
+    assert all(w.returncode == 0 for w in writers), [err[-2000:] for _, err in outputs]
+    results = [out.split() for out, _ in outputs]
     writes = sum(int(r[0]) for r in results)
     locked = sum(int(r[1]) for r in results)
     assert locked == 0 and read_errors == 0 and reads >= 1
