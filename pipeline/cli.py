@@ -21,6 +21,7 @@ from pipeline.configs import (
 from pipeline.errors import AlignlabError, ConfigError
 
 STAGE_COMMANDS = {
+    "split_prompts": ["split"],
     "generate_sft": ["generate_sft"],
     "train_sft": ["train_sft"],
     "generate_negatives": ["negatives"],
@@ -110,13 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report_dir:
         report = json.loads((Path(report_dir) / "report.json").read_text())
         print(f"report: {report_dir}/report.md")
-        head = report.get("headline")
-        if head:
-            print(
-                f"SFT→DPO − DPO-only preference accuracy: {head['mean']:+.3f} "
-                f"[{head['ci_low']}, {head['ci_high']}] over {head['n']} pairs: {head['verdict']}"
-            )
-        print(f"verdict: {'GO' if report['go'] else 'NO-GO'}; parity: {report['parity']['verdict']}")
+        print(f"answer: {report['answer']['text']}")
+        print(f"pipeline health: {'GO' if report['go'] else 'NO-GO'}; parity: {report['parity']['verdict']}")
         for item in report["checklist"]:
             print(f"  [{'x' if item['passed'] else ' '}] {item['item']}: {item['reason']}")
     return 0

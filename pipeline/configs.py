@@ -31,6 +31,7 @@ NEGATIVE_TYPES: tuple[str, ...] = (
 # Stage names in DAG order. `train_dpo` runs twice (init = sft model, init = base model);
 # `evaluate` runs once per method.
 STAGES: tuple[str, ...] = (
+    "split_prompts",
     "generate_sft",
     "train_sft",
     "generate_negatives",
@@ -40,6 +41,22 @@ STAGES: tuple[str, ...] = (
     "compare",
 )
 METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
+# the per-item metrics compare pairs methods on (pipeline.stages.compare reads each one)
+COMPARE_METRICS: tuple[str, ...] = (
+    "preference_accuracy",
+    "preference_accuracy_per_token",
+    "implicit_reward_accuracy",
+    "margin",
+    "reference_nll",
+    "exact_match",
+    "token_f1",
+    "eos_rate",
+    "distinct_2",
+    "repetition",
+    "template_leak_rate",
+    "refusal_rate",
+    "new_tokens",
+)
 
 TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny model built under ALIGNLAB_HOME
 
@@ -279,11 +296,42 @@ class NegativesConfig:
 
 
 @dataclass
+class SplitConfig:
+    heldout_fraction: float = opt(
+        0.2, "Share of prompts held out for evaluation, chosen before any stage trains.", min=0.01, max=0.9
+    )
+    seed: int = opt(0, "Random seed of the split.", min=0)
+    split_field: str = opt(
+        "split",
+        "A field of the instructions that fixes each row's split (train / heldout), as many datasets ship; when "
+        "the rows have it, it wins over heldout_fraction. Empty = always split by heldout_fraction.",
+    )
+    reference_field: str = opt(
+        "response",
+        "A field with the reference answer, when the data has one: evaluation scores correctness against it "
+        "(exact match, token F1). Empty or absent = no correctness metric.",
+    )
+    ngram: int = opt(8, "Word n-gram length of the decontamination check.", min=3, max=50)
+    max_ngram_overlap: float = opt(
+        0.8,
+        "A held-out text counts as contaminated when this share of its n-grams (or the whole text) occurs in a "
+        "training input.",
+        min=0.0,
+        max=1.0,
+    )
+    max_contaminated_fraction: float = opt(
+        0.0, "Fail a training stage when more than this share of held-out texts is contaminated.", min=0.0, max=1.0
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
 class PairsConfig:
-    heldout_fraction: float = opt(0.2, "Share of prompts held out for evaluation (split by prompt).", min=0.0, max=0.9)
     balance_types: bool = opt(True, "Subsample so the negative-type mix follows NegativesConfig.weights.")
     max_pairs_per_prompt: int = opt(4, "Keep at most this many pairs per prompt.", min=1)
-    seed: int = opt(0, "Random seed of the split and the balancing.", min=0)
+    seed: int = opt(0, "Random seed of the balancing.", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -303,7 +351,13 @@ class SFTConfig:
     use_lora: bool = opt(True, "Train a LoRA adapter (true) or all weights (false).")
     warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", min=0.0, max=0.5)
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", min=1)
-    mask_check_batches: int = opt(2, "Trainer batches whose loss mask is verified before the first step.", min=1)
+    mask_check_fraction: float = opt(
+        1.0,
+        "Share of training examples whose loss mask is verified, as the trainer collates them, before the first "
+        "step (1.0 = every example; the count is shown).",
+        min=0.01,
+        max=1.0,
+    )
     activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
     seed: int = opt(0, "Random seed.", min=0)
 
@@ -372,6 +426,20 @@ class CompareConfig:
     confidence: float = opt(0.95, "Confidence level of the bootstrap intervals.", min=0.5, max=0.999)
     n_bootstrap: int = opt(2000, "Bootstrap resamples.", min=100, max=100000)
     seed: int = opt(0, "Random seed of the bootstrap.", min=0)
+    primary_metric: str = opt(
+        "preference_accuracy",
+        "The metric that answers 'did SFT before DPO help?', named before the run (SFT→DPO − DPO-only); every "
+        "other difference is exploratory.",
+        choices=COMPARE_METRICS,
+    )
+    correction: str = opt(
+        "holm",
+        "Family correction of the exploratory verdicts: holm (family-wise error) or bh (false discovery rate).",
+        choices=("holm", "bh"),
+    )
+    min_discordant_prompts: int = opt(
+        10, "Below this many prompts on which two methods differ at all, no verdict is given.", min=1
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -379,6 +447,7 @@ class CompareConfig:
 
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
 DEFAULT_TIMEOUTS = {
+    "split_prompts": 1800,
     "generate_sft": 4 * 3600,
     "train_sft": 12 * 3600,
     "generate_negatives": 4 * 3600,
@@ -426,6 +495,7 @@ class RunSpec:
     preset: str = opt("custom", "Preset the values started from (informational once saved).")
     base_model: ModelConfig = opt(help="The base model.", factory=ModelConfig)
     data: DataConfig = opt(help="Where the instructions come from.", factory=DataConfig)
+    split: SplitConfig = opt(help="Held-out prompts, chosen first, and the decontamination check.", factory=SplitConfig)
     stages: list[str] = opt(help="Stages to run, in DAG order.", factory=lambda: list(STAGES), choices=STAGES)
     format: FormatConfig = opt(help="Prompt format shared by every stage.", factory=FormatConfig)
     generation: GenerationConfig = opt(help="generate_sft settings.", factory=GenerationConfig)
@@ -448,6 +518,8 @@ class RunSpec:
         )
         _require(len(set(self.stages)) == len(self.stages), "RunSpec.stages", "lists a stage twice")
         _require(len(self.stages) > 0, "RunSpec.stages", "name at least one stage")
+        if "generate_sft" in self.stages:  # SFT data is generated for prompts of a split made first, always
+            self.stages = [*self.stages, "split_prompts"] if "split_prompts" not in self.stages else self.stages
         self.stages = [s for s in STAGES if s in self.stages]  # canonical DAG order
 
 
@@ -459,9 +531,27 @@ def to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored or older RunSpec dict in today's layout, explicitly: the held-out share moved from `pairs` to
+    `split` when the split began to happen first (its value is kept, not replaced by today's default)."""
+    sft = data.get("sft")
+    if isinstance(sft, dict) and "mask_check_batches" in sft:  # became mask_check_fraction: now every example
+        data = {**data, "sft": {k: v for k, v in sft.items() if k != "mask_check_batches"}}
+    pairs = data.get("pairs")
+    if isinstance(pairs, dict) and "heldout_fraction" in pairs:
+        pairs = dict(pairs)
+        fraction = pairs.pop("heldout_fraction")
+        split = dict(data.get("split") or {})
+        split.setdefault("heldout_fraction", fraction)
+        data = {**data, "pairs": pairs, "split": split}
+    return data
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str | None = None) -> Any:
     """Build config `cls` from a dict; unknown keys raise `ConfigError` naming each of them."""
     where = where or cls.__name__
+    if cls is RunSpec and isinstance(data, dict):
+        data = migrate_spec(data)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     not_names = [k for k in data if not isinstance(k, str)]
@@ -540,7 +630,7 @@ def _tiny_cpu() -> RunSpec:
         generation=GenerationConfig(batch_size=16, max_new_tokens=40, min_response_chars=4, retries=2),
         sft=SFTConfig(learning_rate=1e-3, num_epochs=2, batch_size=8, max_length=128, checkpoint_every=20),
         negatives=NegativesConfig(per_prompt=2, max_new_tokens=32),
-        pairs=PairsConfig(heldout_fraction=0.25),
+        split=SplitConfig(heldout_fraction=0.25),
         dpo=DPOConfig(learning_rate=5e-4, num_epochs=1, batch_size=8, max_length=128, beta=0.1, checkpoint_every=20),
         eval=EvalConfig(max_prompts=30, batch_size=16, max_new_tokens=40),
         compare=CompareConfig(n_bootstrap=1000),
@@ -567,7 +657,7 @@ def _qwen05b_runpod() -> RunSpec:
         generation=GenerationConfig(batch_size=64, max_new_tokens=256, max_response_chars=4000),
         sft=SFTConfig(learning_rate=2e-4, num_epochs=2, batch_size=16, max_length=1024, checkpoint_every=100),
         negatives=NegativesConfig(per_prompt=3, max_new_tokens=256),
-        pairs=PairsConfig(heldout_fraction=0.2),
+        split=SplitConfig(heldout_fraction=0.2),
         dpo=DPOConfig(learning_rate=5e-6, num_epochs=1, batch_size=8, grad_accumulation=2, max_length=1024),
         eval=EvalConfig(batch_size=64, max_new_tokens=256),
     )

@@ -23,6 +23,7 @@ from pipeline.stages import RESULT_FILE, ProgressFn, StageResult, no_progress, r
 from pipeline.tiny import alignlab_home
 
 STAGE_MODULES = {
+    "split_prompts": "pipeline.stages.split",
     "generate_sft": "pipeline.stages.generate_sft",
     "train_sft": "pipeline.stages.train_sft",
     "generate_negatives": "pipeline.stages.negatives",
@@ -49,7 +50,8 @@ class Node:
 def plan(spec: RunSpec | None = None) -> list[Node]:
     """Every node of the DAG in execution order (the same for every spec; `spec.stages` selects what runs)."""
     nodes = [
-        Node("generate_sft", "generate_sft"),
+        Node("split", "split_prompts"),
+        Node("generate_sft", "generate_sft", None, (("split", "split"),)),
         Node("train_sft", "train_sft", None, (("sft", "generate_sft"),)),
         Node("negatives", "generate_negatives", None, (("sft", "generate_sft"),)),
         Node("pairs", "make_pairs", None, (("negatives", "negatives"),)),

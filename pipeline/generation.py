@@ -81,8 +81,7 @@ def generate_batched(
                 tokenizer=tokenizer if stops else None,
             )
         for row in output[:, width:].tolist():
-            eos_reached = eos in row
-            kept = row[: row.index(eos) + 1] if eos_reached else row
+            kept, eos_reached = generated_part(row, eos, pad, tokenizer, stops)
             text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             cut = cut_at_markers(text, stops)
             results.append(Generation(cut, len(kept), eos_reached, cut != text))
@@ -91,6 +90,22 @@ def generate_batched(
     if was_training:
         model.train()
     return results
+
+
+def generated_part(row: list[int], eos: int, pad: int, tokenizer: Any, stops: list[str]) -> tuple[list[int], bool]:
+    """The tokens a sequence generated and whether it generated EOS itself.
+
+    `generate` fills a finished sequence (at EOS, or at a stop string) with the pad token; when pad == EOS (the
+    loader sets that for tokenizers without a pad token) that filling looks like EOS. An EOS that comes after the
+    sequence had already produced a stop string is filling, not the model ending its answer."""
+    if eos not in row:
+        return row, False
+    first = row.index(eos)
+    if pad == eos and stops:
+        before = tokenizer.decode(row[:first], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if any(marker in before for marker in stops):
+            return row[:first], False
+    return row[: first + 1], True
 
 
 def cut_at_markers(text: str, markers: list[str]) -> str:
@@ -152,3 +167,28 @@ def text_stats(text: str, fmt: FormatConfig) -> dict[str, Any]:
         "template_leak": has_template_leak(text, fmt),
         "refusal": is_refusal(text),
     }
+
+
+# ----------------------------------------------------------------------------------------------- correctness
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def answer_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, punctuation and articles dropped, words split on spaces."""
+    text = re.sub(r"[^\w\s]", " ", text.casefold())
+    return _ARTICLES.sub(" ", text).split()
+
+
+def correctness(generation: str, reference: str) -> dict[str, float]:
+    """Exact match after normalisation, and token F1 (SQuAD), of a generation against a reference answer."""
+    from collections import Counter
+
+    predicted, gold = answer_tokens(generation), answer_tokens(reference)
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if common == 0:
+        f1 = float(predicted == gold)  # both empty: a match
+    else:
+        precision, recall = common / len(predicted), common / len(gold)
+        f1 = 2 * precision * recall / (precision + recall)
+    return {"exact_match": float(predicted == gold), "token_f1": round(f1, 6)}

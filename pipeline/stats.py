@@ -1,9 +1,18 @@
-"""Paired statistics for comparing methods over the same items: bootstrap CIs (scipy) and a sign test."""
+"""Paired statistics for comparing methods over the same items: bootstrap CIs resampling prompts (clusters), an
+exact sign test over prompts, a family correction, and verdicts that never claim more than the exact test shows.
+
+Several held-out pairs share a prompt, so items are not independent: every interval here resamples prompts
+(a cluster bootstrap) and the sign test counts prompts (their mean difference), not pairs.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from typing import Any
+
+CORRECTIONS = ("holm", "bh")
+POWER = 0.8  # the power at which the minimum detectable difference is stated
 
 
 def mean_ci(values: list[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -38,6 +47,20 @@ def mean_ci(values: list[float], confidence: float = 0.95, n_resamples: int = 20
     return result
 
 
+def cluster_bootstrap_ci(
+    sums: list[float], counts: list[int], confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float]:
+    """Percentile CI of sum(sums)/sum(counts) resampling whole clusters (prompts) with replacement."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sums_a, counts_a = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
+    picks = rng.integers(0, len(sums_a), size=(n_resamples, len(sums_a)))
+    estimates = sums_a[picks].sum(axis=1) / counts_a[picks].sum(axis=1)
+    alpha = 1 - confidence
+    return float(np.quantile(estimates, alpha / 2)), float(np.quantile(estimates, 1 - alpha / 2))
+
+
 def paired_difference(
     a: dict[str, float],
     b: dict[str, float],
@@ -45,32 +68,107 @@ def paired_difference(
     n_resamples: int = 2000,
     seed: int = 0,
     higher_is_better: bool | None = True,
+    clusters: dict[str, str] | None = None,
+    min_discordant: int = 10,
 ) -> dict[str, Any]:
-    """Mean of a[i] - b[i] over the items both have, with a bootstrap CI and a two-sided sign test.
+    """Mean of a[i] - b[i] over the items both have, by prompt: a cluster-bootstrap CI, an exact sign test over
+    prompts (their mean difference), and a provisional verdict (see `verdict`; `correct_family` revises it).
 
-    The verdict reads the CI in the metric's direction: "better" / "worse" when the CI excludes 0, or
-    "higher" / "lower" for metrics without a better direction (e.g. length).
-    """
+    `clusters` maps an item to its prompt; without it every item is its own prompt."""
+    import numpy as np
     from scipy import stats
 
-    common = sorted(set(a) & set(b))
-    diffs = [a[i] - b[i] for i in common]
-    result = mean_ci(diffs, confidence, n_resamples, seed)
-    wins = sum(d > 0 for d in diffs)
-    losses = sum(d < 0 for d in diffs)
-    result.update(wins=wins, losses=losses, ties=len(diffs) - wins - losses)
-    result["sign_test_p"] = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else None
-    low, high = result["ci_low"], result["ci_high"]
-    if low is None:
-        verdict = "too few items"
-    elif low > 0 or high < 0:
-        up = low > 0
-        verdict = (
-            ("higher" if up else "lower")
-            if higher_is_better is None
-            else ("better" if up == higher_is_better else "worse")
-        )
+    common = sorted(i for i in set(a) & set(b) if not _missing(a[i]) and not _missing(b[i]))
+    by_cluster: dict[str, list[float]] = defaultdict(list)
+    for item in common:
+        by_cluster[(clusters or {}).get(item, item)].append(a[item] - b[item])
+    sums = [sum(v) for v in by_cluster.values()]
+    counts = [len(v) for v in by_cluster.values()]
+    prompt_means = [s / c for s, c in zip(sums, counts, strict=True)]
+    n_items, n_prompts = sum(counts), len(counts)
+    result: dict[str, Any] = {
+        "n": n_items,
+        "n_prompts": n_prompts,
+        "mean": sum(sums) / n_items if n_items else None,
+        "confidence": confidence,
+    }
+    if n_prompts < 2:
+        result.update(ci_low=None, ci_high=None)
+    elif np.ptp(prompt_means) == 0 and len(set(d for v in by_cluster.values() for d in v)) == 1:
+        result.update(ci_low=result["mean"], ci_high=result["mean"])  # every difference equal: no spread at all
     else:
-        verdict = "no clear difference"
-    result["verdict"] = verdict
+        low, high = cluster_bootstrap_ci(sums, counts, confidence, n_resamples, seed)
+        result.update(ci_low=low, ci_high=high)
+    wins = sum(m > 0 for m in prompt_means)
+    losses = sum(m < 0 for m in prompt_means)
+    result.update(wins=wins, losses=losses, ties=n_prompts - wins - losses, discordant=wins + losses)
+    result["sign_test_p"] = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else None
+    result["p_adjusted"] = result["sign_test_p"]
+    result["min_detectable_difference"] = minimum_detectable_difference(prompt_means, confidence)
+    result["higher_is_better"] = higher_is_better
+    result["verdict"] = verdict(result, min_discordant)
     return result
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def minimum_detectable_difference(prompt_means: list[float], confidence: float = 0.95) -> float | None:
+    """The paired difference this many prompts would detect with 80% power at this confidence (normal
+    approximation: (z_{1-α/2} + z_{power}) · sd / √n); None below two prompts."""
+    import statistics
+
+    from scipy.stats import norm
+
+    if len(prompt_means) < 2:
+        return None
+    z = norm.ppf(1 - (1 - confidence) / 2) + norm.ppf(POWER)
+    return float(z * statistics.stdev(prompt_means) / math.sqrt(len(prompt_means)))
+
+
+def verdict(diff: dict[str, Any], min_discordant: int) -> str:
+    """better / worse (higher / lower) only when the CI excludes 0 *and* the exact test, family-corrected, agrees;
+    "too few discordant prompts (k)" when too few prompts differ at all to tell."""
+    low, high = diff["ci_low"], diff["ci_high"]
+    if low is None:
+        return f"too few prompts ({diff['n_prompts']})"
+    if diff["discordant"] < min_discordant:
+        return f"too few discordant prompts ({diff['discordant']})"
+    alpha = 1 - diff["confidence"]
+    p = diff["p_adjusted"]
+    if (low > 0 or high < 0) and p is not None and p < alpha:
+        up = low > 0
+        higher = diff["higher_is_better"]
+        return ("higher" if up else "lower") if higher is None else ("better" if up == higher else "worse")
+    return "no detectable difference"
+
+
+def adjust_p_values(p_values: list[float | None], method: str) -> list[float | None]:
+    """Holm (family-wise error) or Benjamini–Hochberg (false discovery rate) adjusted p-values; None stays None."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"correction {method!r}: one of {', '.join(CORRECTIONS)}")
+    present = [(i, p) for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    if not present:
+        return adjusted
+    if method == "bh":
+        from scipy.stats import false_discovery_control
+
+        values = false_discovery_control([p for _, p in present], method="bh")
+        for (i, _), value in zip(present, values, strict=True):
+            adjusted[i] = float(value)
+        return adjusted
+    m = len(present)
+    running = 0.0
+    for rank, (i, p) in enumerate(sorted(present, key=lambda item: item[1])):
+        running = max(running, min(1.0, (m - rank) * p))  # step-down, kept monotone
+        adjusted[i] = running
+    return adjusted
+
+
+def correct_family(differences: list[dict[str, Any]], method: str, min_discordant: int) -> None:
+    """Adjust the sign-test p-values of `differences` as one family and revise their verdicts in place."""
+    for diff, p in zip(differences, adjust_p_values([d["sign_test_p"] for d in differences], method), strict=True):
+        diff["p_adjusted"] = p
+        diff["verdict"] = verdict(diff, min_discordant)

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.configs import FormatConfig
 
 DEMO_INSTRUCTIONS = "demo_instructions.jsonl"
+TINY_VERSION = "v2"  # v2: pretrained without the demo's held-out rows (a v1 model under ALIGNLAB_HOME is not reused)
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
@@ -34,9 +35,15 @@ def demo_records() -> list[dict[str, str]]:
 
 
 def demo_corpus(fmt: FormatConfig | None = None) -> list[str]:
-    """Demo instructions and responses rendered in the prompt format, one training text each."""
+    """The tiny model's pretraining corpus: the demo's *training* instructions and responses in the prompt
+    format. The demo's held-out rows (its `split` field, which split_prompts honours) are never in it, so what the
+    demo evaluates on is unseen by the base model too."""
     fmt = fmt or FormatConfig()
-    return [fmt.template.format(instruction=r["instruction"]) + " " + r["response"] for r in demo_records()]
+    return [
+        fmt.template.format(instruction=r["instruction"]) + " " + r["response"]
+        for r in demo_records()
+        if r["split"] == "train"
+    ]
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 1024) -> Any:
@@ -160,7 +167,7 @@ def alignlab_home() -> Path:
 def ensure_tiny(root: str | Path | None = None, seed: int = 0) -> Path:
     """The tiny model's directory under `root` (default ALIGNLAB_HOME/models), built once if missing."""
     root = Path(root) if root else alignlab_home() / "models"
-    target = root / f"alignlab-tiny-seed{seed}"
+    target = root / f"alignlab-tiny-{TINY_VERSION}-seed{seed}"
     if (target / "alignlab_tiny.json").exists():
         return target
     tmp = root / f".building-{os.getpid()}-{target.name}"

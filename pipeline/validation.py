@@ -285,6 +285,32 @@ def _check_tokens(report: ValidationReport, row: int, texts: list[str], tokenize
     return True
 
 
+def special_token_texts(tokenizer: Any) -> list[str]:
+    """The literal text of the tokenizer's special tokens (`</s>`, `<|im_end|>`, ...)."""
+    return sorted({t for t in getattr(tokenizer, "all_special_tokens", []) if isinstance(t, str) and t.strip()})
+
+
+def _check_special_tokens(
+    report: ValidationReport, row: int, record: dict[str, Any], fields: tuple[str, ...], tokenizer: Any
+) -> bool:
+    """An answer holding a special token's literal text would be tokenized into that special token mid-answer
+    (an EOS inside the completion, say), invisible to the mask check: refuse it, naming row and field."""
+    if tokenizer is None:
+        return True
+    for field_name in fields:
+        found = [t for t in special_token_texts(tokenizer) if t in record[field_name]]
+        if found:
+            report.add(
+                row,
+                field_name,
+                "special_token_in_text",
+                f"contains the literal special token {found[0]!r}, which the tokenizer would turn into that special "
+                "token mid-answer; remove it from the data",
+            )
+            return False
+    return True
+
+
 def _length_stats(lengths: list[int]) -> dict[str, Any]:
     if not lengths:
         return {"count": 0}
@@ -360,6 +386,8 @@ def validate_sft_data(
         if record is None:
             continue
         if not _check_text_fields(report, row, record, ("prompt", "completion"), config, None):
+            continue
+        if not _check_special_tokens(report, row, record, ("completion",), tokenizer):
             continue
         if not _check_tokens(report, row, [record["prompt"], record["completion"]], tokenizer, config):
             continue
@@ -451,6 +479,8 @@ def validate_negative_examples(
         if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, None):
             continue
         if not _check_pair(report, row, record, known, True, None):
+            continue
+        if not _check_special_tokens(report, row, record, ("chosen", "rejected"), tokenizer):
             continue
         if not _check_tokens(
             report, row, [record["prompt"], max(record["chosen"], record["rejected"], key=len)], tokenizer, config
@@ -711,3 +741,53 @@ def validate_file(
     if kind == "pairs":
         return load_and_validate_pairs(path, heldout, config, strict=False)[1]
     raise ValueError(f"kind {kind!r}: one of {', '.join(FILE_KINDS)}")
+
+
+# ----------------------------------------------------------------------------------------------- decontamination
+
+Text = tuple[str, str, str]  # (where: "file:row", field, text)
+
+
+def check_decontamination(heldout: list[Text], training: list[Text], config: Any, source: str) -> ValidationReport:
+    """Held-out texts (prompts, answers, negatives) against every training input of a stage: a held-out text is
+    contaminated when it equals a training text (up to case and spacing; texts of at least half an n-gram's
+    words, so that two one-word answers such as "White." are not called a leak) or when at least
+    `config.max_ngram_overlap` of its word n-grams occur in the training inputs. Fails when more than
+    `config.max_contaminated_fraction` of the held-out texts are contaminated; each one is named with the training
+    input it overlaps."""
+    report = ValidationReport("decontamination", source, config.max_contaminated_fraction)
+    exact: dict[str, str] = {}
+    grams: dict[tuple[str, ...], str] = {}
+    for where, field_name, text in training:
+        words = normalize_text(text).split()
+        exact.setdefault(" ".join(words), f"{where} ({field_name})")
+        for i in range(len(words) - config.ngram + 1):
+            grams.setdefault(tuple(words[i : i + config.ngram]), f"{where} ({field_name})")
+    contaminated = worst = 0
+    for row, (where, field_name, text) in enumerate(heldout, start=1):
+        report.rows_read += 1
+        words = normalize_text(text).split()
+        own = [tuple(words[i : i + config.ngram]) for i in range(len(words) - config.ngram + 1)]
+        shared = [g for g in own if g in grams]
+        overlap = len(shared) / len(own) if own else 0.0
+        worst = max(worst, overlap)
+        same = exact.get(" ".join(words)) if len(words) >= config.ngram / 2 else None
+        found = same or (grams[shared[0]] if own and overlap >= config.max_ngram_overlap else None)
+        if found:
+            contaminated += 1
+            how = "equals" if same else f"shares {overlap:.0%} of its {config.ngram}-grams with"
+            report.add(
+                row, field_name, "heldout_in_training", f"held-out {where} {how} training input {found}", file=source
+            )
+    report.rows_valid = report.rows_read - contaminated
+    report.stats = {
+        "heldout_texts": len(heldout),
+        "training_texts": len(training),
+        "contaminated": contaminated,
+        "max_ngram_overlap": round(worst, 4),
+        "ngram": config.ngram,
+        "threshold": config.max_ngram_overlap,
+    }
+    if not heldout:
+        report.add(None, None, "no_heldout_texts", "nothing held out to check: the split has no held-out prompts")
+    return report

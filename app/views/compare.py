@@ -97,19 +97,42 @@ for run_id in run_ids:
     if verdict is None:
         st.warning("This run has no compare result yet.")
         continue
-    head = verdict.get("headline")
-    if head:
-        st.markdown(
-            f"**Did SFT before DPO help?** Preference accuracy SFT→DPO − DPO-only = {head['mean']:+.3f} "
-            f"[{head['ci_low']}, {head['ci_high']}] over {head['n']} held-out pairs, sign test p = "
-            f"{head['sign_test_p']}: **{head['verdict']}**"
+    answer = verdict.get("answer")
+    st.subheader("Did SFT before DPO help?")
+    if answer:
+        st.text(answer["text"])
+        st.caption(
+            f"Primary metric, named in the config before the run: {answer['metric']}. Every other difference is "
+            f"exploratory; family correction: {verdict.get('correction')}. Intervals resample prompts."
         )
+    else:
+        st.warning("This run's compare result predates the stated answer; rerun compare to get it.")
     if not differences.empty:
         st.subheader("Paired differences (a − b, 95% bootstrap CI)")
         shown = differences[differences["metric"] == metric] if metric in set(differences["metric"]) else differences
         shown = shown.assign(pair=shown["a"] + " − " + shown["b"])
         st.dataframe(
-            shown[["pair", "metric", "mean", "ci_low", "ci_high", "wins", "losses", "ties", "sign_test_p", "verdict"]],
+            shown[
+                [
+                    c
+                    for c in (
+                        "pair",
+                        "metric",
+                        "role",
+                        "mean",
+                        "ci_low",
+                        "ci_high",
+                        "n_prompts",
+                        "wins",
+                        "losses",
+                        "ties",
+                        "sign_test_p",
+                        "p_adjusted",
+                        "verdict",
+                    )
+                    if c in shown
+                ]
+            ],
             hide_index=True,
             key=f"diff_{run_id}",
         )
@@ -128,10 +151,10 @@ for run_id in run_ids:
     rows = pd.DataFrame(parity["differences"] if only_diff else parity["all"])
     if not rows.empty:
         st.dataframe(rows.astype(str), hide_index=True, key=f"parity_{run_id}")
-    st.subheader("Go / no-go")
+    st.subheader("Pipeline health (go / no-go: did the pipeline run as it should; not the answer above)")
     if verdict["go"]:
-        st.success("GO")
+        st.success("GO: every check passed")
     else:
-        st.error("NO-GO")
+        st.error("NO-GO: a check failed")
     for item in verdict["checklist"]:
         st.text(f"{'PASS' if item['passed'] else 'FAIL'}  {item['item']}: {item['reason']}")

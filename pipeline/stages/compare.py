@@ -1,8 +1,12 @@
 """compare: the four methods side by side with paired statistics, the parity check and a go/no-go checklist.
 
 Differences between methods are paired over the same held-out items (pairs for preference metrics, prompts for
-generation metrics), with 95% bootstrap CIs and a sign test. The parity check diffs the effective configs of
-SFT→DPO and DPO-only: anything but the init / reference model differing makes the comparison "not fair".
+generation metrics), with bootstrap CIs that resample prompts and an exact sign test over prompts. The primary
+metric (named in the config before the run) answers the question; every other difference is exploratory and its
+verdicts are family-corrected (Holm or Benjamini–Hochberg). No verdict is given below a minimum number of
+discordant prompts, nor where the exact test does not support the interval. The answer is stated apart from the
+pipeline's go/no-go, with the minimum difference this n could detect. The parity check diffs the effective configs
+of SFT→DPO and DPO-only: anything but the init / reference model differing makes the comparison "not fair".
 """
 
 from __future__ import annotations
@@ -11,20 +15,31 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import METHODS, RunSpec, to_dict
+from pipeline.configs import COMPARE_METRICS, METHODS, RunSpec, to_dict
 from pipeline.stages import RESULT_FILE, Progress, ProgressFn, StageResult, read_json, read_jsonl, write_json
 from pipeline.stages.evaluate import PAIRS_OUT, SAMPLES_OUT
 from pipeline.stages.train_dpo import EFFECTIVE_CONFIG
-from pipeline.stats import mean_ci, paired_difference
+from pipeline.stats import correct_family, mean_ci, paired_difference
 
 STAGE = "compare"
 PARITY_EXEMPT = ("init_model", "reference_model")
 MIN_HELDOUT_PAIRS = 30
+PRIMARY_PAIR = ("sft_dpo", "dpo_only")
 COMPARISONS = (("sft_dpo", "dpo_only"), ("sft_dpo", "base"), ("dpo_only", "base"), ("sft", "base"), ("sft_dpo", "sft"))
-# metric -> (rows it lives on, how to read one item, higher is better?)
-PAIR_METRICS = {"preference_accuracy": ("correct", True), "margin": ("margin", True)}
+# the DPO model's reference model (its init): the implicit reward is log π(y|x) − log π_ref(y|x)
+DPO_REFERENCE = {"sft_dpo": "sft", "dpo_only": "base"}
+# metric -> (field of a pair row, higher is better?); per pair, clustered by prompt
+PAIR_METRICS = {
+    "preference_accuracy": ("correct", True),  # summed log-probs: favours the shorter answer
+    "preference_accuracy_per_token": ("correct_mean", True),  # length-normalised
+    "implicit_reward_accuracy": ("implicit_correct", True),  # DPO models only: their implicit reward ranks the pair
+    "margin": ("margin", True),
+}
+# metric -> (how to read one sample, higher is better?); per prompt
 SAMPLE_METRICS = {
     "reference_nll": (lambda s: s["reference_nll"], False),
+    "exact_match": (lambda s: (s.get("correctness") or {}).get("exact_match"), True),
+    "token_f1": (lambda s: (s.get("correctness") or {}).get("token_f1"), True),
     "eos_rate": (lambda s: float(s["stats"]["eos_reached"]), True),
     "distinct_2": (lambda s: s["stats"]["distinct_2"], True),
     "repetition": (lambda s: s["stats"]["repetition"], False),
@@ -34,8 +49,60 @@ SAMPLE_METRICS = {
 }
 
 
+assert set(PAIR_METRICS) | set(SAMPLE_METRICS) == set(COMPARE_METRICS), "configs.COMPARE_METRICS is out of step"
+
+
 def config_slice(spec: RunSpec) -> dict[str, Any]:
     return {"compare": to_dict(spec.compare)}
+
+
+def add_implicit_rewards(pair_rows: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """For each DPO model, whether its implicit reward (log-prob gain over its reference model) prefers chosen."""
+    for method, reference in DPO_REFERENCE.items():
+        if method not in pair_rows or reference not in pair_rows:
+            continue
+        for pair_id, row in pair_rows[method].items():
+            ref = pair_rows[reference].get(pair_id)
+            if ref is not None:
+                chosen_gain = row["chosen_logp"] - ref["chosen_logp"]
+                rejected_gain = row["rejected_logp"] - ref["rejected_logp"]
+                row["implicit_correct"] = float(chosen_gain > rejected_gain)
+
+
+def corpus_diversity(samples: list[dict[str, Any]], ci_args: dict[str, Any]) -> dict[str, Any]:
+    """Corpus-level distinct-2 (unique bigrams over all generations) and the share of unique outputs, with
+    bootstrap CIs over prompts: per-sample distinct-n is ~1 for short outputs even when outputs repeat."""
+    import numpy as np
+
+    texts = [" ".join(s["generation"].split()).casefold() for s in samples]
+
+    def distinct_2(chosen: list[str]) -> float:
+        bigrams = [tuple(t.split()[i : i + 2]) for t in chosen for i in range(max(0, len(t.split()) - 1))]
+        return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+    def unique_share(chosen: list[str]) -> float:
+        return len(set(chosen)) / len(chosen) if chosen else 0.0
+
+    rng = np.random.default_rng(ci_args["seed"])
+    alpha = 1 - ci_args["confidence"]
+    out = {}
+    for name, statistic in (("corpus_distinct_2", distinct_2), ("unique_output_share", unique_share)):
+        draws = (
+            [
+                statistic([texts[i] for i in rng.integers(0, len(texts), len(texts))])
+                for _ in range(min(ci_args["n_resamples"], 1000))
+            ]
+            if len(texts) > 1
+            else []
+        )
+        out[name] = {
+            "mean": statistic(texts) if texts else None,
+            "ci_low": float(np.quantile(draws, alpha / 2)) if draws else None,
+            "ci_high": float(np.quantile(draws, 1 - alpha / 2)) if draws else None,
+            "n": len(texts),
+            "confidence": ci_args["confidence"],
+        }
+    return out
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -170,10 +237,11 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             pair_rows[method] = {r["pair_id"]: r for r in read_jsonl(inputs[name] / PAIRS_OUT)}
             sample_rows[method] = {s["prompt_id"]: s for s in read_jsonl(inputs[name] / SAMPLES_OUT)}
 
+    add_implicit_rewards(pair_rows)
     table: dict[str, dict[str, Any]] = {}
     for method in evaluations:
         row = {
-            m: mean_ci([r[field] for r in pair_rows[method].values()], **ci_args)
+            m: mean_ci([r.get(field) for r in pair_rows[method].values()], **ci_args)
             for m, (field, _) in PAIR_METRICS.items()
         }
         row.update(
@@ -182,27 +250,33 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                 for m, (read, _) in SAMPLE_METRICS.items()
             }
         )
+        row.update(corpus_diversity(list(sample_rows[method].values()), ci_args))
         table[method] = row
+    paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
     differences = []
     for a, b in COMPARISONS:
         if a not in evaluations or b not in evaluations:
             continue
+        clusters = {k: r["prompt_id"] for k, r in pair_rows[a].items()}
         for metric, (field, higher) in PAIR_METRICS.items():
-            diff = paired_difference(
-                {k: r[field] for k, r in pair_rows[a].items()},
-                {k: r[field] for k, r in pair_rows[b].items()},
-                higher_is_better=higher,
-                **ci_args,
-            )
-            differences.append({"a": a, "b": b, "metric": metric, "higher_is_better": higher, **diff})
+            values_a = {k: r[field] for k, r in pair_rows[a].items() if r.get(field) is not None}
+            values_b = {k: r[field] for k, r in pair_rows[b].items() if r.get(field) is not None}
+            if not values_a or not values_b:
+                continue  # e.g. the implicit reward of a model that has none
+            diff = paired_difference(values_a, values_b, higher_is_better=higher, clusters=clusters, **paired)
+            differences.append({"a": a, "b": b, "metric": metric, **diff})
         for metric, (read, higher) in SAMPLE_METRICS.items():
-            diff = paired_difference(
-                {k: read(s) for k, s in sample_rows[a].items()},
-                {k: read(s) for k, s in sample_rows[b].items()},
-                higher_is_better=higher,
-                **ci_args,
-            )
-            differences.append({"a": a, "b": b, "metric": metric, "higher_is_better": higher, **diff})
+            values_a = {k: read(s) for k, s in sample_rows[a].items() if read(s) is not None}
+            values_b = {k: read(s) for k, s in sample_rows[b].items() if read(s) is not None}
+            if not values_a or not values_b:
+                continue  # e.g. correctness without reference answers in the data
+            diff = paired_difference(values_a, values_b, higher_is_better=higher, **paired)
+            differences.append({"a": a, "b": b, "metric": metric, **diff})
+    primary = (PRIMARY_PAIR[0], PRIMARY_PAIR[1], config.primary_metric)
+    for d in differences:
+        d["role"] = "primary" if (d["a"], d["b"], d["metric"]) == primary else "exploratory"
+    exploratory = [d for d in differences if d["role"] == "exploratory"]
+    correct_family(exploratory, config.correction, paired["min_discordant"])
     by_type: dict[str, dict[str, Any]] = defaultdict(dict)
     for method, rows in pair_rows.items():
         grouped: dict[str, list[float]] = defaultdict(list)
@@ -220,10 +294,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     n_pairs = max((len(rows) for rows in pair_rows.values()), default=0)
     checks = checklist(inputs, evaluations, parity, n_pairs)
     go = all(c["passed"] for c in checks)
-    headline = next(
-        (d for d in differences if (d["a"], d["b"], d["metric"]) == ("sft_dpo", "dpo_only", "preference_accuracy")),
-        None,
-    )
+    headline = next((d for d in differences if d["role"] == "primary"), None)
     report = {
         "run": spec.name,
         "methods": list(evaluations),
@@ -234,6 +305,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         "checklist": checks,
         "go": go,
         "headline": headline,
+        "answer": answer(headline, config.primary_metric),
+        "correction": f"{CORRECTION_NAMES[config.correction]} over {len(exploratory)} exploratory differences; "
+        f"the primary metric is tested alone at {1 - config.confidence:.2g}",
     }
     write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -248,6 +322,33 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     )
 
 
+CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini–Hochberg (false discovery rate)"}
+
+
+def answer(headline: dict[str, Any] | None, metric: str) -> dict[str, Any]:
+    """The scientific answer in words, apart from the pipeline's health: better / worse / no detectable difference
+    at this n, with the minimum detectable difference."""
+    if headline is None:
+        return {"metric": metric, "verdict": "not measured", "text": f"SFT→DPO vs DPO-only on {metric}: not measured"}
+    detectable = headline.get("min_detectable_difference")
+    power = "" if detectable is None else f" (minimum detectable difference ≈ {detectable:.3f} at 80% power)"
+    verdict = headline["verdict"]
+    if verdict in ("better", "worse", "higher", "lower"):
+        said = f"SFT before DPO is {verdict} on {metric}"
+    elif verdict.startswith("too few"):
+        said = f"no answer on {metric}: {verdict}"
+    else:
+        said = f"no detectable difference on {metric} at n = {headline['n_prompts']} prompts{power}"
+    ci = "" if headline.get("ci_low") is None else f" [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
+    p = "–" if headline.get("sign_test_p") is None else f"{headline['sign_test_p']:.3g}"
+    return {
+        "metric": metric,
+        "verdict": verdict,
+        "text": f"{said}: SFT→DPO − DPO-only = {headline['mean']:+.3f}{ci} over {headline['n']} items "
+        f"({headline['n_prompts']} prompts), exact sign test p = {p}",
+    }
+
+
 def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
     if stat.get("mean") is None:
         return "–"
@@ -258,16 +359,21 @@ def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
     lines = [f"# alignlab comparison: {report['run']}", ""]
-    head = report["headline"]
-    if head:
-        lines += [
-            f"**Did SFT before DPO help?** Preference accuracy SFT→DPO − DPO-only = {_fmt(head)} "
-            f"over {head['n']} held-out pairs (95% bootstrap CI), sign test p = {head['sign_test_p']}: "
-            f"**{head['verdict']}**.",
-            "",
-        ]
-    lines += [f"**Verdict: {'GO' if report['go'] else 'NO-GO'}** · parity: {report['parity']['verdict']}", ""]
-    metrics = list(PAIR_METRICS) + list(SAMPLE_METRICS)
+    lines += [
+        "## The answer",
+        "",
+        f"**Did SFT before DPO help?** {report['answer']['text']}.",
+        "",
+        f"Primary metric (named in the config before the run): {report['answer']['metric']}; every other "
+        f"difference below is exploratory. Family correction: {report['correction']}. Intervals resample prompts.",
+        "",
+        "## Pipeline health (not an answer to the question)",
+        "",
+        f"**{'GO' if report['go'] else 'NO-GO'}**: the pipeline ran as it should · parity: "
+        f"{report['parity']['verdict']}",
+        "",
+    ]
+    metrics = list(PAIR_METRICS) + list(SAMPLE_METRICS) + ["corpus_distinct_2", "unique_output_share"]
     lines += [
         "## Methods (mean [95% CI])",
         "",
@@ -275,19 +381,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|" + "---|" * len(methods),
     ]
     for metric in metrics:
-        lines.append(f"| {metric} | " + " | ".join(_fmt(report["table"][m][metric]) for m in methods) + " |")
+        lines.append(f"| {metric} | " + " | ".join(_fmt(report["table"][m].get(metric, {})) for m in methods) + " |")
     lines += ["", f"n = {report['table'][methods[0]]['preference_accuracy']['n'] if methods else 0} pairs", ""]
     lines += [
         "## Paired differences (a − b)",
         "",
-        "| a | b | metric | mean [95% CI] | wins/losses/ties | sign p | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| a | b | metric | role | mean [95% CI] | n (prompts) | prompts won/lost/tied | sign p | adjusted p "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in report["differences"]:
         p = "–" if d["sign_test_p"] is None else f"{d['sign_test_p']:.3g}"
+        adjusted = "–" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}"
         lines.append(
-            f"| {d['a']} | {d['b']} | {d['metric']} | {_fmt(d)} | {d['wins']}/{d['losses']}/{d['ties']} "
-            f"| {p} | {d['verdict']} |"
+            f"| {d['a']} | {d['b']} | {d['metric']} | {d['role']} | {_fmt(d)} | {d['n']} ({d['n_prompts']}) "
+            f"| {d['wins']}/{d['losses']}/{d['ties']} | {p} | {adjusted} | {d['verdict']} |"
         )
     lines += [
         "",

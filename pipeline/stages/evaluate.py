@@ -18,7 +18,7 @@ from pipeline.artifacts import write_jsonl
 from pipeline.configs import METHODS, RunSpec, to_dict
 from pipeline.errors import ConfigError
 from pipeline.formats import IGNORE_INDEX, tokenize_pair
-from pipeline.generation import generate_batched, text_stats
+from pipeline.generation import correctness, generate_batched, text_stats
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.negatives import REGISTRY
@@ -107,10 +107,13 @@ def run(
     heldout = splits["heldout"]
     prompts: dict[str, dict[str, Any]] = {}
     for pair in heldout:
-        prompts.setdefault(prompt_id(pair["prompt"]), {"prompt": pair["prompt"], "reference": pair["chosen"]})
+        prompts.setdefault(
+            prompt_id(pair["prompt"]),
+            {"prompt": pair["prompt"], "reference": pair["chosen"], "answer": pair.get("reference")},
+        )
     chosen_ids = sorted(prompts)[: config.max_prompts] if config.max_prompts else sorted(prompts)
     if not chosen_ids:
-        raise ConfigError("evaluate: the held-out split has no prompts; set PairsConfig.heldout_fraction > 0")
+        raise ConfigError("evaluate: the held-out split has no prompts; raise SplitConfig.heldout_fraction")
     selected = set(chosen_ids)
     pairs = [p for p in heldout if prompt_id(p["prompt"]) in selected]
     model_config = spec.base_model if method == "base" else model_config_from_ref(inputs["model"], spec.base_model)
@@ -168,15 +171,18 @@ def run(
     for pid, (ref_sum, ref_n), generation in zip(chosen_ids, references, generations, strict=True):
         stats = text_stats(generation.text, spec.format)
         stats.update(new_tokens=generation.new_tokens, eos_reached=generation.eos_reached)
+        answer = prompts[pid]["answer"]
         samples.append(
             {
                 "method": method,
                 "prompt_id": pid,
                 "prompt": prompts[pid]["prompt"],
                 "reference": prompts[pid]["reference"],
+                "answer": answer,
                 "generation": generation.text,
                 "reference_nll": -ref_sum / ref_n,
                 "stats": stats,
+                "correctness": correctness(generation.text, answer) if answer else None,
             }
         )
     write_jsonl(out_dir / PAIRS_OUT, pair_rows)
@@ -192,6 +198,8 @@ def run(
         "preference_accuracy_per_token": _mean([r["correct_mean"] for r in pair_rows]),
         "mean_margin": _mean([r["margin"] for r in pair_rows]),
         "reference_nll": _mean([s["reference_nll"] for s in samples]),
+        "exact_match": _mean([s["correctness"]["exact_match"] for s in samples if s["correctness"]]),
+        "token_f1": _mean([s["correctness"]["token_f1"] for s in samples if s["correctness"]]),
         "eos_rate": _mean([float(s["stats"]["eos_reached"]) for s in samples]),
         "mean_new_tokens": _mean([s["stats"]["new_tokens"] for s in samples]),
         "distinct_1": _mean([s["stats"]["distinct_1"] for s in samples]),

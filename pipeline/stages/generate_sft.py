@@ -19,13 +19,9 @@ from pipeline.formats import completion_text, render_prompt
 from pipeline.generation import cut_at_markers, generate_batched, longest_run, repeated_ngram_fraction
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
-from pipeline.validation import (
-    WARNING,
-    instruction_rows,
-    template_separators,
-    validate_instructions,
-    validate_sft_data,
-)
+from pipeline.stages.split import OUTPUT as SPLIT_ROWS
+from pipeline.stages.split import read_split
+from pipeline.validation import WARNING, validate_sft_data
 
 STAGE = "generate_sft"
 OUTPUT = "sft.jsonl"
@@ -36,7 +32,6 @@ def config_slice(spec: RunSpec) -> dict[str, Any]:
 
     return {
         "base_model": to_dict(spec.base_model),
-        "data": to_dict(spec.data),
         "format": to_dict(spec.format),
         "generation": to_dict(spec.generation),
         "validation": to_dict(spec.validation),
@@ -66,15 +61,10 @@ def clean_response(text: str, instruction: str, fmt: FormatConfig, config: Gener
 def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
     progress = Progress(STAGE, on_progress)
     config, fmt = spec.generation, spec.format
-    rows, source = instruction_rows(spec.data.instructions, spec.data.split)
-    instructions, instruction_report = validate_instructions(
-        rows, spec.data.instruction_field, spec.validation, source, template_separators(spec.format)
-    )
-    progress.emit("validation", report=instruction_report.to_dict())
-    instruction_report.raise_if_failed()
-    if spec.data.max_instructions:
-        instructions = instructions[: spec.data.max_instructions]
-    progress.log(f"{len(instructions)} instructions from {source}")
+    split_rows = read_split(inputs["split"])  # validated, split first: each record keeps its prompt's split
+    instructions = [(r["row"], r["instruction"]) for r in split_rows]
+    source = str(inputs["split"] / SPLIT_ROWS)
+    progress.log(f"{len(instructions)} instructions from the split ({source})")
 
     with loaded(spec.base_model) as m:
         prompts = [render_prompt(text, fmt, m.tokenizer) for _, text in instructions]
@@ -113,6 +103,8 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                     "meta": {
                         "instruction": instructions[index][1],
                         "instruction_row": instructions[index][0],
+                        "split": split_rows[index]["split"],
+                        "reference": split_rows[index].get("reference"),
                         "model": spec.base_model.name_or_path,
                         "seed": seed,
                         "attempts": attempts_made[index],
@@ -168,7 +160,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         stage=STAGE,
         outputs={"sft": OUTPUT},
         metrics={"records": len(records), "dropped": len(pending), "acceptance_rate": len(records) / len(instructions)},
-        reports=[instruction_report.to_dict(), report.to_dict()],
+        reports=[report.to_dict()],
         previews={"sft_records": records[:PREVIEW_ROWS]},
         load_info=load_info.to_dict(),
         seconds=progress.elapsed(),

@@ -58,6 +58,17 @@ def negative_type(name: str) -> Callable[[NegativeFn], NegativeFn]:
     return register
 
 
+def record_split(record: dict[str, Any]) -> str:
+    """The split of an SFT record's prompt (made by split_prompts before any training)."""
+    split = (record.get("meta") or {}).get("split")
+    if split not in ("train", "heldout"):
+        raise DataError(
+            f"SFT record for {record['prompt'][:60]!r}: meta.split is {split!r}; records come from generate_sft, "
+            "which takes each prompt's split from split_prompts"
+        )
+    return split
+
+
 def _instruction(record: dict[str, Any]) -> str:
     return (record.get("meta") or {}).get("instruction") or record["prompt"]
 
@@ -82,7 +93,12 @@ def truncated(record: dict[str, Any], ctx: NegativeContext) -> str | None:
 def off_topic(record: dict[str, Any], ctx: NegativeContext) -> str | None:
     """The response written for another prompt of the run."""
     mine = normalize_text(record["completion"])
-    others = [i for i, r in enumerate(ctx.records) if i != ctx.index and normalize_text(r["completion"]) != mine]
+    split = record_split(record)  # never borrow an answer across the split: a held-out answer stays held out
+    others = [
+        i
+        for i, r in enumerate(ctx.records)
+        if i != ctx.index and record_split(r) == split and normalize_text(r["completion"]) != mine
+    ]
     if not others:
         return None
     return ctx.records[ctx.rng.choice(others)]["completion"].strip()
@@ -201,6 +217,8 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                     "chosen": record["completion"],
                     "rejected": candidates[name],
                     "negative_type": name,
+                    "split": record_split(record),
+                    **({"reference": ref} if (ref := (record.get("meta") or {}).get("reference")) else {}),
                 }
             )
         progress.progress(index + 1, len(records), "negatives")

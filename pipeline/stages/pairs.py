@@ -1,7 +1,8 @@
-"""make_pairs: dedupe typed negatives, balance types to the configured weights, split train / held-out by prompt.
+"""make_pairs: dedupe typed negatives, balance types to the configured weights, write train / held-out pairs.
 
-No prompt is ever in both splits: the split draws prompts, not pairs. `validate_preference_pairs` (chosen ≠
-rejected, duplicates, leakage) gates the written files.
+The split is not made here: each pair keeps its prompt's split, chosen by split_prompts before anything trained,
+so no prompt is ever in both files. `validate_preference_pairs` (chosen ≠ rejected, duplicates, leakage) gates
+the written files.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ TRAIN, HELDOUT = "train.jsonl", "heldout.jsonl"
 
 def config_slice(spec: RunSpec) -> dict[str, Any]:
     return {"pairs": to_dict(spec.pairs), "negatives": to_dict(spec.negatives), "validation": to_dict(spec.validation)}
+
+
+KEPT = ("prompt", "chosen", "rejected", "negative_type", "split", "reference")
 
 
 def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,20 +67,6 @@ def balance(rows: list[dict[str, Any]], weights: dict[str, float], rng: random.R
     return kept
 
 
-def split_by_prompt(
-    rows: list[dict[str, Any]], heldout_fraction: float, rng: random.Random
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    prompts = sorted({normalize_text(r["prompt"]) for r in rows})
-    rng.shuffle(prompts)
-    n_heldout = math.ceil(len(prompts) * heldout_fraction) if heldout_fraction > 0 else 0
-    if heldout_fraction > 0 and len(prompts) > 1:
-        n_heldout = min(max(1, n_heldout), len(prompts) - 1)
-    heldout_prompts = set(prompts[:n_heldout])
-    train = [r for r in rows if normalize_text(r["prompt"]) not in heldout_prompts]
-    heldout = [r for r in rows if normalize_text(r["prompt"]) in heldout_prompts]
-    return train, heldout
-
-
 def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
     progress = Progress(STAGE, on_progress)
     config = spec.pairs
@@ -86,7 +76,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     )
     progress.emit("validation", report=negatives_report.to_dict())
     rng = random.Random(config.seed)
-    rows = dedupe([{k: r[k] for k in ("prompt", "chosen", "rejected", "negative_type")} for r in negatives])
+    rows = dedupe([{k: r[k] for k in KEPT if k in r} for r in negatives])
     duplicates = len(negatives) - len(rows)
     if config.balance_types:
         rows = balance(rows, weights, rng)
@@ -94,7 +84,8 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     for row in rows:
         per_prompt[normalize_text(row["prompt"])].append(row)
     rows = [row for group in per_prompt.values() for row in group[: config.max_pairs_per_prompt]]
-    train, heldout = split_by_prompt(rows, config.heldout_fraction, rng)
+    train = [r for r in rows if r["split"] == "train"]
+    heldout = [r for r in rows if r["split"] == "heldout"]
     write_jsonl(out_dir / TRAIN, train)
     write_jsonl(out_dir / HELDOUT, heldout)
     _, report = validate_preference_pairs(
@@ -110,8 +101,11 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     progress.emit("validation", report=report.to_dict())
     if not train:
         raise DataError(f"make_pairs: no training pairs left from {inputs['negatives'] / NEGATIVES}", report=report)
-    if config.heldout_fraction > 0 and not heldout:
-        raise DataError("make_pairs: the held-out split is empty; add prompts or lower PairsConfig.heldout_fraction")
+    if not heldout:
+        raise DataError(
+            "make_pairs: no held-out pair: the held-out prompts' SFT records or negatives were all dropped; see the "
+            "generate_sft and generate_negatives reports, or raise SplitConfig.heldout_fraction"
+        )
     report.raise_if_failed()
     return StageResult(
         stage=STAGE,

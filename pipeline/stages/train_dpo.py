@@ -22,6 +22,7 @@ from pipeline.models import load_model, loaded, release_memory
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult, read_json, write_json
 from pipeline.stages.negatives import REGISTRY
 from pipeline.stages.pairs import HELDOUT, TRAIN
+from pipeline.stages.split import pairs_decontamination
 from pipeline.training import (
     MODEL_DIR,
     drop_console_printer,
@@ -165,6 +166,9 @@ def run(
         tuple(REGISTRY),
     )
     progress.emit("validation", report=report.to_dict())
+    decontamination = pairs_decontamination(splits["train"], splits["heldout"], spec, str(inputs["pairs"]))
+    progress.emit("validation", report=decontamination.to_dict())
+    decontamination.raise_if_failed()
     init_model = prepare_init(spec, init, inputs, out_dir, progress)
     policy_config = dataclasses.replace(spec.base_model, name_or_path=init_model, adapter=None)
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"]])
@@ -232,7 +236,7 @@ def run(
                 f"{first.get('rewards/chosen')} / rejected {first.get('rewards/rejected')} (both must be 0)",
             },
         },
-        reports=[report.to_dict()],
+        reports=[report.to_dict(), decontamination.to_dict()],
         previews={
             "effective_config": [read_json(out_dir / EFFECTIVE_CONFIG)],
             "train_pairs": splits["train"][:PREVIEW_ROWS],

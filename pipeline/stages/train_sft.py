@@ -7,6 +7,7 @@ boundary fails the stage with the offending example instead of silently training
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipeline.formats import DropCounter, mask_example_view, tokenize_pair, veri
 from pipeline.models import loaded
 from pipeline.stages import Progress, ProgressFn, StageResult, write_json
 from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
+from pipeline.stages.split import sft_decontamination
 from pipeline.training import (
     MODEL_DIR,
     drop_console_printer,
@@ -77,11 +79,16 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
 
     progress = Progress(STAGE, on_progress)
     config = spec.sft
-    records, report = load_and_validate_sft(inputs["sft"] / SFT_RECORDS, spec.validation)
-    progress.emit("validation", report=report.to_dict())
-
     with loaded(spec.base_model) as m:
         tokenizer, info = m.tokenizer, m.info
+        # validated with the tokenizer that trains: a literal special token in a completion is refused here
+        all_records, report = load_and_validate_sft(inputs["sft"] / SFT_RECORDS, spec.validation, tokenizer)
+        progress.emit("validation", report=report.to_dict())
+        decontamination = sft_decontamination(all_records, spec, str(inputs["sft"] / SFT_RECORDS))
+        progress.emit("validation", report=decontamination.to_dict())
+        decontamination.raise_if_failed()
+        records = [r for r in all_records if (r.get("meta") or {}).get("split") == "train"]  # no held-out prompt
+        progress.log(f"{len(records)} training records ({len(all_records) - len(records)} held-out prompts left out)")
         require_trainable(info, config.use_lora, STAGE)
         drops = DropCounter()
         kept = []
@@ -111,9 +118,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             callbacks=[log_callback],
         )
         drop_console_printer(trainer)
-        rows_to_check = config.mask_check_batches * config.batch_size
+        rows_to_check = max(1, math.ceil(config.mask_check_fraction * len(kept)))
         mask_examples = verify_trainer_masking(trainer, [r["completion"] for r in kept], tokenizer, rows_to_check)
-        progress.log(f"masking verified on {min(rows_to_check, len(kept))} examples from the trainer's collator")
+        progress.log(f"masking verified on {rows_to_check} of {len(kept)} examples from the trainer's collator")
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         resume = start_from_checkpoint(out_dir, progress)
         output = trainer.train(resume_from_checkpoint=resume)
@@ -131,8 +138,6 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     write_json(out_dir / "config.json", config_slice(spec))
     log = read_log(out_dir)
     losses = [row["loss"] for row in log]
-    import math
-
     finite = all(math.isfinite(x) for x in losses)
     return StageResult(
         stage=STAGE,
@@ -149,11 +154,14 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             "parameters_changed": changed,
         },
         checks={
-            "masking_verified": {"passed": True, "detail": f"{min(rows_to_check, len(kept))} collated examples"},
+            "masking_verified": {
+                "passed": True,
+                "detail": f"{rows_to_check} of {len(kept)} examples, as the trainer collated them",
+            },
             "loss_finite": {"passed": finite, "detail": f"{len(losses)} logged steps"},
             "parameters_changed": {"passed": changed > 0, "detail": f"{changed} trainable tensors changed"},
         },
-        reports=[report.to_dict()],
+        reports=[report.to_dict(), decontamination.to_dict()],
         previews={"mask_examples": mask_examples},
         load_info=info.to_dict(),
         seconds=progress.elapsed(),

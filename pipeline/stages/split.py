@@ -1,0 +1,153 @@
+"""split_prompts: the held-out prompts, chosen first — before any stage generates training data or trains — and
+recorded as an artifact of their own.
+
+Instructions are read and validated once, here. A row's split comes from the data's own split field when every
+row has one (datasets often ship a test split), otherwise from a seeded shuffle of the distinct instructions
+(`SplitConfig.heldout_fraction`). Every later stage reads the split from this artifact: SFT and DPO train on
+training prompts only, negatives never borrow a held-out text, and evaluation scores held-out prompts only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import write_jsonl
+from pipeline.configs import RunSpec, to_dict
+from pipeline.errors import DataError
+from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write_json
+from pipeline.validation import (
+    Noted,
+    instruction_rows,
+    normalize_text,
+    template_separators,
+    validate_instructions,
+)
+
+STAGE = "split_prompts"
+OUTPUT = "instructions.jsonl"  # {row, instruction, split, reference?}
+SPLIT = "split.json"  # how the split was made and the held-out instructions
+TRAIN, HELDOUT = "train", "heldout"
+
+
+def config_slice(spec: RunSpec) -> dict[str, Any]:
+    return {
+        "data": to_dict(spec.data),
+        "split": to_dict(spec.split),
+        "format": to_dict(spec.format),
+        "validation": to_dict(spec.validation),
+    }
+
+
+def read_split(artifact: Path) -> list[dict[str, Any]]:
+    """The rows of a split artifact: {row, instruction, split, reference?}."""
+    return read_jsonl(artifact / OUTPUT)
+
+
+def assign(
+    instructions: list[tuple[int, str]], records: dict[int, Any], spec: RunSpec, source: str
+) -> tuple[dict[int, str], str]:
+    """Row -> train / heldout, and how it was decided."""
+    field = spec.split.split_field
+    given = {row: (records.get(row) or {}).get(field) if field else None for row, _ in instructions}
+    if field and any(value is not None for value in given.values()):
+        bad = [row for row, value in given.items() if value not in (TRAIN, HELDOUT)]
+        if bad:
+            raise DataError(
+                f"{source}: rows {', '.join(map(str, bad[:10]))} have no valid field {field!r} "
+                f"({TRAIN!r} or {HELDOUT!r}) while other rows have one; give every row its split, or set "
+                "SplitConfig.split_field to '' to split by heldout_fraction"
+            )
+        if HELDOUT not in given.values() or TRAIN not in given.values():
+            raise DataError(f"{source}: field {field!r} puts every row in one split; both splits need prompts")
+        return dict(given), f"the data's field {field!r}"
+    distinct = sorted({normalize_text(text) for _, text in instructions})
+    if len(distinct) < 2:
+        raise DataError(f"{source}: {len(distinct)} distinct instruction(s); a split needs at least two")
+    random.Random(spec.split.seed).shuffle(distinct)
+    n_heldout = min(max(1, math.ceil(len(distinct) * spec.split.heldout_fraction)), len(distinct) - 1)
+    heldout = set(distinct[:n_heldout])
+    rule = f"a seeded shuffle (seed {spec.split.seed}) holding out {spec.split.heldout_fraction:.0%} of prompts"
+    return {row: HELDOUT if normalize_text(text) in heldout else TRAIN for row, text in instructions}, rule
+
+
+def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
+    progress = Progress(STAGE, on_progress)
+    rows, source = instruction_rows(spec.data.instructions, spec.data.split)
+    rows = list(rows)
+    records = {row: (record.record if isinstance(record, Noted) else record) for row, record in rows}
+    instructions, report = validate_instructions(
+        rows, spec.data.instruction_field, spec.validation, source, template_separators(spec.format)
+    )
+    progress.emit("validation", report=report.to_dict())
+    report.raise_if_failed()
+    if spec.data.max_instructions:
+        instructions = instructions[: spec.data.max_instructions]
+    split, rule = assign(instructions, records, spec, source)
+    reference_field = spec.split.reference_field
+    out = []
+    for row, text in instructions:
+        reference = (records.get(row) or {}).get(reference_field) if reference_field else None
+        item = {"row": row, "instruction": text, "split": split[row]}
+        if isinstance(reference, str) and reference.strip():
+            item["reference"] = reference.strip()
+        out.append(item)
+    write_jsonl(out_dir / OUTPUT, out)
+    heldout = [r["instruction"] for r in out if r["split"] == HELDOUT]
+    summary = {
+        "source": source,
+        "rule": rule,
+        "train": len(out) - len(heldout),
+        "heldout": len(heldout),
+        "with_reference": sum("reference" in r for r in out),
+        "heldout_instructions": heldout,
+    }
+    write_json(out_dir / SPLIT, summary)
+    progress.log(f"{summary['train']} training and {summary['heldout']} held-out prompts, split by {rule}")
+    return StageResult(
+        stage=STAGE,
+        outputs={"instructions": OUTPUT, "split": SPLIT},
+        metrics={k: summary[k] for k in ("train", "heldout", "with_reference", "rule")},
+        reports=[report.to_dict()],
+        previews={"split": [{k: v for k, v in summary.items() if k != "heldout_instructions"}]},
+        seconds=progress.elapsed(),
+    )
+
+
+# template negatives (the same few sentences for every prompt) carry no held-out content: not checked as held-out
+CONTENT_FREE_NEGATIVES = ("refusal",)
+
+
+def sft_decontamination(records: list[dict[str, Any]], spec: RunSpec, source: str) -> Any:
+    """The held-out prompts' instructions, answers and reference answers against what train_sft trains on."""
+    from pipeline.validation import check_decontamination
+
+    heldout, training = [], []
+    for row, record in enumerate(records, start=1):
+        meta = record.get("meta") or {}
+        texts = [("instruction", meta.get("instruction") or record["prompt"]), ("completion", record["completion"])]
+        if meta.get("split") == HELDOUT:
+            texts.append(("reference", meta.get("reference")))
+            heldout += [(f"{source}:{row}", name, text) for name, text in texts if text]
+        else:
+            training += [(f"{source}:{row}", name, text) for name, text in texts if text]
+    return check_decontamination(heldout, training, spec.split, source)
+
+
+def pairs_decontamination(train: list[dict[str, Any]], heldout: list[dict[str, Any]], spec: RunSpec, source: str):
+    """Held-out pairs (prompt, chosen, rejected, reference) against the training pairs, rejected texts included:
+    a held-out answer must not come back as another prompt's negative."""
+    from pipeline.validation import check_decontamination
+
+    fields = ("prompt", "chosen", "rejected")
+    training = [(f"{source}/train:{i}", f, r[f]) for i, r in enumerate(train, start=1) for f in fields]
+    held = [
+        (f"{source}/heldout:{i}", f, r[f])
+        for i, r in enumerate(heldout, start=1)
+        for f in (*fields, "reference")
+        if r.get(f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
+    ]
+    unique = list({(f, " ".join(t.split()).casefold()): (w, f, t) for w, f, t in held}.values())
+    return check_decontamination(unique, training, spec.split, source)
