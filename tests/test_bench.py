@@ -34,7 +34,7 @@ def test_pipeline_and_gpu_benchmarks_run_at_their_smallest_size(tiny_model_dir, 
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "results-quick.json").read_text())["results"]
     assert set(results) == set(names)
-    assert results["cache"]["reused_nodes"] == results["cache"]["nodes"] == 11
+    assert results["cache"]["reused_nodes"] == results["cache"]["nodes"] == 12
     assert results["generation"]["speedup"] > 0 and results["sft_overhead"]["tokens"] > 0
     assert results["eval_memory"]["peak_mib"]["all_at_once"] > 0
     assert results["gpu"]["training"]["tokens_per_s"] > 0

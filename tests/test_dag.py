@@ -62,7 +62,7 @@ def test_a_config_change_recomputes_only_downstream(dag_run, tiny_ci_spec):
     changed.dpo.beta = 0.2
     keys = artifact_keys(changed)
     same = {n for n in keys if keys[n] == dag_run.keys[n]}
-    assert same == {"generate_sft", "train_sft", "negatives", "pairs", "eval_base", "eval_sft"}
+    assert same == {"split", "generate_sft", "train_sft", "negatives", "pairs", "eval_base", "eval_sft"}
 
 
 def test_cli_runs_the_dag_and_prints_the_verdict(dag_run, alignlab_home):
@@ -73,7 +73,8 @@ def test_cli_runs_the_dag_and_prints_the_verdict(dag_run, alignlab_home):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "reused" in out.stdout and "verdict:" in out.stdout and "report.md" in out.stdout
+    assert "reused" in out.stdout and "report.md" in out.stdout
+    assert "answer: " in out.stdout and "SFT→DPO − DPO-only" in out.stdout and "pipeline health: " in out.stdout
     # one stage alone, by name, from the same store
     one = subprocess.run(
         [

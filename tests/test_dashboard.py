@@ -40,7 +40,7 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
     at = app(run=str(filled["run_id"])).run()
     assert not at.exception
     stages = at.dataframe[0].value
-    assert list(stages["stage"])[:2] == ["generate_sft", "train_sft"]
+    assert list(stages["stage"])[:3] == ["split", "generate_sft", "train_sft"]
     assert set(stages["status"]) == {"cached"}
     assert at.get("vega_lite_chart"), "the training curves chart is missing"
     (dag,) = at.get("graphviz_chart")
@@ -87,7 +87,7 @@ def test_launch_valid_config_queues_a_run_and_opens_it(filled):
     assert not at.exception
     with read_session(filled["engine"]) as s:
         run = s.scalars(select(Run).where(Run.name == "from-the-form")).one()
-        assert len(run.stages) == 11 and run.status == "queued"
+        assert len(run.stages) == 12 and run.status == "queued"
     assert filled["conn"].llen("rq:queue:gpu") >= 1
     assert str(run.id) in str(at.query_params["run"])
 
@@ -141,7 +141,8 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
         )
     assert len(expected) == 4
     assert dict(zip(table["method"], table["value"], strict=True)) == expected
-    assert any("Did SFT before DPO help?" in m.value for m in at.markdown)
+    assert any("Did SFT before DPO help?" in h.value for h in at.subheader)
+    assert any("SFT→DPO − DPO-only" in t.value for t in at.text)  # the answer, with its primary metric
     assert any("fair" in s.value for s in at.success)
     assert any("masking verified" in t.value for t in at.text)
 
@@ -223,7 +224,7 @@ def test_preflight_button_queues_the_whole_dag_at_tiny_scale(filled):
     assert not at.exception
     with read_session(filled["engine"]) as s:
         run = s.scalars(select(Run).where(Run.name == "big-preflight")).one()
-        assert run.tags == ["preflight"] and len(run.stages) == 11
+        assert run.tags == ["preflight"] and len(run.stages) == 12
         assert run.spec["sft"]["max_steps"] == run.spec["dpo"]["max_steps"] == 2
         assert run.spec["data"]["max_instructions"] <= 24
 

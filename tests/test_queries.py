@@ -16,13 +16,13 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
     Recorder(redis_conn, engine).drain()
 
     runs = queries.list_runs(engine=engine)
-    assert runs[0]["id"] == run_id and runs[0]["status"] == "succeeded" and runs[0]["done"] == runs[0]["total"] == 11
+    assert runs[0]["id"] == run_id and runs[0]["status"] == "succeeded" and runs[0]["done"] == runs[0]["total"] == 12
     assert queries.list_runs(tag="q", engine=engine)[0]["id"] == run_id
     assert queries.list_runs(tag="other", engine=engine) == []
     assert queries.list_runs(status="failed", engine=engine) == []
 
     detail = queries.run_detail(run_id, engine=engine)
-    assert [s["node"] for s in detail["stages"]][:2] == ["generate_sft", "train_sft"]
+    assert [s["node"] for s in detail["stages"]][:3] == ["split", "generate_sft", "train_sft"]
     assert detail["stages"][1]["checks"]["masking_verified"]["passed"] is True
     assert queries.run_detail(10**6, engine=engine) is None
 

@@ -152,9 +152,9 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         statuses = {x.node: x.status for x in run.stages}
-        assert statuses["generate_sft"] == "failed" and "unusable.jsonl" in run.stages[0].error
-        assert all(v == "cancelled" for k, v in statuses.items() if k != "generate_sft")
-        assert run.status == "failed" and "generate_sft" in run.error
+        assert statuses["split"] == "failed" and "unusable.jsonl" in run.stages[0].error
+        assert all(v == "cancelled" for k, v in statuses.items() if k != "split")
+        assert run.status == "failed" and "split" in run.error
         first_stage_run = run.stages[0].id
     # retry re-enqueues the stage and everything downstream of it, as new attempts
     nodes = scheduler.retry(first_stage_run, redis_conn, engine).enqueued
@@ -226,7 +226,7 @@ def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     with read_session(engine) as s:
-        stage_run = s.get(Run, run_id).stages[0]
+        stage_run = next(x for x in s.get(Run, run_id).stages if x.node == "generate_sft")
         assert stage_run.status == "succeeded", stage_run.error
         assert stage_run.metrics["records"] + stage_run.metrics["dropped"] == 12
     assert (alignlab_home / "blobs" / f"{reference[5:]}.jsonl").read_bytes() == data

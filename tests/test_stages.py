@@ -28,7 +28,8 @@ def mean_sft_loss(model_config, records):
 
 
 def test_sft_lowers_training_loss_and_changes_parameters(dag_run, tiny_ci_spec):
-    records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")
+    all_records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")
+    records = [r for r in all_records if r["meta"]["split"] == "train"]  # what SFT trained on
     sft_dir = Path(dag_run.results["train_sft"].out_dir)
     before = mean_sft_loss(tiny_ci_spec.base_model, records)
     after = mean_sft_loss(model_config_from_ref(sft_dir, tiny_ci_spec.base_model), records)
@@ -119,7 +120,7 @@ def test_parity_check_fails_when_beta_differs(dag_run, tiny_ci_spec, alignlab_ho
 def test_broken_prompt_template_is_caught_by_masking_check_in_train_sft(dag_run, tiny_ci_spec, tmp_path):
     """A template ending in a space: the first completion token merges with it and the mask shifts."""
     records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")
-    broken = [{"prompt": r["prompt"] + " ", "completion": r["completion"].lstrip()} for r in records]
+    broken = [{**r, "prompt": r["prompt"] + " ", "completion": r["completion"].lstrip()} for r in records]
     (tmp_path / "in").mkdir()
     write_jsonl(tmp_path / "in" / "sft.jsonl", broken)
     (tmp_path / "out").mkdir()
@@ -178,17 +179,17 @@ def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
         {
             "prompt": "P1",
             "completion": " The capital of France is Paris.",
-            "meta": {"instruction": "Capital of France?"},
+            "meta": {"instruction": "Capital of France?", "split": "train"},
         },
         {
             "prompt": "P2",
             "completion": " Green.",
-            "meta": {"instruction": "Answer with a single word: what color is grass?"},
+            "meta": {"instruction": "Answer with a single word: what color is grass?", "split": "train"},
         },
         {
             "prompt": "P3",
             "completion": " Vast, salty water.",
-            "meta": {"instruction": "Describe the sea in at most five words."},
+            "meta": {"instruction": "Describe the sea in at most five words.", "split": "train"},
         },
     ]
     ctx = lambda i: NegativeContext(random.Random(0), records, i, tiny_ci_spec.format)  # noqa: E731
@@ -201,16 +202,22 @@ def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
     assert REGISTRY["model_sample"](records[0], ctx(0)) is None  # no sample generated for it
 
 
-def test_pairs_split_by_prompt_never_leaks(dag_run):
+def test_pairs_split_by_prompt_never_leaks(dag_run, tiny_ci_spec):
     out = Path(dag_run.results["pairs"].out_dir)
     train = {r["prompt"] for r in read_jsonl(out / "train.jsonl")}
     heldout = {r["prompt"] for r in read_jsonl(out / "heldout.jsonl")}
     assert train and heldout and not train & heldout
-    rows = [{"prompt": f"p{i % 10}", "chosen": "c", "rejected": f"r{i}", "negative_type": "refusal"} for i in range(50)]
-    import random
+    # without a split field in the data: a seeded share of distinct prompts, repeats (up to case) kept together
+    from pipeline.stages.split import assign
 
-    a, b = pairs.split_by_prompt(rows, 0.3, random.Random(1))
-    assert {r["prompt"] for r in a}.isdisjoint({r["prompt"] for r in b}) and len({r["prompt"] for r in b}) == 3
+    instructions = [(i + 1, f"Prompt {i % 10}" if i % 2 else f"prompt {i % 10}") for i in range(50)]
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.split.heldout_fraction, spec.split.split_field = 0.3, ""
+    split, rule = assign(instructions, {}, spec, "rows")
+    held = {text.casefold() for row, text in instructions if split[row] == "heldout"}
+    trained = {text.casefold() for row, text in instructions if split[row] == "train"}
+    assert len(held) == 3 and held.isdisjoint(trained) and "seeded shuffle" in rule
+    assert assign(instructions, {}, spec, "rows")[0] == split  # the same split every time
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -228,7 +235,7 @@ def stage_fails_and_nothing_completes(spec, node_name, alignlab_home, match):
 def test_missing_instructions_file_names_it(tiny_model_dir, tiny_ci_spec, alignlab_home, tmp_path):
     spec = copy.deepcopy(tiny_ci_spec)
     spec.data.instructions = str(tmp_path / "nope.jsonl")
-    stage_fails_and_nothing_completes(spec, "generate_sft", alignlab_home, "nope.jsonl does not exist")
+    stage_fails_and_nothing_completes(spec, "split", alignlab_home, "nope.jsonl does not exist")
 
 
 def test_malformed_instruction_rows_name_file_row_and_field(tiny_model_dir, tiny_ci_spec, alignlab_home, tmp_path):
@@ -236,7 +243,7 @@ def test_malformed_instruction_rows_name_file_row_and_field(tiny_model_dir, tiny
     path.write_text('{"instruction": "What is 2 plus 2?"}\n{"instruction": \n{"text": "no field"}\n')
     spec = copy.deepcopy(tiny_ci_spec)
     spec.data.instructions = str(path)
-    error = stage_fails_and_nothing_completes(spec, "generate_sft", alignlab_home, "instructions.jsonl:2")
+    error = stage_fails_and_nothing_completes(spec, "split", alignlab_home, "instructions.jsonl:2")
     assert "instructions.jsonl:3 field instruction: missing_field" in str(error)
 
 
@@ -245,6 +252,7 @@ def test_all_generations_rejected_stops_generate_sft(tiny_model_dir, tiny_ci_spe
     spec.data.max_instructions = 6
     spec.generation.min_response_chars = 1900
     spec.generation.retries = 1
+    run_node(spec, default_store(alignlab_home), node_by_name("split"))  # its prompts' split comes first
     error = stage_fails_and_nothing_completes(spec, "generate_sft", alignlab_home, "all 6 generations were rejected")
     assert error.report.stats["generation"]["dropped_by_reason"] == {"too_short": 6}
 
