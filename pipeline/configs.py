@@ -518,8 +518,6 @@ class RunSpec:
         )
         _require(len(set(self.stages)) == len(self.stages), "RunSpec.stages", "lists a stage twice")
         _require(len(self.stages) > 0, "RunSpec.stages", "name at least one stage")
-        if "generate_sft" in self.stages:  # SFT data is generated for prompts of a split made first, always
-            self.stages = [*self.stages, "split_prompts"] if "split_prompts" not in self.stages else self.stages
         self.stages = [s for s in STAGES if s in self.stages]  # canonical DAG order
 
 

@@ -160,8 +160,12 @@ class DagResult:
         return compare.out_dir if compare else None
 
 
+# a stage that always runs with another: SFT data is generated for prompts whose split was made first
+RUNS_WITH = {"split_prompts": "generate_sft"}
+
+
 def selected_nodes(spec: RunSpec) -> list[Node]:
-    return [node for node in plan(spec) if node.stage in spec.stages]
+    return [node for node in plan(spec) if node.stage in spec.stages or RUNS_WITH.get(node.stage) in spec.stages]
 
 
 def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: ProgressFn | None = None) -> DagResult:

@@ -70,7 +70,7 @@ def test_up_runs_a_submitted_run_on_embedded_redis_and_leaves_no_orphan(tiny_mod
     runs = subprocess.run(
         [sys.executable, "-m", "workers.cli", "runs"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    assert "tiny-ci" in runs.stdout and "2/2" in runs.stdout
+    assert "tiny-ci" in runs.stdout and "3/3" in runs.stdout  # the split, generate_sft, train_sft
     # without `up` and without REDIS_URL, submit says what to do instead of hanging
     submit = subprocess.run(
         [sys.executable, "-m", "workers.cli", "submit", "--preset", "tiny-ci"],

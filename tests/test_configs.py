@@ -89,7 +89,7 @@ def test_impossible_values_name_field_and_range(build, field, fragment):
 
 def test_values_are_coerced_and_stages_kept_in_dag_order():
     spec = from_dict(RunSpec, {"stages": ["compare", "generate_sft"], "dpo": {"beta": 1}})
-    assert spec.stages == ["split_prompts", "generate_sft", "compare"]  # SFT data needs its prompts' split
+    assert spec.stages == ["generate_sft", "compare"]
     assert isinstance(spec.dpo.beta, float)
     assert ModelConfig(load_in_8bit=True).load_in_8bit is True
 

@@ -193,7 +193,7 @@ def test_data_page_reports_records_and_mask_viewer(filled):
     at.switch_page("views/data.py").run()
     assert not at.exception
     labels = [e.label for e in at.expander]
-    assert any("generate_sft · instructions · passed" in label for label in labels)
+    assert any("split · instructions · passed" in label for label in labels)
     assert any("pairs · pairs · passed" in label for label in labels)
     records = at.dataframe[-1].value
     assert {"prompt", "completion"} <= set(records.columns) and len(records) > 0

@@ -35,7 +35,7 @@ def test_preflight_runs_the_checks_and_the_tiny_dag_and_records_a_go(
     items = {c["item"]: c for c in result["checklist"]}
     assert result["go"] is True
     assert items["Redis reachable with auth"]["passed"] and items["model reachable"]["passed"]
-    assert items["whole DAG at tiny scale"]["passed"] and "11 stages" in items["whole DAG at tiny scale"]["reason"]
+    assert items["whole DAG at tiny scale"]["passed"] and "12 stages" in items["whole DAG at tiny scale"]["reason"]
     assert items["GPU, driver and CUDA visible"]["required"] is False  # the config asks for the CPU
     assert "GO" in out.stdout.splitlines()[-2] and "recorded as run 1" in out.stdout
 

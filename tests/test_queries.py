@@ -23,7 +23,7 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
 
     detail = queries.run_detail(run_id, engine=engine)
     assert [s["node"] for s in detail["stages"]][:3] == ["split", "generate_sft", "train_sft"]
-    assert detail["stages"][1]["checks"]["masking_verified"]["passed"] is True
+    assert detail["stages"][2]["checks"]["masking_verified"]["passed"] is True
     assert queries.run_detail(10**6, engine=engine) is None
 
     matrix = queries.comparison_matrix([run_id], engine=engine)

@@ -130,7 +130,11 @@ def test_queued_run_does_the_work_and_records_metrics(
     Recorder(redis_conn, engine).drain()
     with read_session(engine) as s:
         run = s.get(Run, run_id)
-        assert [(x.node, x.status) for x in run.stages] == [("generate_sft", "succeeded"), ("train_sft", "succeeded")]
+        assert [(x.node, x.status) for x in run.stages] == [
+            ("split", "succeeded"),  # always run with generate_sft: the prompts' split comes first
+            ("generate_sft", "succeeded"),
+            ("train_sft", "succeeded"),
+        ]
         train = next(x for x in run.stages if x.node == "train_sft")
         losses = s.scalars(select(Metric.value).where(Metric.stage_run_id == train.id, Metric.name == "loss")).all()
         assert len(losses) == train.metrics["steps"] and all(v > 0 for v in losses)
