@@ -121,6 +121,16 @@ def live_stages(run_id: int) -> None:
     st.session_state[f"was_active_{run_id}"] = detail["status"] in ACTIVE
 
 
+def replan(run_id: int, what: str, call) -> None:
+    """A resume or retry; what it re-enqueued and what it left running is said on the next render."""
+    try:
+        st.session_state["run_action_result"] = f"Run {run_id}: {call()}"
+    except (AlignlabError, KeyError) as exc:
+        st.error(f"Could not {what}: {exc}")
+    else:
+        st.rerun()
+
+
 def run_page(run_id: int) -> None:
     detail = queries.run_detail(run_id)
     if detail is None:
@@ -143,22 +153,12 @@ def run_page(run_id: int) -> None:
         scheduler.cancel(run_id, connect())
         st.rerun()
     if detail["status"] in ("failed", "cancelled") and resume_col.button("Resume run", key="resume"):
-        try:
-            st.session_state["run_action_result"] = f"Run {run_id}: {scheduler.resume(run_id, connect())}"
-        except (AlignlabError, KeyError) as exc:
-            st.error(f"Could not resume: {exc}")
-        else:
-            st.rerun()
+        replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
     failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
     if failed and detail["status"] not in ACTIVE:
         node = retry_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
         if retry_col.button(f"Retry {node} and what depends on it", key="retry"):
-            try:
-                st.session_state["run_action_result"] = f"Run {run_id}: {scheduler.retry(failed[node], connect())}"
-            except (AlignlabError, KeyError) as exc:
-                st.error(f"Could not retry: {exc}")
-            else:
-                st.rerun()
+            replan(run_id, "retry", lambda: scheduler.retry(failed[node], connect()))
     if "run_action_result" in st.session_state:
         st.info(st.session_state.pop("run_action_result"))
 
