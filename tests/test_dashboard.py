@@ -143,6 +143,7 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
     assert dict(zip(table["method"], table["value"], strict=True)) == expected
     assert any("Did SFT before DPO help?" in h.value for h in at.subheader)
     assert any("SFT→DPO − DPO-only" in t.value for t in at.text)  # the answer, with its primary metric
+    assert sum("leak-free" in t.value for t in at.text) == 3  # the held-out check of each training stage
     assert any("fair" in s.value for s in at.success)
     assert any("masking verified" in t.value for t in at.text)
 

@@ -53,7 +53,12 @@ def test_the_report_states_the_answer_with_its_primary_metric_apart_from_go(dag_
     assert report["headline"]["role"] == "primary" and report["headline"]["metric"] == "preference_accuracy"
     assert {d["role"] for d in report["differences"]} == {"primary", "exploratory"}
     assert "Holm" in report["correction"]
+    leak_free = report["heldout"]["decontamination"]
+    assert [c["stage"] for c in leak_free] == ["train_sft", "dpo_sft", "dpo_base"]
+    assert all(c["passed"] and c["contaminated"] == 0 for c in leak_free) and report["heldout"]["split"]["heldout"] > 0
+    assert {c["item"]: c["passed"] for c in report["checklist"]}["held-out data never in a training input"]
     markdown = (Path(dag_run.report_dir) / "report.md").read_text()
+    assert "## Held-out data" in markdown and "leak-free" in markdown
     assert markdown.index("## The answer") < markdown.index("## Pipeline health")
     for d in report["differences"]:  # no verdict the exact test contradicts
         if d["verdict"] in ("better", "worse", "higher", "lower"):

@@ -101,7 +101,7 @@ def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
         emitter.emit_rows(EventKind.preview, report["differences"], preview="differences")
         emitter.emit(
             EventKind.preview,
-            rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline", "answer", "correction")}],
+            rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline", "answer", "correction", "heldout")}],
             preview="verdict",
         )
 

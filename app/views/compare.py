@@ -107,6 +107,15 @@ for run_id in run_ids:
         )
     else:
         st.warning("This run's compare result predates the stated answer; rerun compare to get it.")
+    for check in (verdict.get("heldout") or {}).get("decontamination", []):
+        line = (
+            f"Held-out data, {check['stage']}: {check['contaminated']} of {check['heldout_texts']} held-out texts "
+            f"found in its training inputs (largest {check['ngram']}-gram overlap {check['max_ngram_overlap']:.0%})"
+        )
+        if check["passed"]:
+            st.text(line + ": leak-free")
+        else:
+            st.error(line + ": CONTAMINATED")
     if not differences.empty:
         st.subheader("Paired differences (a − b, 95% bootstrap CI)")
         shown = differences[differences["metric"] == metric] if metric in set(differences["metric"]) else differences

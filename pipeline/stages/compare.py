@@ -147,6 +147,19 @@ def _load(inputs: dict[str, Path], name: str) -> dict[str, Any] | None:
     return read_json(inputs[name] / RESULT_FILE)
 
 
+TRAINING_NODES = ("train_sft", "dpo_sft", "dpo_base")
+
+
+def heldout_leak_checks(results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The decontamination report of each training stage (split_prompts' held-out texts against its inputs)."""
+    checks = []
+    for node in TRAINING_NODES:
+        for rep in (results.get(node) or {}).get("reports", []):
+            if rep["kind"] == "decontamination":
+                checks.append({"stage": node, "passed": rep["passed"], **rep["stats"]})
+    return checks
+
+
 def checklist(
     inputs: dict[str, Path], evaluations: dict[str, dict[str, Any]], parity: dict[str, Any], n_pairs: int
 ) -> list[dict[str, Any]]:
@@ -205,6 +218,15 @@ def checklist(
             )
         )
     lines.append(item("parity: same DPO settings for both variants", parity["fair"], parity["verdict"]))
+    leaks = heldout_leak_checks(results)
+    lines.append(
+        item(
+            "held-out data never in a training input",
+            bool(leaks) and all(c["passed"] for c in leaks),
+            "; ".join(f"{c['stage']}: {c['contaminated']} of {c['heldout_texts']} held-out texts" for c in leaks)
+            or "no decontamination check found",
+        )
+    )
     leaks = []
     for method, result in evaluations.items():
         info = result.get("load_info") or {}
@@ -306,6 +328,10 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         "go": go,
         "headline": headline,
         "answer": answer(headline, config.primary_metric),
+        "heldout": {
+            "split": (_load(inputs, "split") or {}).get("metrics"),
+            "decontamination": heldout_leak_checks({n: _load(inputs, n) for n in TRAINING_NODES}),
+        },
         "correction": f"{CORRECTION_NAMES[config.correction]} over {len(exploratory)} exploratory differences; "
         f"the primary metric is tested alone at {1 - config.confidence:.2g}",
     }
@@ -356,6 +382,22 @@ def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f}{ci}"
 
 
+def heldout_lines(heldout: dict[str, Any]) -> list[str]:
+    split = heldout.get("split") or {}
+    lines = [
+        f"{split.get('train', '?')} training and {split.get('heldout', '?')} held-out prompts, split by "
+        f"{split.get('rule', '?')}, before any stage trained."
+    ]
+    for check in heldout.get("decontamination", []):
+        lines.append(
+            f"- {check['stage']}: {check['contaminated']} of {check['heldout_texts']} held-out texts found in its "
+            f"{check['training_texts']} training inputs (exact, or ≥ {check['threshold']:.0%} of "
+            f"{check['ngram']}-grams; largest overlap {check['max_ngram_overlap']:.0%}): "
+            f"{'leak-free' if check['passed'] else 'CONTAMINATED'}"
+        )
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
     lines = [f"# alignlab comparison: {report['run']}", ""]
@@ -366,6 +408,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Primary metric (named in the config before the run): {report['answer']['metric']}; every other "
         f"difference below is exploratory. Family correction: {report['correction']}. Intervals resample prompts.",
+        "",
+        "## Held-out data",
+        "",
+        *heldout_lines(report.get("heldout") or {}),
         "",
         "## Pipeline health (not an answer to the question)",
         "",
