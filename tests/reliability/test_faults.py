@@ -101,11 +101,12 @@ def loss_steps(engine, stage_run) -> list[int]:
         )
 
 
-def long_sft_spec(tiny_ci_spec, name):
+def long_sft_spec(tiny_ci_spec, name, max_steps=-1):
     spec = copy.deepcopy(tiny_ci_spec)
     spec.name = name
     spec.stages = ["generate_sft", "train_sft", "generate_negatives"]
-    spec.sft.num_epochs = 80.0  # a few hundred steps: long enough to be killed mid-training
+    spec.sft.num_epochs = 80.0  # about a thousand steps: long enough to be killed mid-training
+    spec.sft.max_steps = max_steps  # a test that must also finish the training caps it (a busy machine is slow)
     spec.sft.checkpoint_every = 5
     spec.sft.batch_size = 2
     return spec
@@ -127,7 +128,7 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
     dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
 ):
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "killed-worker")
+    spec = long_sft_spec(tiny_ci_spec, "killed-worker", max_steps=60)
     run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     worker = start_worker(env)
     with RecorderThread(redis_conn, sqlite_engine):
@@ -138,7 +139,7 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
                 steps = s.scalar(select(func.max(Metric.step)).where(Metric.stage_run_id == sr.id))
             return sr.status == "running" and (steps or 0) >= 12
 
-        wait_for(trained_some_steps, 240, "train_sft to pass step 12")
+        wait_for(trained_some_steps, 600, "train_sft to pass step 12")
         horses = kill_tree(worker)
         assert horses, "the worker had no work horse: the job did not run in a forked child"
         # the reconciler calls a worker dead after 30 s without a heartbeat; 180 s leaves room for a busy machine
@@ -149,7 +150,7 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
         # negatives (independent of train_sft) may have run before the kill, or be waiting in the queue
         assert resumed_nodes[0] == "train_sft" and set(resumed_nodes) <= {"train_sft", "negatives"}
         worker = start_worker(env, "--burst")
-        worker.wait(300)
+        worker.wait(1200)
         wait_for(
             lambda: stage(sqlite_engine, run_id, "train_sft").status in ("succeeded", "failed"), 60, "resumed train_sft"
         )
@@ -188,7 +189,7 @@ def test_cancel_stops_the_running_job_and_statuses_agree(
     worker = start_worker(env)
     try:
         with RecorderThread(redis_conn, sqlite_engine):
-            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 600, "train_sft running")
             horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
             scheduler.cancel(run_id, redis_conn, sqlite_engine)
             gone, alive = psutil.wait_procs(horses, timeout=120)
@@ -337,7 +338,7 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
     dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
 ):
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "preempted")
+    spec = long_sft_spec(tiny_ci_spec, "preempted", max_steps=60)
     spec.sft.seed = 11  # its own artifact key
     spec.sft.checkpoint_every = 1000  # no periodic checkpoint: the one saved at SIGTERM is what resume uses
     spec.execution.retries = 0  # preemption requeues even when transient retries are off
@@ -353,13 +354,13 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
                     and (s.scalar(select(func.max(Metric.step)).where(Metric.stage_run_id == sr.id)) or 0) >= 8
                 )
 
-        wait_for(step, 240, "train_sft past step 8")
+        wait_for(step, 600, "train_sft past step 8")
         worker.send_signal(signal.SIGTERM)
         worker.wait(120)  # warm shutdown: the job checkpointed and gave up its slot (timed in bench/, not here)
         wait_for(lambda: "preempted" in (stage(sqlite_engine, run_id, "train_sft").log_tail or ""), 30, "preempted")
         assert stage(sqlite_engine, run_id, "train_sft").status in ("queued", "running")
         worker = start_worker(env, "--burst")
-        worker.wait(300)
+        worker.wait(1200)
         wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "train_sft done")
     done = stage(sqlite_engine, run_id, "train_sft")
     stopped_at = int(done.metrics["resumed_from"].split("-")[1])
@@ -374,7 +375,7 @@ def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
     """The pod's link to Redis stalls (the Redis process frozen with SIGSTOP: connections stay open, nothing answers)
     for 20 s while train_sft runs: the job waits, nobody starts it a second time, and the run completes."""
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "redis-stall")
+    spec = long_sft_spec(tiny_ci_spec, "redis-stall", max_steps=150)
     spec.sft.seed = 17  # its own artifact key
     run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
     port = redis_server_url.rsplit(":", 1)[1].split("/")[0]
@@ -387,12 +388,12 @@ def test_redis_unreachable_for_20s_mid_job_pauses_it_and_it_completes_once(
     worker = start_worker(env, "--burst")
     try:
         with RecorderThread(redis_conn, sqlite_engine):
-            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 600, "train_sft running")
             horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
             server.suspend()
             time.sleep(20)
             server.resume()
-            worker.wait(600)
+            worker.wait(1200)
             wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status in ("succeeded", "failed"), 60, "end")
         done = stage(sqlite_engine, run_id, "train_sft")
         assert done.status == "succeeded", done.error
@@ -426,14 +427,14 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
     engine = make_engine(db_url)
     conn = redis_lib.Redis.from_url(url)
     env = {"REDIS_URL": url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "redis-down")
+    spec = long_sft_spec(tiny_ci_spec, "redis-down", max_steps=150)
     spec.sft.seed = 23  # its own artifact key
     run_id = scheduler.submit(spec, conn, engine)
     first = start_worker(env)
     second = None
     try:
         with RecorderThread(conn, engine):
-            wait_for(lambda: stage(engine, run_id, "train_sft").status == "running", 240, "train_sft running")
+            wait_for(lambda: stage(engine, run_id, "train_sft").status == "running", 600, "train_sft running")
             horses = wait_for(lambda: work_horses(first), 30, "the work horse")
         server.kill()
         server.wait(10)
@@ -444,7 +445,7 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
         second = start_worker(env)  # what a supervisor (compose restart, the pod) does
         conn = redis_lib.Redis.from_url(url)
         with RecorderThread(conn, engine):  # reconciles every 2 s: must not take the job for dead
-            wait_for(lambda: scheduler.run_summary(run_id, engine)["status"] in FINAL, 300, "the run to end")
+            wait_for(lambda: scheduler.run_summary(run_id, engine)["status"] in FINAL, 1200, "the run to end")
         done = stage(engine, run_id, "train_sft")
         assert scheduler.run_summary(run_id, engine)["status"] == "succeeded", done.error
         assert done.attempt == 1 and not done.metrics["resumed_from"]  # one execution, straight through
@@ -505,11 +506,11 @@ def test_kills_before_and_after_a_checkpoint_preemption_mid_dpo_and_nan_record_e
         with RecorderThread(redis_conn, sqlite_engine):
             sft = lambda: stage(sqlite_engine, run_id, "train_sft")  # noqa: E731
             # 1. SIGKILL before the first checkpoint (step 25): the retry starts from step 0
-            wait_for(lambda: sft().status == "running" and max_step(sqlite_engine, sft()) >= 3, 240, "sft step 3")
+            wait_for(lambda: sft().status == "running" and max_step(sqlite_engine, sft()) >= 3, 600, "sft step 3")
             kill_horse(worker)
             killed_at = max_step(sqlite_engine, sft())
             # 2. SIGKILL after the first checkpoint: the retry resumes from checkpoint-25
-            wait_for(lambda: max_step(sqlite_engine, sft()) >= 28 and work_horses(worker), 240, "sft past step 28")
+            wait_for(lambda: max_step(sqlite_engine, sft()) >= 28 and work_horses(worker), 600, "sft past step 28")
             kill_horse(worker)
             # 3. a NaN reaches the stream between them (a diverging metric of this stage)
             EventEmitter(redis_conn, run_id, sft().id).emit("metric", step=1, values={"probe": float("nan")})
@@ -522,12 +523,12 @@ def test_kills_before_and_after_a_checkpoint_preemption_mid_dpo_and_nan_record_e
                 ),
                 None,
             )
-            wait_for(lambda: (s := dpo_running()) and max_step(sqlite_engine, s) >= 3, 300, "a DPO stage at step 3")
+            wait_for(lambda: (s := dpo_running()) and max_step(sqlite_engine, s) >= 3, 900, "a DPO stage at step 3")
             preempted = dpo_running().node
             worker.send_signal(signal.SIGTERM)
             worker.wait(120)
             worker = start_worker(env, "--burst")
-            worker.wait(600)
+            worker.wait(1200)
             wait_for(
                 lambda: all(s.status in ("succeeded", "cached", "failed") for s in run_stages(sqlite_engine, run_id)),
                 120,
@@ -536,7 +537,7 @@ def test_kills_before_and_after_a_checkpoint_preemption_mid_dpo_and_nan_record_e
             if any(s.status == "failed" for s in run_stages(sqlite_engine, run_id)):
                 scheduler.resume(run_id, redis_conn, sqlite_engine)  # whatever a kill left failed is resumable
                 worker = start_worker(env, "--burst")
-                worker.wait(600)
+                worker.wait(1200)
             wait_for(lambda: run_status(sqlite_engine, run_id) in FINAL, 120, "the run to finish")
     finally:
         if worker.poll() is None:
