@@ -75,7 +75,6 @@ def paired_difference(
     prompts (their mean difference), and a provisional verdict (see `verdict`; `correct_family` revises it).
 
     `clusters` maps an item to its prompt; without it every item is its own prompt."""
-    import numpy as np
     from scipy import stats
 
     common = sorted(i for i in set(a) & set(b) if not _missing(a[i]) and not _missing(b[i]))
@@ -94,7 +93,7 @@ def paired_difference(
     }
     if n_prompts < 2:
         result.update(ci_low=None, ci_high=None)
-    elif np.ptp(prompt_means) == 0 and len(set(d for v in by_cluster.values() for d in v)) == 1:
+    elif len({d for v in by_cluster.values() for d in v}) == 1:
         result.update(ci_low=result["mean"], ci_high=result["mean"])  # every difference equal: no spread at all
     else:
         low, high = cluster_bootstrap_ci(sums, counts, confidence, n_resamples, seed)
