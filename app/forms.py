@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 import yaml
 
-from pipeline.configs import RunSpec
+from pipeline.core.configs import RunSpec
 
 
 def _key(section: str, name: str) -> str:

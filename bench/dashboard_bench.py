@@ -37,7 +37,7 @@ def fill(url: str, runs: int, metric_points: int, seed: int = 0) -> dict:
     from db.migrate import upgrade
     from db.models import Evaluation, Metric, Run, Sample, StageRun, utcnow
     from db.session import make_engine
-    from pipeline.configs import preset, to_dict
+    from pipeline.core.configs import preset, to_dict
 
     upgrade(url)
     engine = make_engine(url)

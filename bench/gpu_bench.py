@@ -140,7 +140,7 @@ def cuda_only(saved: Path) -> dict[str, Any]:
     """8-bit loading through alignlab's loader, and the memory a forked job gives back to the driver."""
     import torch
 
-    from pipeline.configs import ModelConfig
+    from pipeline.core.configs import ModelConfig
     from pipeline.models import load_model, release_memory
 
     free_before = torch.cuda.mem_get_info()[0]

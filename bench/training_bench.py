@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec(quick: bool) -> Any:
-    from pipeline.configs import preset
+    from pipeline.core.configs import preset
 
     spec = preset("tiny-ci" if quick else "tiny-cpu")
     if not quick:
@@ -36,7 +36,7 @@ def _spec(quick: bool) -> Any:
 
 def _prepared_home(spec: Any, home: Path) -> dict[str, Any]:
     """A home with the tiny model and the data stages (SFT records, negatives, pairs) complete."""
-    from pipeline.configs import from_dict, to_dict
+    from pipeline.core.configs import from_dict, to_dict
     from pipeline.dag import artifact_keys, default_store, run_dag
     from pipeline.tiny import ensure_tiny
 
@@ -300,7 +300,7 @@ def eval_child(mode: str, home: str, spec_json: str) -> dict:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from pipeline.configs import RunSpec, from_dict
+    from pipeline.core.configs import RunSpec, from_dict
     from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
     from pipeline.models import MemoryTracker, load_model
     from pipeline.training import model_config_from_ref
@@ -326,7 +326,7 @@ def eval_child(mode: str, home: str, spec_json: str) -> dict:
 def eval_memory(quick: bool = False) -> dict:
     import os
 
-    from pipeline.configs import to_dict
+    from pipeline.core.configs import to_dict
     from pipeline.dag import run_dag
 
     spec = _spec(True)  # the evaluations, not the training, are measured: the small preset's models suffice

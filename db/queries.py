@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 
 from db.models import Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
 from db.session import read_session
-from pipeline.stats import mean_ci
+from pipeline.core.stats import mean_ci
 
 DONE = ("succeeded", "cached")
 REPETITION_FLAG = 0.5  # share of repeated 3-grams from which a generation is flagged

@@ -12,16 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
+from pipeline.core.home import alignlab_home
+
 BUSY_TIMEOUT_MS = 30_000
-
-
-def alignlab_home() -> Path:
-    return Path(os.environ.get("ALIGNLAB_HOME", Path.home() / ".alignlab")).expanduser()
 
 
 def database_url() -> str:

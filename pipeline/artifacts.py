@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 
 COMPLETE = "COMPLETE"
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}-[0-9a-f]{20}$")

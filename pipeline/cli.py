@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.configs import (
+from pipeline.core.configs import (
     PRESETS,
     NegativesConfig,
     RunSpec,
@@ -18,7 +18,7 @@ from pipeline.configs import (
     preset,
     to_dict,
 )
-from pipeline.errors import AlignlabError, ConfigError
+from pipeline.core.errors import AlignlabError, ConfigError
 
 STAGE_COMMANDS = {
     "split_prompts": ["split"],
@@ -163,7 +163,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         import yaml
 
-        from pipeline.configs import to_dict
+        from pipeline.core.configs import to_dict
 
         print(yaml.safe_dump(to_dict(spec), sort_keys=False), end="")
     return 0

@@ -1,7 +1,7 @@
 """The stage DAG of one run: nodes, artifact keys, and running nodes through the artifact store.
 
-`plan(spec)` names every node (train_dpo twice, evaluate once per method); `artifact_keys` hashes each
-node's config slice with its inputs' keys, so an identical node is reused instead of recomputed;
+`plan()` (from the stage registry) names every node (train_dpo twice, evaluate once per method);
+`artifact_keys` hashes each node's config slice with its inputs' keys, so an identical node is reused instead of recomputed;
 `run_node` runs one node (inputs must be complete) and `run_dag` runs the selected stages in order, in one
 process, one model at a time. The CLI and the queue jobs both use these functions.
 """
@@ -17,75 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ArtifactStore, artifact_key
-from pipeline.configs import RunSpec
-from pipeline.errors import ArtifactError
+from pipeline.core import registry
+from pipeline.core.configs import RunSpec
+from pipeline.core.errors import ArtifactError
+from pipeline.core.home import alignlab_home
+from pipeline.core.registry import Node, plan, selected_nodes
 from pipeline.stages import RESULT_FILE, ProgressFn, StageResult, no_progress, read_json, write_json
-from pipeline.tiny import alignlab_home
-
-STAGE_MODULES = {
-    "split_prompts": "pipeline.stages.split",
-    "generate_sft": "pipeline.stages.generate_sft",
-    "train_sft": "pipeline.stages.train_sft",
-    "generate_negatives": "pipeline.stages.negatives",
-    "make_pairs": "pipeline.stages.pairs",
-    "train_dpo": "pipeline.stages.train_dpo",
-    "evaluate": "pipeline.stages.evaluate",
-    "compare": "pipeline.stages.compare",
-}
-ROLE_ARGUMENT = {"train_dpo": "init", "evaluate": "method"}
-
-
-@dataclass(frozen=True)
-class Node:
-    name: str  # unique in the DAG, e.g. "dpo_sft" or "eval_base"
-    stage: str  # one of configs.STAGES
-    role: str | None = None  # train_dpo: init ("sft" / "base"); evaluate: method
-    deps: tuple[tuple[str, str], ...] = ()  # (input name, node name)
-
-    @property
-    def inputs(self) -> dict[str, str]:
-        return dict(self.deps)
-
-
-def plan(spec: RunSpec | None = None) -> list[Node]:
-    """Every node of the DAG in execution order (the same for every spec; `spec.stages` selects what runs)."""
-    nodes = [
-        Node("split", "split_prompts"),
-        Node("generate_sft", "generate_sft", None, (("split", "split"),)),
-        Node("train_sft", "train_sft", None, (("sft", "generate_sft"),)),
-        Node("negatives", "generate_negatives", None, (("sft", "generate_sft"),)),
-        Node("pairs", "make_pairs", None, (("negatives", "negatives"),)),
-        Node("dpo_sft", "train_dpo", "sft", (("pairs", "pairs"), ("sft_model", "train_sft"))),
-        Node("dpo_base", "train_dpo", "base", (("pairs", "pairs"),)),
-        Node("eval_base", "evaluate", "base", (("pairs", "pairs"),)),
-        Node("eval_sft", "evaluate", "sft", (("pairs", "pairs"), ("model", "train_sft"))),
-        Node("eval_sft_dpo", "evaluate", "sft_dpo", (("pairs", "pairs"), ("model", "dpo_sft"))),
-        Node("eval_dpo_only", "evaluate", "dpo_only", (("pairs", "pairs"), ("model", "dpo_base"))),
-    ]
-    nodes.append(Node("compare", "compare", None, tuple((n.name, n.name) for n in nodes)))
-    return nodes
-
-
-def node_by_name(name: str) -> Node:
-    for node in plan():
-        if node.name == name:
-            return node
-    raise ArtifactError(f"unknown DAG node {name!r}; nodes: {', '.join(n.name for n in plan())}")
 
 
 def stage_module(stage: str) -> Any:
-    return importlib.import_module(STAGE_MODULES[stage])
+    return importlib.import_module(registry.stage(stage).module)
 
 
 def config_slice(spec: RunSpec, node: Node) -> dict[str, Any]:
-    module = stage_module(node.stage)
-    return module.config_slice(spec, node.role) if node.role else module.config_slice(spec)
+    return registry.stage(node.stage).config_slice(spec, node.role)
 
 
 def artifact_keys(spec: RunSpec) -> dict[str, str]:
     """The artifact key of every node, computed in DAG order from config slices and input keys."""
     keys: dict[str, str] = {}
-    for node in plan(spec):
+    for node in plan():
         inputs = {name: keys[dep] for name, dep in node.deps}
         keys[node.name] = artifact_key(node.stage, config_slice(spec, node), inputs)
     return keys
@@ -126,7 +77,8 @@ def run_node(
             result = StageResult.from_dict(read_json(writer.dir / RESULT_FILE))
             result.reused = True
         else:
-            kwargs = {ROLE_ARGUMENT[node.stage]: node.role} if node.role else {}
+            argument = registry.stage(node.stage).role_argument
+            kwargs = {argument: node.role} if node.role and argument else {}
             result = stage_module(node.stage).run(spec, inputs, writer.dir, on_progress, **kwargs)
             result.key = key
             write_json(writer.dir / RESULT_FILE, result.to_dict())
@@ -156,16 +108,8 @@ class DagResult:
 
     @property
     def report_dir(self) -> str | None:
-        compare = self.results.get("compare")
-        return compare.out_dir if compare else None
-
-
-# a stage that always runs with another: SFT data is generated for prompts whose split was made first
-RUNS_WITH = {"split_prompts": "generate_sft"}
-
-
-def selected_nodes(spec: RunSpec) -> list[Node]:
-    return [node for node in plan(spec) if node.stage in spec.stages or RUNS_WITH.get(node.stage) in spec.stages]
+        reports = [r for r in self.results.values() if r.outputs.get("report")]
+        return reports[-1].out_dir if reports else None
 
 
 def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: ProgressFn | None = None) -> DagResult:
@@ -173,7 +117,7 @@ def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: Progress
     store = default_store(home)
     keys = artifact_keys(spec)
     dag = DagResult(spec.name, keys)
-    for node in selected_nodes(spec):
+    for node in selected_nodes(spec.stages):
         started = time.perf_counter()
         dag.results[node.name] = run_node(spec, store, node, keys, on_progress)
         dag.seconds[node.name] = round(time.perf_counter() - started, 3)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.configs import FormatConfig
-from pipeline.errors import ConfigError, MaskingError
+from pipeline.core.configs import FormatConfig
+from pipeline.core.errors import ConfigError, MaskingError
+from pipeline.core.text import template_parts
 
 IGNORE_INDEX = -100
 
@@ -49,7 +50,7 @@ def completion_text(response: str, fmt: FormatConfig, tokenizer: Any = None) -> 
 
 def stop_strings(fmt: FormatConfig) -> list[str]:
     """Text that marks the model starting a new turn: the template's first line (e.g. `Instruction:`)."""
-    head = fmt.template.split("{instruction}")[0].strip()
+    head = template_parts(fmt.template)[0].strip()
     return [f"\n{head}"] if head else []
 
 

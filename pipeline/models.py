@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import TINY_MODEL, ModelConfig
-from pipeline.errors import ModelLoadError
+from pipeline.core.configs import TINY_MODEL, ModelConfig
+from pipeline.core.errors import ModelLoadError
 from pipeline.paths import written_as_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.core.errors import ConfigError, DataError
 
 NOT_PATHS = ("demo",)
 BLOB_PREFIX = "blob:"
@@ -48,7 +48,7 @@ def read_blob(home: Path, reference: str) -> Path:
 
 
 def allowed_roots() -> list[Path]:
-    from pipeline.tiny import alignlab_home
+    from pipeline.core.home import alignlab_home
 
     extra = [Path(p).expanduser() for p in os.environ.get("ALIGNLAB_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
     return [root.resolve() for root in [alignlab_home(), *extra]]

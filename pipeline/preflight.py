@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import RunSpec, preflight_spec
+from pipeline.core.configs import RunSpec, preflight_spec
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 TRAINING_MEMORY_FACTOR = 2.0  # LoRA training: weights + activations + optimizer state of the adapter, roughly

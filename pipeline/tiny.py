@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import FormatConfig
+from pipeline.core.configs import FormatConfig
+from pipeline.core.home import alignlab_home
 
 DEMO_INSTRUCTIONS = "demo_instructions.jsonl"
 TINY_VERSION = "v2"  # v2: pretrained without the demo's held-out rows (a v1 model under ALIGNLAB_HOME is not reused)
@@ -158,10 +159,6 @@ def _pretrain(model: Any, tokenizer: Any, corpus: list[str], steps: int, seed: i
         losses.append(loss.item())
     model.eval()
     return losses
-
-
-def alignlab_home() -> Path:
-    return Path(os.environ.get("ALIGNLAB_HOME", Path.home() / ".alignlab")).expanduser()
 
 
 def ensure_tiny(root: str | Path | None = None, seed: int = 0) -> Path:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import ModelConfig
-from pipeline.errors import ConfigError, StopRequested
+from pipeline.core.configs import ModelConfig
+from pipeline.core.errors import ConfigError, StopRequested
 from pipeline.models import LoadInfo, current_rss_bytes
 from pipeline.stages import Progress, read_json, write_json
 

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import NEGATIVE_TYPES, ValidationConfig
-from pipeline.errors import DataError
+from pipeline.core.configs import NEGATIVE_TYPES, ValidationConfig
+from pipeline.core.errors import DataError
+from pipeline.core.text import template_parts
 from pipeline.paths import BLOB_PREFIX, DATASET_DIR_MARKERS, read_blob
 
 ERROR, WARNING = "error", "warning"
@@ -648,7 +649,7 @@ def load_and_validate_pairs(
 
 def template_separators(fmt: Any) -> tuple[str, ...]:
     """The plain template's text around `{instruction}` ("Instruction:", "\nResponse:"): not allowed inside one."""
-    return tuple(part.rstrip() for part in fmt.template.split("{instruction}") if part.strip())
+    return tuple(part.rstrip() for part in template_parts(fmt.template) if part.strip())
 
 
 def validate_instructions(
@@ -660,7 +661,7 @@ def validate_instructions(
 ) -> tuple[list[tuple[int, str]], ValidationReport]:
     """Check instruction records (one required text field); returns (row, instruction) pairs and the report.
     `separators`: markers of the prompt template (default: the plain template's) that must not occur inside."""
-    from pipeline.configs import FormatConfig
+    from pipeline.core.configs import FormatConfig
 
     config = config or ValidationConfig()
     separators = template_separators(FormatConfig()) if separators is None else separators
@@ -695,7 +696,7 @@ def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], 
 
         return read_jsonl(demo_path()), str(demo_path())
     if source.startswith(BLOB_PREFIX):  # a dataset uploaded in the dashboard, materialized by the worker
-        from pipeline.tiny import alignlab_home
+        from pipeline.core.home import alignlab_home
 
         path = read_blob(alignlab_home(), source)
         return read_records(path), f"{source} ({path})"

@@ -31,7 +31,7 @@ def tiny_model_dir(alignlab_home) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ci_spec():
-    from pipeline.configs import preset
+    from pipeline.core.configs import preset
 
     return preset("tiny-ci")
 
@@ -175,7 +175,7 @@ def filled(dag_run, tiny_ci_spec, redis_conn, tmp_path, monkeypatch, alignlab_ho
     """A database holding one queued tiny run, done by a worker and recorded."""
     from db.migrate import upgrade
     from db.session import make_engine
-    from pipeline.configs import to_dict
+    from pipeline.core.configs import to_dict
     from tests.test_queue import drain_queues
     from workers import scheduler
     from workers.recorder import Recorder

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from pipeline.artifacts import COMPLETE, ArtifactStore, artifact_key, code_version
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
 
 
 def test_key_hashes_stage_config_inputs_and_code_version():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.configs import (
+from pipeline.core.configs import (
     PRESETS,
     DPOConfig,
     FormatConfig,
@@ -16,7 +16,7 @@ from pipeline.configs import (
     preset,
     to_dict,
 )
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.models import Run
 from db.session import read_session
-from pipeline.configs import preset, to_dict
+from pipeline.core.configs import preset, to_dict
 from tests.test_queue import drain_queues
 from workers import scheduler
 from workers.recorder import Recorder
@@ -255,7 +255,7 @@ def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
 
 
 def test_compare_across_runs_sweeps_the_differing_setting(filled):
-    from pipeline.configs import DPO_STAGES, RunSpec, from_dict
+    from pipeline.core.configs import DPO_STAGES, RunSpec, from_dict
 
     changed = to_dict(from_dict(RunSpec, filled["spec"]))
     changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES

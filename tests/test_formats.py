@@ -2,8 +2,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.configs import FormatConfig
-from pipeline.errors import ConfigError, MaskingError
+from pipeline.core.configs import FormatConfig
+from pipeline.core.errors import ConfigError, MaskingError
 from pipeline.formats import (
     IGNORE_INDEX,
     encode_prompt,

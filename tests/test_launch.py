@@ -9,7 +9,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from app.forms import _edited_as_text, _fields
 from db.models import Run
 from db.session import read_session
-from pipeline.configs import DPO_STAGES, preset, to_dict
+from pipeline.core.configs import DPO_STAGES, preset, to_dict
 from tests.test_dashboard import app
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline import models
-from pipeline.configs import ModelConfig
-from pipeline.errors import ModelLoadError
+from pipeline.core.configs import ModelConfig
+from pipeline.core.errors import ModelLoadError
 from pipeline.models import current_rss_bytes, load_model, loaded
 from pipeline.tiny import build_tiny
 

@@ -84,7 +84,7 @@ def test_metric_curves_of_a_training_stage(tiny_model_dir, tiny_ci_spec, redis_c
 def test_dpo_only_relaunch_reuses_the_earlier_run_and_feeds_the_cross_run_sweep(
     dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
 ):
-    from pipeline.configs import DPO_STAGES, RunSpec, from_dict, to_dict
+    from pipeline.core.configs import DPO_STAGES, RunSpec, from_dict, to_dict
 
     first = scheduler.submit(tiny_ci_spec, redis_conn, engine)
     changed = to_dict(tiny_ci_spec)

@@ -214,7 +214,7 @@ def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
 ):
     from db.migrate import upgrade
     from db.session import make_engine
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
     from workers.blobs import MAX_BLOB_BYTES, put_blob
 
     url = f"sqlite:///{tmp_path / 'blob.db'}"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.configs import RunSpec, SplitConfig, from_dict
-from pipeline.errors import DataError
+from pipeline.core.configs import RunSpec, SplitConfig, from_dict
+from pipeline.core.errors import DataError
 from pipeline.stages import read_jsonl
 from pipeline.validation import check_decontamination, normalize_text, validate_sft_data
 

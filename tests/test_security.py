@@ -8,7 +8,7 @@ import sys
 import pytest
 from sqlalchemy import MetaData, select
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.paths import confine, confine_spec
 from tests.test_cli_up import ROOT
 from workers import scheduler
@@ -176,7 +176,7 @@ def test_the_cli_refuses_a_blob_path_before_anything_is_queued(tmp_path, redis_s
 def test_a_materialized_blob_is_re_hashed_on_read(tmp_path):
     import hashlib
 
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
     from pipeline.paths import blob_path, read_blob
 
     data = b'{"instruction": "Name a colour."}\n'

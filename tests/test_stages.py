@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.artifacts import write_jsonl
+from pipeline.core.errors import DataError, MaskingError
 from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
-from pipeline.errors import DataError, MaskingError
 from pipeline.models import load_model
 from pipeline.stages import compare, evaluate, pairs, read_jsonl, train_sft
 from pipeline.stages.generate_sft import clean_response

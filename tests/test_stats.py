@@ -5,7 +5,7 @@ import random
 import pytest
 from scipy import stats
 
-from pipeline.stats import adjust_p_values, correct_family, paired_difference
+from pipeline.core.stats import adjust_p_values, correct_family, paired_difference
 
 
 def planted(n_prompts: int, effect: dict[int, float], per_prompt: int = 1) -> tuple[dict, dict, dict]:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.configs import ValidationConfig
-from pipeline.errors import DataError
+from pipeline.core.configs import ValidationConfig
+from pipeline.core.errors import DataError
 from pipeline.validation import (
     ISSUE_CODES,
     ValidationReport,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from pipeline.paths import BLOB_PREFIX, blob_digest, blob_path
 from pipeline.validation import ValidationReport, validate_file
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pipeline.cli import add_spec_arguments, build_parser, spec_from_args
-from pipeline.errors import AlignlabError
+from pipeline.core.errors import AlignlabError
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -184,8 +184,8 @@ def _redis_check():
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     """Go / no-go on this machine for a config: environment checks, then the whole DAG at tiny scale."""
+    from pipeline.core.home import alignlab_home
     from pipeline.preflight import dag_check, environment_checks, verdict
-    from pipeline.tiny import alignlab_home
 
     spec = spec_from_args(args)
     home = alignlab_home()

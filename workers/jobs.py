@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from pipeline.errors import StopRequested
+from pipeline.core.errors import StopRequested
 from workers.events import EventEmitter, EventKind, cancel_key, preempt_key
 
 PROGRESS_INTERVAL_S = 0.5
@@ -125,7 +125,7 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
 
     Where it reads and writes is the worker's own business: ALIGNLAB_HOME and ALIGNLAB_DATA_ROOTS of this process,
     never a path the job brings."""
-    from pipeline.configs import RunSpec, from_dict
+    from pipeline.core.configs import RunSpec, from_dict
     from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
     from pipeline.paths import BLOB_PREFIX, allowed_roots, confine_spec
 
@@ -136,8 +136,8 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
         run_spec = from_dict(RunSpec, spec)
         confine_spec(run_spec, allowed_roots())
         if run_spec.data.instructions.startswith(BLOB_PREFIX):
+            from pipeline.core.home import alignlab_home
             from workers.blobs import materialize
-            from workers.queues import alignlab_home
 
             materialize(job.connection, run_spec.data.instructions, alignlab_home())
         keys = artifact_keys(run_spec)
@@ -153,7 +153,7 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
         emitter.emit(EventKind.preempted, reason=str(exc))
         raise
     except BaseException as exc:  # noqa: BLE001  (report every failure, then let RQ see it)
-        from pipeline.errors import AlignlabError
+        from pipeline.core.errors import AlignlabError
 
         if isinstance(exc, AlignlabError | JobCancelled):
             # a user-caused error or a cancel: retrying cannot help, so RQ must not retry it

@@ -17,15 +17,12 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from pipeline.configs import QUEUE_NAMES  # noqa: F401  (re-exported: the resource classes)
-from pipeline.errors import ConfigError
+from pipeline.core.configs import QUEUE_NAMES  # noqa: F401  (re-exported: the resource classes)
+from pipeline.core.errors import ConfigError
+from pipeline.core.home import alignlab_home
 
 ALLOWED_JOBS = frozenset({"workers.jobs.run_stage_job", "workers.jobs.ping_job"})
 SERIALIZER = JSONSerializer
-
-
-def alignlab_home() -> Path:
-    return Path(os.environ.get("ALIGNLAB_HOME", Path.home() / ".alignlab")).expanduser()
 
 
 def embedded_dir(home: Path | None = None) -> Path:

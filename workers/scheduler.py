@@ -25,9 +25,9 @@ from sqlalchemy import Engine, select
 
 from db.models import Preview, Run, StageRun, StageStatus, utcnow
 from db.session import write_engine, write_session
-from pipeline.configs import QUEUE_NAMES, RunSpec, preflight_spec, to_dict, with_seed
+from pipeline.core.configs import QUEUE_NAMES, RunSpec, preflight_spec, to_dict, with_seed
+from pipeline.core.errors import ConfigError
 from pipeline.dag import Node, plan, selected_nodes
-from pipeline.errors import ConfigError
 from pipeline.paths import allowed_roots, confine_spec
 from workers.events import cancel_key
 from workers.queues import SERIALIZER, fetch_job, queue
@@ -252,7 +252,7 @@ def _replan(run_id: int, connection: redis.Redis, engine: Engine | None, nodes_t
         run = session.get(Run, run_id)
         if run is None:
             raise KeyError(f"no run {run_id}")
-        from pipeline.configs import from_dict
+        from pipeline.core.configs import from_dict
 
         spec = from_dict(RunSpec, run.spec)
         by_node = {s.node: s for s in run.stages}

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from pipeline.errors import AlignlabError
+from pipeline.core.errors import AlignlabError
 from pipeline.validation import FILE_KINDS
 from workers.blobs import check_upload
 

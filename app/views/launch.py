@@ -13,8 +13,8 @@ import yaml
 
 from app.forms import error_field, fill_form, set_field, spec_form
 from db import queries
-from pipeline.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
-from pipeline.errors import AlignlabError, ConfigError
+from pipeline.core.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
+from pipeline.core.errors import AlignlabError, ConfigError
 from workers import scheduler
 from workers.blobs import MAX_BLOB_BYTES, check_upload, put_blob
 from workers.queues import connect

@@ -6,8 +6,8 @@ import streamlit as st
 
 from app.dag_view import dag_dot
 from db import queries
-from pipeline.configs import preset
-from pipeline.errors import AlignlabError
+from pipeline.core.configs import preset
+from pipeline.core.errors import AlignlabError
 from workers import scheduler
 from workers.queues import connect
 

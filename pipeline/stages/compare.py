@@ -15,45 +15,39 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import COMPARE_METRICS, METHODS, RunSpec, to_dict
+from pipeline.core.configs import METHODS, RunSpec
+from pipeline.core.metrics import METRICS, Metric, corpus_metrics, pair_metrics, sample_metrics
+from pipeline.core.registry import stage_of_module
+from pipeline.core.stats import correct_family, mean_ci, paired_difference
 from pipeline.stages import RESULT_FILE, Progress, ProgressFn, StageResult, read_json, read_jsonl, write_json
 from pipeline.stages.evaluate import PAIRS_OUT, SAMPLES_OUT
 from pipeline.stages.train_dpo import EFFECTIVE_CONFIG
-from pipeline.stats import correct_family, mean_ci, paired_difference
 
-STAGE = "compare"
+STAGE = stage_of_module(__name__)
 PARITY_EXEMPT = ("init_model", "reference_model")
 MIN_HELDOUT_PAIRS = 30
 PRIMARY_PAIR = ("sft_dpo", "dpo_only")
 COMPARISONS = (("sft_dpo", "dpo_only"), ("sft_dpo", "base"), ("dpo_only", "base"), ("sft", "base"), ("sft_dpo", "sft"))
 # the DPO model's reference model (its init): the implicit reward is log π(y|x) − log π_ref(y|x)
 DPO_REFERENCE = {"sft_dpo": "sft", "dpo_only": "base"}
-# metric -> (field of a pair row, higher is better?); per pair, clustered by prompt
-PAIR_METRICS = {
-    "preference_accuracy": ("correct", True),  # summed log-probs: favours the shorter answer
-    "preference_accuracy_per_token": ("correct_mean", True),  # length-normalised
-    "implicit_reward_accuracy": ("implicit_correct", True),  # DPO models only: their implicit reward ranks the pair
-    "margin": ("margin", True),
-}
-# metric -> (how to read one sample, higher is better?); per prompt
-SAMPLE_METRICS = {
-    "reference_nll": (lambda s: s["reference_nll"], False),
-    "exact_match": (lambda s: (s.get("correctness") or {}).get("exact_match"), True),
-    "token_f1": (lambda s: (s.get("correctness") or {}).get("token_f1"), True),
-    "eos_rate": (lambda s: float(s["stats"]["eos_reached"]), True),
-    "distinct_2": (lambda s: s["stats"]["distinct_2"], True),
-    "repetition": (lambda s: s["stats"]["repetition"], False),
-    "template_leak_rate": (lambda s: float(s["stats"]["template_leak"]), False),
-    "refusal_rate": (lambda s: float(s["stats"]["refusal"]), False),
-    "new_tokens": (lambda s: float(s["stats"]["new_tokens"]), None),
-}
 
 
-assert set(PAIR_METRICS) | set(SAMPLE_METRICS) == set(COMPARE_METRICS), "configs.COMPARE_METRICS is out of step"
+def compared() -> list[Metric]:
+    """The registry's compared metrics: per pair (clustered by prompt) first, then per sample (per prompt)."""
+    return [m for m in pair_metrics() + sample_metrics() if m.compared]
 
 
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    return {"compare": to_dict(spec.compare)}
+def _rows(metric: Metric, pair_rows: dict, sample_rows: dict, method: str) -> dict[str, dict[str, Any]]:
+    return (pair_rows if metric.per == "pair" else sample_rows)[method]
+
+
+def _value(metric: Metric, row: dict[str, Any]) -> float | None:
+    return metric.compute(row) if metric.per == "pair" else row["stats"].get(metric.name)
+
+
+def _values(metric: Metric, rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    values = {key: _value(metric, row) for key, row in rows.items()}
+    return {key: v for key, v in values.items() if v is not None}
 
 
 def add_implicit_rewards(pair_rows: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -69,34 +63,25 @@ def add_implicit_rewards(pair_rows: dict[str, dict[str, dict[str, Any]]]) -> Non
                 row["implicit_correct"] = float(chosen_gain > rejected_gain)
 
 
-def corpus_diversity(samples: list[dict[str, Any]], ci_args: dict[str, Any]) -> dict[str, Any]:
-    """Corpus-level distinct-2 (unique bigrams over all generations) and the share of unique outputs, with
-    bootstrap CIs over prompts: per-sample distinct-n is ~1 for short outputs even when outputs repeat."""
+def corpus_metrics_ci(samples: list[dict[str, Any]], ci_args: dict[str, Any]) -> dict[str, Any]:
+    """Every corpus metric of one method's generations, with a bootstrap CI over prompts."""
     import numpy as np
 
     texts = [" ".join(s["generation"].split()).casefold() for s in samples]
-
-    def distinct_2(chosen: list[str]) -> float:
-        bigrams = [tuple(t.split()[i : i + 2]) for t in chosen for i in range(max(0, len(t.split()) - 1))]
-        return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-
-    def unique_share(chosen: list[str]) -> float:
-        return len(set(chosen)) / len(chosen) if chosen else 0.0
-
     rng = np.random.default_rng(ci_args["seed"])
     alpha = 1 - ci_args["confidence"]
     out = {}
-    for name, statistic in (("corpus_distinct_2", distinct_2), ("unique_output_share", unique_share)):
+    for metric in corpus_metrics():
         draws = (
             [
-                statistic([texts[i] for i in rng.integers(0, len(texts), len(texts))])
+                metric.compute([texts[i] for i in rng.integers(0, len(texts), len(texts))])
                 for _ in range(min(ci_args["n_resamples"], 1000))
             ]
             if len(texts) > 1
             else []
         )
-        out[name] = {
-            "mean": statistic(texts) if texts else None,
+        out[metric.name] = {
+            "mean": metric.compute(texts) if texts else None,
             "ci_low": float(np.quantile(draws, alpha / 2)) if draws else None,
             "ci_high": float(np.quantile(draws, 1 - alpha / 2)) if draws else None,
             "n": len(texts),
@@ -263,16 +248,10 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     table: dict[str, dict[str, Any]] = {}
     for method in evaluations:
         row = {
-            m: mean_ci([r.get(field) for r in pair_rows[method].values()], **ci_args)
-            for m, (field, _) in PAIR_METRICS.items()
+            m.name: mean_ci([_value(m, r) for r in _rows(m, pair_rows, sample_rows, method).values()], **ci_args)
+            for m in compared()
         }
-        row.update(
-            {
-                m: mean_ci([read(s) for s in sample_rows[method].values()], **ci_args)
-                for m, (read, _) in SAMPLE_METRICS.items()
-            }
-        )
-        row.update(corpus_diversity(list(sample_rows[method].values()), ci_args))
+        row.update(corpus_metrics_ci(list(sample_rows[method].values()), ci_args))
         table[method] = row
     paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
     differences = []
@@ -280,20 +259,14 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         if a not in evaluations or b not in evaluations:
             continue
         clusters = {k: r["prompt_id"] for k, r in pair_rows[a].items()}
-        for metric, (field, higher) in PAIR_METRICS.items():
-            values_a = {k: r[field] for k, r in pair_rows[a].items() if r.get(field) is not None}
-            values_b = {k: r[field] for k, r in pair_rows[b].items() if r.get(field) is not None}
+        for m in compared():
+            values_a = _values(m, _rows(m, pair_rows, sample_rows, a))
+            values_b = _values(m, _rows(m, pair_rows, sample_rows, b))
             if not values_a or not values_b:
-                continue  # e.g. the implicit reward of a model that has none
-            diff = paired_difference(values_a, values_b, higher_is_better=higher, clusters=clusters, **paired)
-            differences.append({"a": a, "b": b, "metric": metric, **diff})
-        for metric, (read, higher) in SAMPLE_METRICS.items():
-            values_a = {k: read(s) for k, s in sample_rows[a].items() if read(s) is not None}
-            values_b = {k: read(s) for k, s in sample_rows[b].items() if read(s) is not None}
-            if not values_a or not values_b:
-                continue  # e.g. correctness without reference answers in the data
-            diff = paired_difference(values_a, values_b, higher_is_better=higher, **paired)
-            differences.append({"a": a, "b": b, "metric": metric, **diff})
+                continue  # e.g. the implicit reward of a model that has none, correctness without answers
+            by_prompt = {"clusters": clusters} if m.per == "pair" else {}
+            diff = paired_difference(values_a, values_b, higher_is_better=m.higher_is_better, **by_prompt, **paired)
+            differences.append({"a": a, "b": b, "metric": m.name, **diff})
     primary = (PRIMARY_PAIR[0], PRIMARY_PAIR[1], config.primary_metric)
     for d in differences:
         d["role"] = "primary" if (d["a"], d["b"], d["metric"]) == primary else "exploratory"
@@ -419,7 +392,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['parity']['verdict']}",
         "",
     ]
-    metrics = list(PAIR_METRICS) + list(SAMPLE_METRICS) + ["corpus_distinct_2", "unique_output_share"]
+    metrics = [m for m in METRICS if m in report["table"][methods[0]]] if methods else []
     lines += [
         "## Methods (mean [95% CI])",
         "",

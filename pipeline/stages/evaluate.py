@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_jsonl
-from pipeline.configs import METHODS, RunSpec, to_dict
-from pipeline.errors import ConfigError
-from pipeline.formats import IGNORE_INDEX, tokenize_pair
-from pipeline.generation import correctness, generate_batched, text_stats
+from pipeline.core.configs import METHODS, RunSpec
+from pipeline.core.errors import ConfigError
+from pipeline.core.metrics import EvaluatedSample, pair_metrics, sample_metrics, sample_stats
+from pipeline.core.registry import stage_of_module
+from pipeline.generation import generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.negatives import REGISTRY
@@ -26,65 +27,18 @@ from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.training import model_config_from_ref
 from pipeline.validation import load_and_validate_pairs, normalize_text
 
-STAGE = "evaluate"
+STAGE = stage_of_module(__name__)
 PAIRS_OUT, SAMPLES_OUT = "pairs_eval.jsonl", "samples.jsonl"
-MAX_EVAL_LENGTH = 4096
-
-
-def config_slice(spec: RunSpec, method: str) -> dict[str, Any]:
-    return {
-        "method": method,
-        "base_model": to_dict(spec.base_model),
-        "format": to_dict(spec.format),
-        "eval": to_dict(spec.eval),
-        "validation": to_dict(spec.validation),
-    }
 
 
 def prompt_id(prompt: str) -> str:
     return hashlib.sha256(normalize_text(prompt).encode()).hexdigest()[:16]
 
 
-def completion_logprobs(
-    model: Any, tokenizer: Any, prompts: list[str], completions: list[str], batch_size: int = 8
-) -> list[tuple[float, int]]:
-    """(sum of log-probs, token count) of each completion + EOS given its prompt, in batches (right padding)."""
-    import torch
-
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results: list[tuple[float, int]] = []
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        examples = []
-        for prompt, completion in zip(
-            prompts[start : start + batch_size], completions[start : start + batch_size], strict=True
-        ):
-            example = tokenize_pair(tokenizer, prompt, completion, MAX_EVAL_LENGTH)
-            if isinstance(example, str):
-                raise ConfigError(f"evaluate: cannot score a completion ({example}) for prompt {prompt[:60]!r}")
-            examples.append(example)
-        width = max(len(e.input_ids) for e in examples)
-        input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            input_ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[row, : len(e.labels)] = torch.tensor(e.labels)
-            attention[row, : len(e.input_ids)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logps = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = labels[:, 1:].to(device)
-        mask = targets != IGNORE_INDEX
-        gathered = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        for row in range(len(examples)):
-            results.append((float(gathered[row].sum()), int(mask[row].sum())))
-    return results
-
-
-def _mean(values: list[float]) -> float | None:
-    return round(statistics.fmean(values), 6) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values a metric has (None where it does not apply, e.g. correctness without answers)."""
+    present = [v for v in values if v is not None]
+    return round(statistics.fmean(present), 6) if present else None
 
 
 def run(
@@ -119,28 +73,19 @@ def run(
     model_config = spec.base_model if method == "base" else model_config_from_ref(inputs["model"], spec.base_model)
 
     with loaded(model_config) as m:
+        model = generator(m, spec.format)
         texts = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        scored = completion_logprobs(
-            m.model, m.tokenizer, [p["prompt"] for p in pairs] * 2, texts, batch_size=config.batch_size
-        )
+        scored = model.completion_logprobs([p["prompt"] for p in pairs] * 2, texts, batch_size=config.batch_size)
         progress.progress(1, 3, "log-probs")
-        references = completion_logprobs(
-            m.model,
-            m.tokenizer,
+        references = model.completion_logprobs(
             [prompts[i]["prompt"] for i in chosen_ids],
             [prompts[i]["reference"] for i in chosen_ids],
             batch_size=config.batch_size,
         )
         progress.progress(2, 3, "reference NLL")
-        generations = generate_batched(
-            m.model,
-            m.tokenizer,
+        generations = model.generate(
             [prompts[i]["prompt"] for i in chosen_ids],
-            fmt=spec.format,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=config.do_sample,
-            temperature=config.temperature,
-            top_p=config.top_p,
+            config.sampling,
             seed=config.seed,
             batch_size=config.batch_size,
         )
@@ -169,20 +114,25 @@ def run(
         )
     samples = []
     for pid, (ref_sum, ref_n), generation in zip(chosen_ids, references, generations, strict=True):
-        stats = text_stats(generation.text, spec.format)
-        stats.update(new_tokens=generation.new_tokens, eos_reached=generation.eos_reached)
-        answer = prompts[pid]["answer"]
+        prompt = prompts[pid]
+        evaluated = EvaluatedSample(
+            text=generation.text,
+            new_tokens=generation.new_tokens,
+            eos_reached=generation.eos_reached,
+            reference=prompt["reference"],
+            answer=prompt["answer"],
+            reference_nll=-ref_sum / ref_n,
+            template=spec.format.template,
+        )
         samples.append(
             {
                 "method": method,
                 "prompt_id": pid,
-                "prompt": prompts[pid]["prompt"],
-                "reference": prompts[pid]["reference"],
-                "answer": answer,
+                "prompt": prompt["prompt"],
+                "reference": prompt["reference"],
+                "answer": prompt["answer"],
                 "generation": generation.text,
-                "reference_nll": -ref_sum / ref_n,
-                "stats": stats,
-                "correctness": correctness(generation.text, answer) if answer else None,
+                "stats": sample_stats(evaluated),
             }
         )
     write_jsonl(out_dir / PAIRS_OUT, pair_rows)
@@ -194,19 +144,8 @@ def run(
     metrics = {
         "prompts": len(samples),
         "pairs": len(pair_rows),
-        "preference_accuracy": _mean([r["correct"] for r in pair_rows]),
-        "preference_accuracy_per_token": _mean([r["correct_mean"] for r in pair_rows]),
-        "mean_margin": _mean([r["margin"] for r in pair_rows]),
-        "reference_nll": _mean([s["reference_nll"] for s in samples]),
-        "exact_match": _mean([s["correctness"]["exact_match"] for s in samples if s["correctness"]]),
-        "token_f1": _mean([s["correctness"]["token_f1"] for s in samples if s["correctness"]]),
-        "eos_rate": _mean([float(s["stats"]["eos_reached"]) for s in samples]),
-        "mean_new_tokens": _mean([s["stats"]["new_tokens"] for s in samples]),
-        "distinct_1": _mean([s["stats"]["distinct_1"] for s in samples]),
-        "distinct_2": _mean([s["stats"]["distinct_2"] for s in samples]),
-        "repetition": _mean([s["stats"]["repetition"] for s in samples]),
-        "template_leak_rate": _mean([float(s["stats"]["template_leak"]) for s in samples]),
-        "refusal_rate": _mean([float(s["stats"]["refusal"]) for s in samples]),
+        **{m.name: _mean([m.compute(r) for r in pair_rows]) for m in pair_metrics()},
+        **{m.name: _mean([s["stats"][m.name] for s in samples]) for m in sample_metrics()},
         "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
         "peak_memory_bytes": info.peak_memory_bytes,
     }

@@ -13,29 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_jsonl
-from pipeline.configs import FormatConfig, GenerationConfig, RunSpec
-from pipeline.errors import DataError
+from pipeline.core.configs import FormatConfig, GenerationConfig, RunSpec
+from pipeline.core.errors import DataError
+from pipeline.core.registry import stage_of_module
+from pipeline.core.text import longest_run, repeated_ngram_fraction
 from pipeline.formats import completion_text, render_prompt
-from pipeline.generation import cut_at_markers, generate_batched, longest_run, repeated_ngram_fraction
+from pipeline.generation import cut_at_markers, generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.split import OUTPUT as SPLIT_ROWS
 from pipeline.stages.split import read_split
 from pipeline.validation import WARNING, validate_sft_data
 
-STAGE = "generate_sft"
+STAGE = stage_of_module(__name__)
 OUTPUT = "sft.jsonl"
-
-
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    from pipeline.configs import to_dict
-
-    return {
-        "base_model": to_dict(spec.base_model),
-        "format": to_dict(spec.format),
-        "generation": to_dict(spec.generation),
-        "validation": to_dict(spec.validation),
-    }
 
 
 def clean_response(text: str, instruction: str, fmt: FormatConfig, config: GenerationConfig) -> tuple[str | None, str]:
@@ -76,15 +67,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             if not pending:
                 break
             seed = config.seed + 1000 * attempt
-            outputs = generate_batched(
-                m.model,
-                m.tokenizer,
+            outputs = generator(m, fmt).generate(
                 [prompts[i] for i in pending],
-                fmt=fmt,
-                max_new_tokens=config.max_new_tokens,
-                do_sample=config.do_sample,
-                temperature=config.temperature,
-                top_p=config.top_p,
+                config.sampling,
                 seed=seed,
                 batch_size=config.batch_size,
                 on_batch=lambda done, total, a=attempt: progress.progress(done, total, f"attempt {a + 1}"),

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_jsonl
-from pipeline.configs import NEGATIVE_TYPES, FormatConfig, RunSpec, to_dict
-from pipeline.errors import DataError
+from pipeline.core.configs import NEGATIVE_TYPES, FormatConfig, RunSpec
+from pipeline.core.errors import DataError
+from pipeline.core.registry import stage_of_module
 from pipeline.formats import completion_text
-from pipeline.generation import generate_batched
+from pipeline.generation import generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
 from pipeline.stages.generate_sft import clean_response
 from pipeline.validation import load_and_validate_sft, normalize_text, validate_negative_examples
 
-STAGE = "generate_negatives"
+STAGE = stage_of_module(__name__)
 OUTPUT = "negatives.jsonl"
 
 REFUSALS = (
@@ -152,17 +153,6 @@ def constraint_violation(record: dict[str, Any], ctx: NegativeContext) -> str | 
     return None
 
 
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    slice_ = {
-        "negatives": to_dict(spec.negatives),
-        "format": to_dict(spec.format),
-        "validation": to_dict(spec.validation),
-    }
-    if "model_sample" in spec.negatives.types:
-        slice_["base_model"] = to_dict(spec.base_model)
-    return slice_
-
-
 def _weighted_choice(rng: random.Random, candidates: dict[str, str], weights: dict[str, float], k: int) -> list[str]:
     """k types drawn by weight without replacement (Efraimidis–Spirakis keys)."""
     keyed = [(rng.random() ** (1.0 / weights[t]), t) for t in sorted(candidates) if weights.get(t, 0) > 0]
@@ -178,15 +168,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     load_info = None
     if "model_sample" in config.types:
         with loaded(spec.base_model) as m:
-            outputs = generate_batched(
-                m.model,
-                m.tokenizer,
+            outputs = generator(m, spec.format).generate(
                 [r["prompt"] for r in records],
-                fmt=spec.format,
-                max_new_tokens=config.max_new_tokens,
-                do_sample=True,
-                temperature=config.sample_temperature,
-                top_p=1.0,
+                config.sampling,
                 seed=config.seed,
                 batch_size=spec.generation.batch_size,
                 on_batch=lambda done, total: progress.progress(done, total, "model samples"),

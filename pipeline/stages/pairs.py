@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_jsonl
-from pipeline.configs import RunSpec, to_dict
-from pipeline.errors import DataError
+from pipeline.core.configs import RunSpec
+from pipeline.core.errors import DataError
+from pipeline.core.registry import stage_of_module
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.negatives import OUTPUT as NEGATIVES
 from pipeline.stages.negatives import REGISTRY
 from pipeline.validation import load_and_validate_negatives, normalize_text, validate_preference_pairs
 
-STAGE = "make_pairs"
+STAGE = stage_of_module(__name__)
 TRAIN, HELDOUT = "train.jsonl", "heldout.jsonl"
-
-
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    return {"pairs": to_dict(spec.pairs), "negatives": to_dict(spec.negatives), "validation": to_dict(spec.validation)}
 
 
 KEPT = ("prompt", "chosen", "rejected", "negative_type", "split", "reference")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_jsonl
-from pipeline.configs import RunSpec, to_dict
-from pipeline.errors import DataError
+from pipeline.core.configs import RunSpec
+from pipeline.core.errors import DataError
+from pipeline.core.registry import stage_of_module
 from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write_json
 from pipeline.validation import (
     Noted,
@@ -26,19 +27,10 @@ from pipeline.validation import (
     validate_instructions,
 )
 
-STAGE = "split_prompts"
+STAGE = stage_of_module(__name__)
 OUTPUT = "instructions.jsonl"  # {row, instruction, split, reference?}
 SPLIT = "split.json"  # how the split was made and the held-out instructions
 TRAIN, HELDOUT = "train", "heldout"
-
-
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "data": to_dict(spec.data),
-        "split": to_dict(spec.split),
-        "format": to_dict(spec.format),
-        "validation": to_dict(spec.validation),
-    }
 
 
 def read_split(artifact: Path) -> list[dict[str, Any]]:

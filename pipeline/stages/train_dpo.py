@@ -16,8 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import RunSpec, to_dict
-from pipeline.errors import ConfigError
+from pipeline.core.configs import RunSpec, to_dict
+from pipeline.core.errors import ConfigError
+from pipeline.core.registry import stage_of_module
 from pipeline.models import load_model, loaded, release_memory
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult, read_json, write_json
 from pipeline.stages.negatives import REGISTRY
@@ -40,7 +41,7 @@ from pipeline.training import (
 )
 from pipeline.validation import load_and_validate_pairs
 
-STAGE = "train_dpo"
+STAGE = stage_of_module(__name__)
 INIT_DIR = "init_model"
 EFFECTIVE_CONFIG = "effective_config.json"
 INITS = ("sft", "base")
@@ -85,17 +86,6 @@ NON_RESULT_ARGS = {
     "include_num_input_tokens_seen",
     "enable_jit_checkpoint",
 }
-
-
-def config_slice(spec: RunSpec, init: str) -> dict[str, Any]:
-    return {
-        "init": init,
-        "base_model": to_dict(spec.base_model),
-        "format": to_dict(spec.format),
-        "dpo": to_dict(spec.dpo),
-        "negatives_types": list(spec.negatives.types),
-        "validation": to_dict(spec.validation),
-    }
 
 
 def _sha256(path: Path) -> str:

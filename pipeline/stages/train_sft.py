@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import RunSpec, to_dict
-from pipeline.errors import DataError, MaskingError
+from pipeline.core.configs import RunSpec
+from pipeline.core.errors import DataError, MaskingError
+from pipeline.core.registry import stage, stage_of_module
 from pipeline.formats import DropCounter, mask_example_view, tokenize_pair, verify_batch
 from pipeline.models import loaded
 from pipeline.stages import Progress, ProgressFn, StageResult, write_json
@@ -33,17 +34,8 @@ from pipeline.training import (
 )
 from pipeline.validation import load_and_validate_sft
 
-STAGE = "train_sft"
+STAGE = stage_of_module(__name__)
 MASK_EXAMPLES = 3
-
-
-def config_slice(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "base_model": to_dict(spec.base_model),
-        "format": to_dict(spec.format),
-        "sft": to_dict(spec.sft),
-        "validation": to_dict(spec.validation),
-    }
 
 
 def verify_trainer_masking(trainer: Any, completions: list[str], tokenizer: Any, rows: int) -> list[dict[str, Any]]:
@@ -135,7 +127,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         write_model_ref(out_dir, spec.base_model.name_or_path, MODEL_DIR)
     else:
         write_model_ref(out_dir, MODEL_DIR, None)
-    write_json(out_dir / "config.json", config_slice(spec))
+    write_json(out_dir / "config.json", stage(STAGE).config_slice(spec))
     log = read_log(out_dir)
     losses = [row["loss"] for row in log]
     finite = all(math.isfinite(x) for x in losses)

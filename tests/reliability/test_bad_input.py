@@ -11,8 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from db.models import Run
 from db.session import read_session
-from pipeline.configs import load_spec
-from pipeline.errors import ConfigError
+from pipeline.core.configs import load_spec
+from pipeline.core.errors import ConfigError
 from workers import scheduler
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -54,7 +54,7 @@ def test_every_bad_config_names_its_file_and_what_is_wrong(path):
 
 
 def test_a_directory_given_as_a_config_or_data_file_is_named(tmp_path, tiny_ci_spec, redis_conn, engine, alignlab_home):
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
     from pipeline.validation import validate_file
     from workers.cli import main
 

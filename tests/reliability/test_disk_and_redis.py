@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FULL_DISK_CHILD = """
 import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from pipeline.configs import RunSpec, from_dict
+from pipeline.core.configs import RunSpec, from_dict
 from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
 spec = from_dict(RunSpec, json.loads(sys.argv[1]))
 store, keys = default_store(sys.argv[2]), artifact_keys(spec)
@@ -42,7 +42,7 @@ print("completed")
 def test_disk_full_while_writing_an_artifact_fails_the_stage_without_a_complete_marker(
     dag_run, tiny_ci_spec, alignlab_home
 ):
-    from pipeline.configs import to_dict
+    from pipeline.core.configs import to_dict
     from pipeline.dag import artifact_keys, default_store
 
     spec = copy.deepcopy(tiny_ci_spec)

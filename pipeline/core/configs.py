@@ -1,0 +1,813 @@
+"""Run configuration as pydantic models: the single source for the dashboard's form, the CLI flags and saved runs.
+
+Every section forbids unknown keys, checks ranges and choices, and refuses NaN/infinity; a failure raises
+`ConfigError` naming the section and field ("GenerationConfig.temperature: 0 is out of range; allowed 0.01 .. 5.0").
+`RunSpec.model_json_schema()` is what the Launch form and the CLI flags are generated from (`field_table`).
+
+A stored spec carries `spec_version`; `migrate_spec` brings an older one to today's layout, step by declared step,
+keeping its recorded values. A stored spec (`load_stored_spec`) must then be complete: a key it lacks is an error,
+never today's default in disguise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.core import registry
+from pipeline.core.errors import ConfigError
+
+# The negative types alignlab knows; `pipeline.stages.negatives` registers one function for each.
+NEGATIVE_TYPES: tuple[str, ...] = (
+    "model_sample",
+    "truncated",
+    "off_topic",
+    "repetitive",
+    "refusal",
+    "constraint_violation",
+)
+NegativeType = Literal["model_sample", "truncated", "off_topic", "repetitive", "refusal", "constraint_violation"]
+METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
+QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
+QueueName = Literal["gpu", "gpu-80gb", "cpu"]
+TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny model built under ALIGNLAB_HOME
+SPEC_VERSION = 2  # bump with a new entry in MIGRATIONS whenever the stored layout changes
+
+
+def opt(default: Any = ..., help: str = "", *, factory: Callable[[], Any] | None = None, **checks: Any) -> Any:
+    """A field with help text and optional ge / le / gt / lt bounds."""
+    if factory is not None:
+        return Field(default_factory=factory, description=help, **checks)
+    return Field(default, description=help, **checks)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys, wrong types, NaN and out-of-range values are errors; assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error(exc, type(self)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise config_error(exc, type(self)) from None
+
+
+class ModelConfig(Section):
+    name_or_path: str = opt(TINY_MODEL, "Hugging Face model id or local directory of the model.")
+    revision: str | None = opt(None, "Hub revision (branch, tag or commit) to pin; ignored for local paths.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
+        "auto", "Weights dtype. auto = bfloat16 on a GPU that supports it, else float16 on GPU, float32 on CPU."
+    )
+    load_in_8bit: Literal["auto", True, False] = opt(
+        "auto", "8-bit weights via bitsandbytes. auto = only when the model would not fit in 16-bit on the device."
+    )
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where to load: auto = cuda when available, else cpu.")
+    trust_remote_code: bool = opt(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
+    adapter: str | None = opt(None, "LoRA adapter directory to load on top of the base model (PEFT).")
+    lora_r: int = opt(16, "LoRA rank.", ge=1, le=1024)
+    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", ge=1, le=4096)
+    lora_dropout: float = opt(0.05, "LoRA dropout.", ge=0.0, le=0.9)
+    lora_target_modules: str = opt(
+        "all-linear", "Modules LoRA adapts: all-linear, or a comma-separated list such as q_proj,v_proj."
+    )
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _names_a_model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model id or a directory")
+        return value
+
+
+class FormatConfig(Section):
+    template: str = opt(
+        "Instruction: {instruction}\nResponse:",
+        "Prompt template with one {instruction} placeholder; completions follow it directly.",
+    )
+    chat_template: Literal["auto", "always", "never"] = opt(
+        "auto", "Use the tokenizer's chat template: auto = when the tokenizer has one, always, or never."
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _one_placeholder(cls, value: str) -> str:
+        if value.count("{instruction}") != 1:
+            raise ValueError("must contain {instruction} exactly once")
+        if value != value.rstrip():
+            raise ValueError(
+                "must not end with whitespace (the completion carries its own leading space; a trailing space "
+                "merges with the first completion token and shifts the loss mask)"
+            )
+        try:
+            value.format(instruction="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{instruction}} may appear in braces ({exc})") from None
+        return value
+
+
+class DataConfig(Section):
+    instructions: str = opt(
+        "demo",
+        "Instructions: 'demo' (shipped demo set), a JSONL file with an 'instruction' field, or a Hugging Face "
+        "dataset id.",
+    )
+    split: str = opt("train", "Dataset split when `instructions` is a Hugging Face dataset.")
+    instruction_field: str = opt("instruction", "Field that holds the instruction text.")
+    max_instructions: int = opt(0, "Use at most this many instructions (0 = all).", ge=0)
+
+
+class SamplingConfig(Section):
+    """How a model generates: shared by SFT data generation, model-sampled negatives and evaluation."""
+
+    max_new_tokens: int = opt(64, "Maximum new tokens per response.", ge=1, le=8192)
+    do_sample: bool = opt(True, "Sample (true) or greedy decoding (false).")
+    temperature: float = opt(0.7, "Sampling temperature (only when sampling).", ge=0.01, le=5.0)
+    top_p: float = opt(0.9, "Nucleus sampling probability mass (only when sampling).", ge=0.01, le=1.0)
+
+
+class GenerationConfig(Section):
+    batch_size: int = opt(8, "Prompts generated together in one batch.", ge=1, le=1024)
+    sampling: SamplingConfig = opt(help="How the base model writes the SFT responses.", factory=SamplingConfig)
+    retries: int = opt(2, "Extra attempts, each with another seed, for a rejected response.", ge=0, le=20)
+    min_response_chars: int = opt(8, "Responses shorter than this (after cleaning) are rejected.", ge=1)
+    max_response_chars: int = opt(2000, "Responses longer than this (after cleaning) are rejected.", ge=1)
+    max_repeated_ngram_fraction: float = opt(
+        0.5, "Reject a response when more than this fraction of its word 3-grams are repeats.", ge=0.0, le=1.0
+    )
+    max_rejected_fraction: float = opt(
+        0.5, "Fail the stage when more than this share of instructions is dropped after all retries.", ge=0, le=1
+    )
+    seed: int = opt(0, "Random seed for sampling; retry k uses seed + 1000 k.", ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> GenerationConfig:
+        if self.min_response_chars >= self.max_response_chars:
+            raise ValueError(f"min_response_chars: must be below max_response_chars ({self.max_response_chars})")
+        return self
+
+
+class NegativesConfig(Section):
+    types: list[NegativeType] = opt(help="Negative types to generate.", factory=lambda: list(NEGATIVE_TYPES))
+    weights: dict[str, float] = opt(
+        help="Target share of each type among the pairs (normalized; missing types weigh 1).", factory=dict
+    )
+    per_prompt: int = opt(2, "Negatives generated per prompt (types drawn by weight).", ge=1, le=len(NEGATIVE_TYPES))
+    sampling: SamplingConfig = opt(
+        help="How the model writes the `model_sample` negatives.",
+        factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.5, top_p=1.0),
+    )
+    seed: int = opt(0, "Random seed for type choice and corruptions.", ge=0)
+
+    @model_validator(mode="after")
+    def _types_and_weights_agree(self) -> NegativesConfig:
+        if not self.types:
+            raise ValueError("types: name at least one negative type")
+        if len(set(self.types)) != len(self.types):
+            raise ValueError("types: lists a type twice")
+        for name, weight in self.weights.items():
+            if name not in self.types:
+                raise ValueError(f"weights.{name}: weights a type that is not in types ({', '.join(self.types)})")
+            if weight < 0:
+                raise ValueError(f"weights.{name}: must be >= 0")
+        if sum(self.weight_of(t) for t in self.types) <= 0:
+            raise ValueError("weights: at least one weight must be > 0")
+        return self
+
+    def weight_of(self, negative_type: str) -> float:
+        return self.weights.get(negative_type, 1.0)
+
+    def normalized_weights(self) -> dict[str, float]:
+        total = sum(self.weight_of(t) for t in self.types)
+        return {t: self.weight_of(t) / total for t in self.types}
+
+
+class SplitConfig(Section):
+    heldout_fraction: float = opt(
+        0.2, "Share of prompts held out for evaluation, chosen before any stage trains.", ge=0.01, le=0.9
+    )
+    seed: int = opt(0, "Random seed of the split.", ge=0)
+    split_field: str = opt(
+        "split",
+        "A field of the instructions that fixes each row's split (train / heldout), as many datasets ship; when "
+        "the rows have it, it wins over heldout_fraction. Empty = always split by heldout_fraction.",
+    )
+    reference_field: str = opt(
+        "response",
+        "A field with the reference answer, when the data has one: evaluation scores correctness against it "
+        "(exact match, token F1). Empty or absent = no correctness metric.",
+    )
+    ngram: int = opt(8, "Word n-gram length of the decontamination check.", ge=3, le=50)
+    max_ngram_overlap: float = opt(
+        0.8,
+        "A held-out text counts as contaminated when this share of its n-grams (or the whole text) occurs in a "
+        "training input.",
+        ge=0.0,
+        le=1.0,
+    )
+    max_contaminated_fraction: float = opt(
+        0.0, "Fail a training stage when more than this share of held-out texts is contaminated.", ge=0.0, le=1.0
+    )
+
+
+class PairsConfig(Section):
+    balance_types: bool = opt(True, "Subsample so the negative-type mix follows NegativesConfig.weights.")
+    max_pairs_per_prompt: int = opt(4, "Keep at most this many pairs per prompt.", ge=1)
+    seed: int = opt(0, "Random seed of the balancing.", ge=0)
+
+
+class TrainingConfig(Section):
+    """What SFT and DPO training share; each adds its own fields and its learning-rate default."""
+
+    learning_rate: float = opt(2e-4, "Peak learning rate.", ge=1e-9, le=1.0)
+    num_epochs: float = opt(1.0, "Training epochs.", ge=0.01, le=100.0)
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1 = run all epochs).", ge=-1)
+    batch_size: int = opt(4, "Per-device batch size (examples; pairs for DPO).", ge=1, le=4096)
+    grad_accumulation: int = opt(1, "Gradient accumulation steps.", ge=1, le=4096)
+    max_length: int = opt(512, "Maximum tokens of prompt + response.", ge=8, le=131072)
+    use_lora: bool = opt(True, "Train a LoRA adapter (true) or all weights (false).")
+    warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", ge=0.0, le=0.5)
+    checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", ge=1)
+    activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
+    seed: int = opt(0, "Random seed.", ge=0)
+
+
+class SFTConfig(TrainingConfig):
+    min_completion_tokens: int = opt(
+        4, "An example whose truncation would keep fewer completion tokens is dropped and counted.", ge=1
+    )
+    mask_check_fraction: float = opt(
+        1.0,
+        "Share of training examples whose loss mask is verified, as the trainer collates them, before the first "
+        "step (1.0 = every example; the count is shown).",
+        ge=0.01,
+        le=1.0,
+    )
+
+
+class DPOConfig(TrainingConfig):
+    learning_rate: float = opt(5e-5, "Peak learning rate.", ge=1e-9, le=1.0)
+    beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference model.", ge=1e-4, le=10.0)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "aot", "apo_zero", "apo_down"] = (
+        opt("sigmoid", "DPO loss.")
+    )
+    precompute_ref_log_probs: bool = opt(
+        False, "Compute reference log-probs once before training instead of a reference forward every step."
+    )
+
+
+class EvalConfig(Section):
+    max_prompts: int = opt(0, "Evaluate at most this many held-out prompts (0 = all).", ge=0)
+    batch_size: int = opt(8, "Prompts generated together in one batch.", ge=1, le=1024)
+    sampling: SamplingConfig = opt(
+        help="How each model answers the held-out prompts (greedy by default, for comparable outputs).",
+        factory=lambda: SamplingConfig(do_sample=False, temperature=1.0, top_p=1.0),
+    )
+    seed: int = opt(0, "Random seed of the generations.", ge=0)
+
+
+class ValidationConfig(Section):
+    max_error_rate: float = opt(
+        0.0, "Share of rows that may have errors before a file fails validation (0 = any error fails).", ge=0, le=1
+    )
+    max_text_chars: int = opt(20000, "Longest prompt or response accepted, in characters.", ge=1)
+    max_tokens: int = opt(4096, "Longest prompt + response accepted, in tokens (checked when a tokenizer is given).")
+    type_mix_tolerance: float = opt(
+        0.15, "Warn when a negative type's share differs from its configured weight by more than this.", ge=0, le=1
+    )
+
+
+class CompareConfig(Section):
+    confidence: float = opt(0.95, "Confidence level of the bootstrap intervals.", ge=0.5, le=0.999)
+    n_bootstrap: int = opt(2000, "Bootstrap resamples.", ge=100, le=100000)
+    seed: int = opt(0, "Random seed of the bootstrap.", ge=0)
+    primary_metric: str = opt(
+        "preference_accuracy",
+        "The metric that answers 'did SFT before DPO help?', named before the run (SFT→DPO − DPO-only); every "
+        "other difference is exploratory.",
+    )
+    correction: Literal["holm", "bh"] = opt(
+        "holm", "Family correction of the exploratory verdicts: holm (family-wise error) or bh (false discovery rate)."
+    )
+    min_discordant_prompts: int = opt(
+        10, "Below this many prompts on which two methods differ at all, no verdict is given.", ge=1
+    )
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _a_compared_metric(cls, value: str) -> str:
+        from pipeline.core.metrics import compared_metrics
+
+        known = compared_metrics()
+        if value not in known:
+            raise ValueError(f"{value!r} is not a compared metric; choose one of {', '.join(known)}")
+        return value
+
+
+def _default_queues() -> dict[str, str]:
+    return {s.name: s.queue for s in registry.STAGES.values() if s.queue}
+
+
+def _default_timeouts() -> dict[str, int]:
+    return {s.name: s.timeout_s for s in registry.STAGES.values()}
+
+
+class ExecutionConfig(Section):
+    queues: dict[str, QueueName] = opt(
+        help="Queue (resource class) per stage; stages not listed use `default_queue`.", factory=_default_queues
+    )
+    default_queue: QueueName = opt("gpu", "Queue for stages not listed in `queues`.")
+    timeouts: dict[str, int] = opt(
+        help="Job timeout per stage in seconds (RQ's default of 180 s would kill any training).",
+        factory=_default_timeouts,
+    )
+    retries: int = opt(1, "RQ retries of a job after a transient failure (e.g. a worker lost mid-job).", ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> ExecutionConfig:
+        for what, table in (("queues", self.queues), ("timeouts", self.timeouts)):
+            for name in table:
+                if name not in registry.STAGES:
+                    raise ValueError(f"{what}.{name}: unknown stage; stages: {', '.join(registry.STAGES)}")
+        for name, seconds in self.timeouts.items():
+            if seconds < 10:
+                raise ValueError(f"timeouts.{name}: must be at least 10 seconds")
+        return self
+
+    def queue_for(self, stage: str) -> str:
+        return self.queues.get(stage, self.default_queue)
+
+    def timeout_for(self, stage: str) -> int:
+        return self.timeouts.get(stage, registry.stage(stage).timeout_s)
+
+
+class RunSpec(Section):
+    spec_version: int = opt(SPEC_VERSION, "Layout version of this spec (older stored specs are migrated).")
+    name: str = opt("run", "Name of the run.")
+    preset: str = opt("custom", "Preset the values started from (informational once saved).")
+    base_model: ModelConfig = opt(help="The base model.", factory=ModelConfig)
+    data: DataConfig = opt(help="Where the instructions come from.", factory=DataConfig)
+    split: SplitConfig = opt(help="Held-out prompts, chosen first, and the decontamination check.", factory=SplitConfig)
+    stages: list[str] = opt(help="Stages to run, in DAG order.", factory=lambda: list(registry.STAGES))
+    format: FormatConfig = opt(help="Prompt format shared by every stage.", factory=FormatConfig)
+    generation: GenerationConfig = opt(help="generate_sft settings.", factory=GenerationConfig)
+    sft: SFTConfig = opt(help="train_sft settings.", factory=SFTConfig)
+    negatives: NegativesConfig = opt(help="generate_negatives settings.", factory=NegativesConfig)
+    pairs: PairsConfig = opt(help="make_pairs settings.", factory=PairsConfig)
+    dpo: DPOConfig = opt(help="train_dpo settings, shared by SFT→DPO and DPO-only.", factory=DPOConfig)
+    eval: EvalConfig = opt(help="evaluate settings.", factory=EvalConfig)
+    validation: ValidationConfig = opt(help="Validation thresholds at every hand-off.", factory=ValidationConfig)
+    compare: CompareConfig = opt(help="compare settings.", factory=CompareConfig)
+    execution: ExecutionConfig = opt(help="Queues, timeouts and retries of the queued jobs.", factory=ExecutionConfig)
+
+    @field_validator("spec_version")
+    @classmethod
+    def _current_layout(cls, value: int) -> int:
+        if value != SPEC_VERSION:
+            raise ValueError(f"{value} is not today's layout ({SPEC_VERSION}); load stored specs with from_dict")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _a_usable_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if any(c in value for c in "/\\:") or not value.isprintable() or len(value) > 150:
+            raise ValueError(f"{value!r}: use at most 150 printable characters without '/', '\\' or ':'")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages_in_dag_order(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in registry.STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown))}; stages: {', '.join(registry.STAGES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a stage twice")
+        if not value:
+            raise ValueError("name at least one stage")
+        return [s for s in registry.STAGES if s in value]  # canonical DAG order
+
+    def section_dict(self, section: str) -> dict[str, Any]:
+        return getattr(self, section).model_dump(mode="json")
+
+
+SECTIONS: tuple[str, ...] = tuple(
+    name
+    for name, f in RunSpec.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+)
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def _bounds(field_info: Any) -> tuple[Any, Any]:
+    low = high = None
+    for item in field_info.metadata:
+        if isinstance(item, annotated_types.Ge | annotated_types.Gt):
+            low = getattr(item, "ge", getattr(item, "gt", None))
+        if isinstance(item, annotated_types.Le | annotated_types.Lt):
+            high = getattr(item, "le", getattr(item, "lt", None))
+    return low, high
+
+
+MESSAGES = {
+    "float_type": "expected a number, got {input!r}",
+    "float_parsing": "expected a number, got {input!r}",
+    "int_type": "expected an integer, got {input!r}",
+    "int_parsing": "expected an integer, got {input!r}",
+    "int_from_float": "expected an integer, got {input!r}",
+    "bool_type": "expected true or false, got {input!r}",
+    "bool_parsing": "expected true or false, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "finite_number": "{input} is not a finite number (NaN and infinity are not valid values)",
+    "list_type": "expected a list, got {input!r}",
+    "dict_type": "expected a mapping, got {input!r}",
+    "model_type": "expected a mapping of fields, got {input!r}",
+    "invalid_key": "keys must be field names, got {input!r}",
+    "literal_error": "{input!r} is not allowed; choose one of {expected}",
+}
+
+
+def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str]:
+    """(where, what) of one pydantic error: `where` names the innermost section and field."""
+    cls, field_info, rest = model, None, []
+    for part in error["loc"]:
+        fields = cls.model_fields if field_info is None or rest else {}
+        if not rest and isinstance(part, str) and part in fields:
+            field_info = fields[part]
+            if isinstance(field_info.annotation, type) and issubclass(field_info.annotation, BaseModel):
+                cls, field_info = field_info.annotation, None
+            else:
+                where_field = part
+            continue
+        rest.append(part)
+    if field_info is None and error["type"] == "extra_forbidden":
+        key = rest.pop(0)
+        return f"{cls.__name__}.{key}", f"unknown key; known keys of {cls.__name__}: {', '.join(cls.model_fields)}"
+    where = cls.__name__ + (f".{where_field}" if field_info is not None else "")
+    where += "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest if not _union_tag(p))
+    kind = error["type"]
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and field_info is not None:
+        low, high = _bounds(field_info)
+        lo, hi = ("-inf" if low is None else low), ("inf" if high is None else high)
+        return where, f"{error['input']!r} is out of range; allowed {lo} .. {hi}"
+    if kind == "value_error":
+        text = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        head, sep, tail = text.partition(": ")
+        if field_info is None and sep and head.split(".")[0].split("[")[0] in cls.model_fields:
+            return f"{cls.__name__}.{head}", tail
+        return where, text
+    template = MESSAGES.get(kind)
+    if template:
+        return where, template.format(input=error.get("input"), expected=(error.get("ctx") or {}).get("expected"))
+    return where, error["msg"]
+
+
+def _union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("bool", "int", "float", "str", "none") or part.startswith("literal["))
+
+
+def config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
+    """One ConfigError naming every offending field (the alternatives of a union are folded into one line)."""
+    lines: dict[str, list[str]] = {}
+    for error in exc.errors():
+        where, what = _describe(model, error)
+        lines.setdefault(where, []).append(what)
+    text = "; ".join(f"{prefix}{where}: {' or '.join(dict.fromkeys(what))}" for where, what in lines.items())
+    return ConfigError(text)
+
+
+# ----------------------------------------------------------------------------------------------- serialization
+
+
+def to_dict(config: BaseModel) -> dict[str, Any]:
+    """A plain dict (JSON/YAML-ready) of a config, nested sections included."""
+    return config.model_dump(mode="json")
+
+
+def canonical_json(value: Any) -> str:
+    """The one canonical JSON text of a value (sorted keys, no spaces): what hashes and signatures are taken of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (no `spec_version`): sampling settings sat flat in generation/negatives/eval; the held-out share
+    once sat in `pairs`; SFT once had `mask_check_batches`. Every recorded value is kept where it now lives."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    sft = data.get("sft")
+    if isinstance(sft, dict):
+        sft.pop("mask_check_batches", None)  # became mask_check_fraction: now every example is checked
+    pairs = data.get("pairs")
+    if isinstance(pairs, dict) and "heldout_fraction" in pairs:
+        split = dict(data.get("split") or {})
+        split.setdefault("heldout_fraction", pairs.pop("heldout_fraction"))
+        data["split"] = split
+    moves = {
+        "generation": {
+            "max_new_tokens": "max_new_tokens",
+            "do_sample": "do_sample",
+            "temperature": "temperature",
+            "top_p": "top_p",
+        },
+        "eval": {
+            "max_new_tokens": "max_new_tokens",
+            "do_sample": "do_sample",
+            "temperature": "temperature",
+            "top_p": "top_p",
+        },
+        "negatives": {"max_new_tokens": "max_new_tokens", "sample_temperature": "temperature"},
+    }
+    for section, fields in moves.items():
+        old = data.get(section)
+        if not isinstance(old, dict):
+            continue
+        sampling = dict(old.get("sampling") or {})
+        for before, after in fields.items():
+            if before in old:
+                sampling[after] = old.pop(before)
+        if section == "negatives" and sampling:  # v1 sampled negatives with top_p 1.0 always
+            sampling.setdefault("do_sample", True)
+            sampling.setdefault("top_p", 1.0)
+        if sampling:
+            old["sampling"] = sampling
+    data["spec_version"] = 2
+    return data
+
+
+# from-version -> the step that brings a stored spec to the next version
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored or older RunSpec dict in today's layout, one declared step at a time."""
+    version = data.get("spec_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SPEC_VERSION:
+        raise ConfigError(f"RunSpec.spec_version: {version!r} is not a known layout (1 .. {SPEC_VERSION})")
+    while version < SPEC_VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["spec_version"]
+    return data
+
+
+def from_dict(cls: type[BaseModel], data: Any, where: str | None = None) -> Any:
+    """Build config `cls` from a dict (a RunSpec is migrated first); errors name each offending field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    if cls is RunSpec:
+        data = migrate_spec(data)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, cls) from None
+    except ConfigError as exc:  # raised while building a nested section
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields `data` lacks, nested sections included."""
+    missing = []
+    for name, info in model.model_fields.items():
+        if name not in data:
+            missing.append(prefix + name)
+        elif (
+            isinstance(info.annotation, type)
+            and issubclass(info.annotation, BaseModel)
+            and isinstance(data[name], dict)
+        ):
+            missing += missing_keys(info.annotation, data[name], f"{prefix}{name}.")
+    return missing
+
+
+def load_stored_spec(data: dict[str, Any]) -> RunSpec:
+    """A spec stored with a run, for resume and relaunch: migrated to today's layout, then complete or refused, so
+    nothing it recorded is replaced by today's default."""
+    migrated = migrate_spec(data)
+    missing = missing_keys(RunSpec, migrated)
+    if missing:
+        raise ConfigError(
+            f"stored spec (version {data.get('spec_version', 1)}) has no value for {', '.join(missing)}; a migration "
+            "in pipeline.core.configs.MIGRATIONS must say what it meant"
+        )
+    return from_dict(RunSpec, migrated)
+
+
+def dump_spec(spec: RunSpec, path: str | Path) -> Path:
+    """Write a RunSpec as YAML (.yaml/.yml) or JSON (anything else)."""
+    path = Path(path)
+    data = to_dict(spec)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read a RunSpec from YAML or JSON; errors name the file and the offending key."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file (give the YAML or JSON file inside it)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both carry the line
+        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__} ({data!r:.40}), not a mapping"
+        raise ConfigError(f"{path}: {what}; a config file maps RunSpec sections (name, sft, dpo, ...) to values")
+    try:
+        return from_dict(RunSpec, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+
+def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return defs[schema["$ref"].rsplit("/", 1)[1]]
+    if "allOf" in schema and len(schema["allOf"]) == 1:
+        return {**_resolve(schema["allOf"][0], defs), **{k: v for k, v in schema.items() if k != "allOf"}}
+    return schema
+
+
+def field_table() -> list[tuple[str, dict[str, Any]]]:
+    """(dotted name, JSON Schema) of every leaf field of a RunSpec, in declaration order, from
+    `RunSpec.model_json_schema()`: the Launch form and the CLI flags are generated from this."""
+    root = RunSpec.model_json_schema()
+    defs = root.get("$defs", {})
+
+    def walk(schema: dict[str, Any], prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for name, prop in schema["properties"].items():
+            resolved = _resolve(prop, defs)
+            if resolved.get("type") == "object" and "properties" in resolved:
+                out += walk(resolved, f"{prefix}{name}.")
+            else:
+                out.append((prefix + name, {**resolved, "description": prop.get("description", "")}))
+        return out
+
+    return walk(root, "")
+
+
+def section_help() -> dict[str, str]:
+    """Help text of each section (and sub-section) by its dotted name."""
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out[prefix + name] = info.description or ""
+                walk(info.annotation, f"{prefix}{name}.")
+
+    walk(RunSpec, "")
+    return out
+
+
+def get_path(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+
+def _tiny_cpu() -> RunSpec:
+    return RunSpec(
+        name="tiny-cpu",
+        preset="tiny-cpu",
+        base_model=ModelConfig(name_or_path=TINY_MODEL, dtype="float32", load_in_8bit=False, device="cpu", lora_r=8),
+        data=DataConfig(instructions="demo", max_instructions=120),
+        generation=GenerationConfig(
+            batch_size=16, sampling=SamplingConfig(max_new_tokens=40), min_response_chars=4, retries=2
+        ),
+        sft=SFTConfig(learning_rate=1e-3, num_epochs=2, batch_size=8, max_length=128, checkpoint_every=20),
+        negatives=NegativesConfig(per_prompt=2, sampling=SamplingConfig(max_new_tokens=32, temperature=1.5, top_p=1.0)),
+        split=SplitConfig(heldout_fraction=0.25),
+        dpo=DPOConfig(learning_rate=5e-4, num_epochs=1, batch_size=8, max_length=128, beta=0.1, checkpoint_every=20),
+        eval=EvalConfig(
+            max_prompts=30,
+            batch_size=16,
+            sampling=SamplingConfig(max_new_tokens=40, do_sample=False, temperature=1.0, top_p=1.0),
+        ),
+        compare=CompareConfig(n_bootstrap=1000),
+    )
+
+
+def _tiny_ci() -> RunSpec:
+    spec = _tiny_cpu()
+    spec.name = spec.preset = "tiny-ci"
+    spec.data.max_instructions = 40
+    spec.sft.num_epochs = 1.0
+    spec.eval.max_prompts = 12
+    spec.eval.sampling.max_new_tokens = 24
+    spec.generation.sampling.max_new_tokens = 32
+    return spec
+
+
+def _qwen05b_runpod() -> RunSpec:
+    return RunSpec(
+        name="qwen2.5-0.5b-runpod",
+        preset="qwen2.5-0.5b-runpod",
+        base_model=ModelConfig(name_or_path="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16", load_in_8bit="auto"),
+        data=DataConfig(instructions="demo"),
+        generation=GenerationConfig(
+            batch_size=64, sampling=SamplingConfig(max_new_tokens=256), max_response_chars=4000
+        ),
+        sft=SFTConfig(learning_rate=2e-4, num_epochs=2, batch_size=16, max_length=1024, checkpoint_every=100),
+        negatives=NegativesConfig(
+            per_prompt=3, sampling=SamplingConfig(max_new_tokens=256, temperature=1.5, top_p=1.0)
+        ),
+        split=SplitConfig(heldout_fraction=0.2),
+        dpo=DPOConfig(learning_rate=5e-6, num_epochs=1, batch_size=8, grad_accumulation=2, max_length=1024),
+        eval=EvalConfig(
+            batch_size=64, sampling=SamplingConfig(max_new_tokens=256, do_sample=False, temperature=1.0, top_p=1.0)
+        ),
+    )
+
+
+PRESETS: dict[str, Any] = {
+    "tiny-cpu": _tiny_cpu,
+    "tiny-ci": _tiny_ci,
+    "qwen2.5-0.5b-runpod": _qwen05b_runpod,
+}
+
+
+def preset(name: str) -> RunSpec:
+    """A fresh RunSpec for a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"RunSpec.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------- derived specs
+
+SEED_SCOPES = {
+    "training": ("sft", "dpo", "eval"),  # the data stages stay cached: seeds measure training noise only
+    "everything": ("generation", "negatives", "pairs", "sft", "dpo", "eval", "compare"),
+}
+
+
+def with_seed(spec: RunSpec, seed: int, scope: str = "training") -> RunSpec:
+    """A copy of `spec` whose seeds in `scope` (see SEED_SCOPES) are `seed`, named `<name>-seed<seed>`."""
+    if scope not in SEED_SCOPES:
+        raise ConfigError(f"seed scope {scope!r}: choose one of {', '.join(SEED_SCOPES)}")
+    data = to_dict(spec)
+    for section in SEED_SCOPES[scope]:
+        data[section]["seed"] = seed
+    data["name"] = f"{spec.name}-seed{seed}"
+    return from_dict(RunSpec, data)
+
+
+def preflight_spec(spec: RunSpec) -> RunSpec:
+    """The same model, format and settings at tiny scale: every stage runs on a few prompts for a few steps, so a
+    broken model path, template, memory budget or data hand-off shows in minutes instead of hours."""
+    data = to_dict(spec)
+    data["name"] = f"{spec.name}-preflight"
+    data["stages"] = list(registry.STAGES)
+    data["data"]["max_instructions"] = 24
+    for section in ("generation", "negatives", "eval"):
+        sampling = data[section]["sampling"]
+        sampling["max_new_tokens"] = min(sampling["max_new_tokens"], 32)
+    for section in ("sft", "dpo"):
+        data[section]["max_steps"] = 2
+        data[section]["checkpoint_every"] = 1
+    data["eval"]["max_prompts"] = 6
+    data["compare"]["n_bootstrap"] = 200
+    return from_dict(RunSpec, data)

@@ -1,0 +1,77 @@
+"""Measures of a text that need no model: words, distinct n-grams, repetition, refusals, template leaks and
+correctness against a reference answer (SQuAD's exact match and token F1). Pure Python."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+REFUSAL_PATTERNS = re.compile(
+    r"\b(i('m| am) sorry|i can(no|')t (help|assist|do)|i cannot|i won't|i will not|as an ai|i'm unable|i am unable"
+    r"|i must decline)\b",
+    re.IGNORECASE,
+)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def distinct_n(text: str, n: int) -> float:
+    """Unique n-grams / all n-grams of the words (1.0 for text too short to have one)."""
+    tokens = words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier one: 0 for varied text, near 1 for loops."""
+    return 1.0 - distinct_n(text, n)
+
+
+def longest_run(text: str) -> int:
+    """Longest run of the same word repeated back to back."""
+    tokens = words(text)
+    best = run = 1 if tokens else 0
+    for previous, current in zip(tokens, tokens[1:], strict=False):
+        run = run + 1 if current == previous else 1
+        best = max(best, run)
+    return best
+
+
+def is_refusal(text: str) -> bool:
+    return bool(REFUSAL_PATTERNS.search(text))
+
+
+def template_parts(template: str) -> tuple[str, str]:
+    """The literal text before and after the template's {instruction} placeholder."""
+    head, _, tail = template.partition("{instruction}")
+    return head, tail
+
+
+def template_markers(template: str) -> list[str]:
+    """The template's literal parts (e.g. `Instruction:` and `Response:`): they must not appear in a response."""
+    return [part.strip() for part in template_parts(template) if part.strip()]
+
+
+def has_template_leak(text: str, template: str) -> bool:
+    return any(marker in text for marker in template_markers(template))
+
+
+def answer_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lower case, punctuation and articles dropped, words split on spaces."""
+    text = re.sub(r"[^\w\s]", " ", text.casefold())
+    return _ARTICLES.sub(" ", text).split()
+
+
+def correctness(generation: str, reference: str) -> dict[str, float]:
+    """Exact match after normalisation, and token F1 (SQuAD), of a generation against a reference answer."""
+    predicted, gold = answer_tokens(generation), answer_tokens(reference)
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if common == 0:
+        f1 = float(predicted == gold)  # both empty: a match
+    else:
+        precision, recall = common / len(predicted), common / len(gold)
+        f1 = 2 * precision * recall / (precision + recall)
+    return {"exact_match": float(predicted == gold), "token_f1": round(f1, 6)}
