@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.dag import plan
+from pipeline.core.registry import drawn_edges, plan
 
 STATUS_COLOURS = {
     "queued": "#e9ecef",
@@ -24,7 +24,6 @@ def dag_dot(statuses: dict[str, str]) -> str:
         else:
             colour = STATUS_COLOURS.get(status, "#ffffff")
             lines.append(f'"{node.name}" [label="{node.name}\\n{status}", fillcolor="{colour}"];')
-        lines.extend(f'"{dep}" -> "{node.name}";' for _, dep in node.deps if node.name != "compare")
-    lines.extend(f'"{n.name}" -> "compare";' for n in plan() if n.name.startswith("eval_"))
+    lines.extend(f'"{a}" -> "{b}";' for a, b in drawn_edges())
     lines.append("}")
     return "\n".join(lines)

@@ -1,80 +1,71 @@
-"""Forms generated from the config dataclasses: labels and help come from field metadata, so the form, the CLI
-flags and the saved config file cannot drift apart."""
+"""The Launch form, generated from the RunSpec's JSON Schema (`configs.field_table`): labels, help, choices and
+bounds come from the same pydantic models as the CLI flags and the saved config file, so they cannot drift apart."""
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from typing import Any
 
 import streamlit as st
 import yaml
 
-from pipeline.core.configs import RunSpec
+from pipeline.core.configs import SPEC_VERSION, field_table, get_path, section_help, set_path
+
+HIDDEN = {"spec_version"}  # the layout version is not a setting
 
 
-def _key(section: str, name: str) -> str:
-    return f"form.{section}.{name}"
+def _key(dotted: str) -> str:
+    """Widget key of a field; top-level fields sit in section "run" (form.run.name)."""
+    return f"form.{dotted}" if "." in dotted else f"form.run.{dotted}"
 
 
-def _edited_as_text(tp: Any, choices: Any) -> bool:
-    """Fields without a widget of their own (dicts, optional values, unions) are edited as YAML text."""
-    return not (tp in (bool, int, float, str) or choices)
+def _fields() -> list[tuple[str, dict[str, Any]]]:
+    return [(dotted, schema) for dotted, schema in field_table() if dotted not in HIDDEN]
 
 
-def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
-    """(section, field, type) of every RunSpec field; section "run" for the top-level ones."""
-    hints = typing.get_type_hints(RunSpec)
-    out = []
-    for f in dataclasses.fields(RunSpec):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sub_hints = typing.get_type_hints(tp)
-            out += [(f.name, sub, sub_hints[sub.name]) for sub in dataclasses.fields(tp)]
-        else:
-            out.append(("run", f, tp))
-    return out
+def _choices(schema: dict[str, Any]) -> list[Any] | None:
+    return schema.get("enum") or (schema.get("items") or {}).get("enum")
 
 
-def _value(spec: dict[str, Any], section: str, name: str) -> Any:
-    return spec[name] if section == "run" else spec[section][name]
+def _edited_as_text(schema: dict[str, Any]) -> bool:
+    """Fields without a widget of their own (mappings, optional values, unions) are edited as YAML text."""
+    return not (schema.get("type") in ("boolean", "integer", "number", "string") or _choices(schema))
 
 
 def fill_form(spec: dict[str, Any]) -> None:
     """Put `spec` into the form's widgets: the one way the form changes other than a person typing. The widgets
     take their values from session state only, so what they show is what `spec_form` returns."""
-    for section, f, tp in _fields():
-        value = _value(spec, section, f.name)
-        if _edited_as_text(tp, f.metadata.get("choices")):
+    for dotted, schema in _fields():
+        value = get_path(spec, dotted)
+        if _edited_as_text(schema):
             value = yaml.safe_dump(value, default_flow_style=True).strip()
-        elif tp is float:
+        elif schema.get("type") == "number":
             value = float(value)
-        st.session_state[_key(section, f.name)] = value
+        st.session_state[_key(dotted)] = value
 
 
 def set_field(section: str, name: str, value: Any) -> None:
-    st.session_state[_key(section, name)] = value
+    st.session_state[_key(f"{section}.{name}")] = value
 
 
-def _widget(section: str, f: dataclasses.Field, tp: Any, error: str | None) -> Any:
-    key = _key(section, f.name)
-    label = f.name.replace("_", " ")
-    help_text = f.metadata.get("help")
-    choices = f.metadata.get("choices")
-    origin = typing.get_origin(tp)
-    if tp is bool:
+def _widget(dotted: str, schema: dict[str, Any], error: str | None) -> Any:
+    key = _key(dotted)
+    label = dotted.rsplit(".", 1)[-1].replace("_", " ")
+    help_text = schema.get("description")
+    choices = _choices(schema)
+    kind = schema.get("type")
+    if kind == "boolean":
         result = st.checkbox(label, help=help_text, key=key)
-    elif origin is list and choices:
+    elif kind == "array" and choices:
         result = st.multiselect(label, list(choices), help=help_text, key=key)
     elif choices:
         result = st.selectbox(label, list(choices), help=help_text, key=key)
-    elif tp is int:
+    elif kind == "integer":
         result = st.number_input(label, step=1, help=help_text, key=key)
-    elif tp is float:
+    elif kind == "number":
         result = st.number_input(label, format="%g", help=help_text, key=key)
-    elif tp is str:
+    elif kind == "string":
         result = st.text_input(label, help=help_text, key=key)
-    else:  # dicts, optional values, unions: edited as YAML, parsed and checked by the dataclass
+    else:  # mappings, optional values, unions: edited as YAML, parsed and checked by the model
         text = st.text_input(label, help=help_text, key=key)
         try:
             result = yaml.safe_load(text)
@@ -88,31 +79,47 @@ def _widget(section: str, f: dataclasses.Field, tp: Any, error: str | None) -> A
 def spec_form(errors: dict[str, str]) -> dict[str, Any]:
     """Widgets for every RunSpec field, showing what `fill_form` and the person put there; returns the spec dict
     they show (unchecked)."""
-    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunSpec)}
-    edited: dict[str, Any] = {}
-    sections: dict[str, list[tuple[dataclasses.Field, Any]]] = {}
-    for section, f, tp in _fields():
-        sections.setdefault(section, []).append((f, tp))
+    helps = section_help()
+    edited: dict[str, Any] = {"spec_version": SPEC_VERSION}
+    sections: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for dotted, schema in _fields():
+        sections.setdefault(dotted.split(".")[0] if "." in dotted else "run", []).append((dotted, schema))
     for section, fields in sections.items():
         if section == "run":
-            for f, tp in fields:
-                edited[f.name] = _widget("run", f, tp, errors.get(f.name))
+            for dotted, schema in fields:
+                edited[dotted] = _widget(dotted, schema, errors.get(dotted))
             continue
-        with st.expander(
-            f"{section.replace('_', ' ')} — {helps[section]}", expanded=any(k.startswith(f"{section}.") for k in errors)
-        ):
-            edited[section] = {f.name: _widget(section, f, tp, errors.get(f"{section}.{f.name}")) for f, tp in fields}
+        expanded = any(k.startswith(f"{section}.") for k in errors)
+        with st.expander(f"{section.replace('_', ' ')} — {helps[section]}", expanded=expanded):
+            for dotted, schema in fields:
+                set_path(edited, dotted, _widget(dotted, schema, errors.get(dotted)))
     return edited
 
 
 def error_field(message: str) -> str:
-    """The dotted field a ConfigError names ("GenerationConfig.temperature: ..." -> "generation.temperature")."""
+    """The dotted field a ConfigError names ("SamplingConfig.temperature: ..." -> "generation.sampling.temperature"
+    when that is the only such field; the first one otherwise)."""
+    from pipeline.core.configs import RunSpec
+
     head = message.split(":", 1)[0].strip()
-    for f in dataclasses.fields(RunSpec):
-        tp = typing.get_type_hints(RunSpec)[f.name]
-        if dataclasses.is_dataclass(tp) and head.startswith(f"{tp.__name__}."):
-            return f"{f.name}.{head.split('.', 1)[1].split('.')[0]}"
-        if head.startswith(f"RunSpec.{f.name}"):
-            rest = head[len("RunSpec.") :]
-            return rest if "." in rest else f.name
+    section, _, field = head.partition(".")
+    field = field.split(".")[0].split("[")[0]
+    if section == RunSpec.__name__:
+        return field or "_form"
+    for dotted, _ in _fields():
+        parent = _section_class(dotted)
+        if parent == section and dotted.rsplit(".", 1)[-1] == field:
+            return dotted
     return "_form"
+
+
+def _section_class(dotted: str) -> str | None:
+    """The name of the config class that holds a dotted field ("dpo.beta" -> "DPOConfig")."""
+    from pydantic import BaseModel
+
+    from pipeline.core.configs import RunSpec
+
+    model: type[BaseModel] = RunSpec
+    for part in dotted.split(".")[:-1]:
+        model = model.model_fields[part].annotation
+    return model.__name__

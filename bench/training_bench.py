@@ -190,7 +190,8 @@ def _tokens(spec: Any, rows: list[dict[str, Any]], fields: tuple[str, ...], epoc
 def _stage_vs_plain(stage_node: str, quick: bool) -> dict:
     import os
 
-    from pipeline.dag import node_by_name, run_node
+    from pipeline.core.registry import node_by_name
+    from pipeline.dag import run_node
     from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
     from pipeline.stages.pairs import TRAIN
 
@@ -301,7 +302,8 @@ def eval_child(mode: str, home: str, spec_json: str) -> dict:
     import transformers  # noqa: F401
 
     from pipeline.core.configs import RunSpec, from_dict
-    from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+    from pipeline.core.registry import node_by_name
+    from pipeline.dag import artifact_keys, default_store, run_node
     from pipeline.models import MemoryTracker, load_model
     from pipeline.training import model_config_from_ref
 

@@ -10,11 +10,9 @@ from sqlalchemy import Engine, func, select
 
 from db.models import Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
 from db.session import read_session
-from pipeline.core.stats import mean_ci
+from pipeline.core.metrics import sample_flags
 
 DONE = ("succeeded", "cached")
-REPETITION_FLAG = 0.5  # share of repeated 3-grams from which a generation is flagged
-LENGTH_BLOWUP = 3.0  # a generation longer than 3x its reference (+40 chars) is flagged
 
 
 def list_runs(
@@ -144,22 +142,6 @@ def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[
         return [_evaluation_row(e, name) for e, name in rows]
 
 
-def sample_flags(stats: dict[str, Any], reference: str | None) -> list[str]:
-    """What a reviewer should look at in one generation: repetition, no EOS, length blow-up, template leak, refusal."""
-    flags = []
-    if (stats.get("repetition") or 0.0) >= REPETITION_FLAG:
-        flags.append("repetition")
-    if not stats.get("eos_reached", True):
-        flags.append("no EOS")
-    if reference and stats.get("chars", 0) > LENGTH_BLOWUP * len(reference) + 40:
-        flags.append("length blow-up")
-    if stats.get("template_leak"):
-        flags.append("template leak")
-    if stats.get("refusal"):
-        flags.append("refusal")
-    return flags
-
-
 NOT_RESULT_FIELDS = {"name", "preset", "stages"}
 SAMPLE_FILTERS = ("all", "flagged", "disagreeing")
 
@@ -186,7 +168,7 @@ def samples_side_by_side(run_id: int, only: str = "all", engine: Engine | None =
         row["methods"][sample.method] = {
             "generation": sample.generation,
             "stats": stats,
-            "flags": sample_flags(stats, sample.reference),
+            "flags": sample_flags(stats),
         }
     rows = list(by_prompt.values())
     for row in rows:
@@ -262,8 +244,9 @@ def previews(run_id: int, kind: str, engine: Engine | None = None) -> list[Any]:
     return [row for chunk in chunks for row in chunk]
 
 
-def win_rates(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
-    """Per method pair from human judgements: wins, losses, ties and win rate (ties count half)."""
+def judgement_counts(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Per method pair from human judgements: wins (of `a`), losses and ties. Their statistics come from
+    `pipeline.core.stats.win_rate`: the store reads, it does not estimate."""
     with read_session(engine) as s:
         judgements = s.scalars(select(Judgement).where(Judgement.run_id == run_id)).all()
     table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"wins": 0, "losses": 0, "ties": 0})
@@ -276,22 +259,7 @@ def win_rates(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]
             cell["wins"] += 1
         else:
             cell["losses"] += 1
-    rows = []
-    for (a, b), cell in sorted(table.items()):
-        outcomes = [1.0] * cell["wins"] + [0.0] * cell["losses"] + [0.5] * cell["ties"]
-        ci = mean_ci(outcomes, n_resamples=1000)
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                **cell,
-                "n": len(outcomes),
-                "win_rate_a": ci["mean"],
-                "ci_low": ci["ci_low"],
-                "ci_high": ci["ci_high"],
-            }
-        )
-    return rows
+    return [{"a": a, "b": b, **cell} for (a, b), cell in sorted(table.items())]
 
 
 def judgements_as_pairs(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:

@@ -7,30 +7,22 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.core import registry
 from pipeline.core.configs import (
     PRESETS,
     NegativesConfig,
     RunSpec,
     ValidationConfig,
     dump_spec,
+    field_table,
     from_dict,
     load_spec,
     preset,
+    set_path,
     to_dict,
 )
 from pipeline.core.errors import AlignlabError, ConfigError
-
-STAGE_COMMANDS = {
-    "split_prompts": ["split"],
-    "generate_sft": ["generate_sft"],
-    "train_sft": ["train_sft"],
-    "generate_negatives": ["negatives"],
-    "make_pairs": ["pairs"],
-    "train_dpo": ["dpo_sft", "dpo_base"],
-    "evaluate": ["eval_base", "eval_sft", "eval_sft_dpo", "eval_dpo_only"],
-    "compare": ["compare"],
-}
-
+from pipeline.core.registry import plan
 
 # ----------------------------------------------------------------------------------------------- spec flags
 
@@ -43,32 +35,25 @@ def _parse_value(text: str) -> object:
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, home: bool = True) -> None:
-    """--config / --preset plus one `--section.field VALUE` flag per RunSpec field, help from its metadata.
+    """--config / --preset plus one `--section.field VALUE` flag per RunSpec field (from its JSON Schema).
 
     `home=False` for commands that queue work: where a worker reads and writes is its own ALIGNLAB_HOME."""
-    import dataclasses
-
     parser.add_argument("--config", type=Path, help="RunSpec file (YAML or JSON), e.g. from `alignlab config`.")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="Start from a preset instead of a file.")
     if home:
         parser.add_argument("--home", type=Path, help="ALIGNLAB_HOME for artifacts (default ~/.alignlab).")
-    spec = RunSpec()
     group = parser.add_argument_group("run settings (override the file or preset)")
-    for f in dataclasses.fields(spec):
-        value = getattr(spec, f.name)
-        if dataclasses.is_dataclass(value):
-            for sub in dataclasses.fields(value):
-                group.add_argument(
-                    f"--{f.name}.{sub.name}",
-                    dest=f"set:{f.name}.{sub.name}",
-                    type=_parse_value,
-                    metavar="V",
-                    help=sub.metadata.get("help"),
-                )
-        elif f.name != "preset":  # --preset picks the starting preset
-            group.add_argument(
-                f"--{f.name}", dest=f"set:{f.name}", type=_parse_value, metavar="V", help=f.metadata.get("help")
-            )
+    for dotted, schema in field_table():
+        if dotted in ("preset", "spec_version"):  # --preset picks the starting preset; the version is not a setting
+            continue
+        choices = f" Choices: {', '.join(map(str, schema['enum']))}." if "enum" in schema else ""
+        group.add_argument(
+            f"--{dotted}",
+            dest=f"set:{dotted}",
+            type=_parse_value,
+            metavar="V",
+            help=(schema.get("description") or "") + choices,
+        )
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -78,11 +63,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     data = to_dict(spec)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("set:") and v is not None}
     for dotted, value in overrides.items():
-        target = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
+        set_path(data, dotted, value)
     return from_dict(RunSpec, data) if overrides else spec
 
 
@@ -119,17 +100,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+    from pipeline.dag import artifact_keys, default_store, run_node
 
     spec = spec_from_args(args)
     store = default_store(args.home)
     keys = artifact_keys(spec)
-    names = STAGE_COMMANDS[args.command]
-    if getattr(args, "role", None):
-        names = [n for n in names if n.endswith(args.role)]
-    for name in names:
-        result = run_node(spec, store, node_by_name(name), keys, print_event)
-        print(json.dumps({"node": name, "out_dir": result.out_dir, "metrics": result.metrics}, default=str))
+    role = getattr(args, "role", None)
+    for node in plan():
+        if node.stage != args.stage or (role and node.role != role):
+            continue
+        result = run_node(spec, store, node, keys, print_event)
+        print(json.dumps({"node": node.name, "out_dir": result.out_dir, "metrics": result.metrics}, default=str))
     return 0
 
 
@@ -143,15 +124,20 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline import validation
+    from pipeline.sources import read_records
 
     config = ValidationConfig(max_error_rate=args.max_error_rate, max_text_chars=args.max_text_chars)
     weights = NegativesConfig().normalized_weights() if args.check_type_mix else None
     if args.kind in ("sft", "instructions"):
-        report = validation.validate_file(args.kind, args.file, config)
+        report = validation.validate_file(args.kind, args.file, config, read=read_records)
     elif args.kind == "negatives":
-        _, report = validation.load_and_validate_negatives(args.file, config, weights=weights, strict=False)
+        _, report = validation.load_and_validate_negatives(
+            args.file, config, weights=weights, strict=False, read=read_records
+        )
     else:
-        _, report = validation.load_and_validate_pairs(args.file, args.heldout, config, weights=weights, strict=False)
+        _, report = validation.load_and_validate_pairs(
+            args.file, args.heldout, config, weights=weights, strict=False, read=read_records
+        )
     print(report.to_json() if args.json else report.summary())
     return 0 if report.passed else 1
 
@@ -195,16 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    for stage in STAGE_COMMANDS:
-        stage_parser = sub.add_parser(stage, help=f"Run only {stage} (its inputs must be complete).")
+    for declared in registry.STAGES.values():
+        stage_parser = sub.add_parser(
+            declared.command, help=f"Run only {declared.name}: {declared.help} (its inputs must be complete)."
+        )
         add_spec_arguments(stage_parser)
-        if stage == "train_dpo":
-            stage_parser.add_argument("--init", dest="role", choices=("sft", "base"), help="Only this variant.")
-        if stage == "evaluate":
+        if declared.role_argument:
             stage_parser.add_argument(
-                "--method", dest="role", choices=("base", "sft", "sft_dpo", "dpo_only"), help="Only this model."
+                f"--{declared.role_argument}", dest="role", choices=declared.roles, help="Only this variant."
             )
-        stage_parser.set_defaults(func=cmd_stage)
+        stage_parser.set_defaults(func=cmd_stage, stage=declared.name)
 
     config = sub.add_parser("config", help="Print or save a preset's full RunSpec (YAML or JSON).")
     config.add_argument("--preset", default="tiny-cpu", choices=sorted(PRESETS))

@@ -1,7 +1,8 @@
 """The stage DAG of one run: nodes, artifact keys, and running nodes through the artifact store.
 
 `plan()` (from the stage registry) names every node (train_dpo twice, evaluate once per method);
-`artifact_keys` hashes each node's config slice with its inputs' keys, so an identical node is reused instead of recomputed;
+`artifact_keys` hashes each node's config slice with its inputs' keys, so an identical node is reused instead of
+recomputed;
 `run_node` runs one node (inputs must be complete) and `run_dag` runs the selected stages in order, in one
 process, one model at a time. The CLI and the queue jobs both use these functions.
 """

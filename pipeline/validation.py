@@ -12,7 +12,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 from pipeline.core.configs import NEGATIVE_TYPES, ValidationConfig
 from pipeline.core.errors import DataError
 from pipeline.core.text import template_parts
-from pipeline.paths import BLOB_PREFIX, DATASET_DIR_MARKERS, read_blob
 
 ERROR, WARNING = "error", "warning"
 
@@ -182,6 +181,7 @@ def take_row(report: ValidationReport, record: Any, file: str | None = None) -> 
 
 
 BOM = b"\xef\xbb\xbf"
+Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_jsonl here, pipeline.sources.read_records for more
 
 
 def read_jsonl(path: str | Path) -> Iterator[Row]:
@@ -211,24 +211,6 @@ def read_jsonl(path: str | Path) -> Iterator[Row]:
                 yield number, Noted(record, Issue(number, None, "byte_order_mark", note, WARNING, str(path)))
             else:
                 yield number, record
-
-
-def read_records(source: str | Path) -> Iterator[Row]:
-    """Rows of a JSONL file or a `datasets` directory (saved with `save_to_disk`)."""
-    path = Path(source)
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        if not any((path / marker).exists() for marker in DATASET_DIR_MARKERS):
-            raise DataError(f"{path} is a directory, not a JSONL file or a directory saved with datasets' save_to_disk")
-
-        dataset = load_from_disk(str(path))
-        if hasattr(dataset, "keys"):  # a DatasetDict: take the train split
-            dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset.keys()))]
-        for index, row in enumerate(dataset, start=1):
-            yield index, dict(row)
-        return
-    yield from read_jsonl(path)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -577,7 +559,11 @@ def _missing(kind: str, path: Path, config: ValidationConfig) -> ValidationRepor
 
 
 def load_and_validate_sft(
-    path: str | Path, config: ValidationConfig | None = None, tokenizer: Any = None, strict: bool = True
+    path: str | Path,
+    config: ValidationConfig | None = None,
+    tokenizer: Any = None,
+    strict: bool = True,
+    read: Reader = read_jsonl,
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     """Read and validate SFT records; with `strict`, raise `DataError` (carrying the report) when it fails."""
     config = config or ValidationConfig()
@@ -585,7 +571,7 @@ def load_and_validate_sft(
     report = _missing("sft", path, config)
     records: list[dict[str, Any]] = []
     if report is None:
-        records, report = validate_sft_data(read_records(path), config, tokenizer, source=str(path))
+        records, report = validate_sft_data(read(path), config, tokenizer, source=str(path))
     if strict:
         report.raise_if_failed()
     return records, report
@@ -598,6 +584,7 @@ def load_and_validate_negatives(
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,
+    read: Reader = read_jsonl,
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     config = config or ValidationConfig()
     path = Path(path)
@@ -605,7 +592,7 @@ def load_and_validate_negatives(
     records: list[dict[str, Any]] = []
     if report is None:
         records, report = validate_negative_examples(
-            read_records(path), config, known_types, weights, tokenizer, source=str(path)
+            read(path), config, known_types, weights, tokenizer, source=str(path)
         )
     if strict:
         report.raise_if_failed()
@@ -620,6 +607,7 @@ def load_and_validate_pairs(
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,
+    read: Reader = read_jsonl,
 ) -> tuple[dict[str, list[dict[str, Any]]], ValidationReport]:
     config = config or ValidationConfig()
     paths = [Path(train_path)] + ([Path(heldout_path)] if heldout_path else [])
@@ -630,8 +618,8 @@ def load_and_validate_pairs(
                 report.raise_if_failed()
             return {"train": [], "heldout": []}, report
     splits, report = validate_preference_pairs(
-        read_records(paths[0]),
-        read_records(paths[1]) if heldout_path else None,
+        read(paths[0]),
+        read(paths[1]) if heldout_path else None,
         config,
         known_types,
         weights,
@@ -689,34 +677,6 @@ def validate_instructions(
     return valid, report
 
 
-def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], str]:
-    """Rows of instructions from 'demo', a JSONL file, a datasets directory, or a Hugging Face dataset id."""
-    if source == "demo":
-        from pipeline.tiny import demo_path
-
-        return read_jsonl(demo_path()), str(demo_path())
-    if source.startswith(BLOB_PREFIX):  # a dataset uploaded in the dashboard, materialized by the worker
-        from pipeline.core.home import alignlab_home
-
-        path = read_blob(alignlab_home(), source)
-        return read_records(path), f"{source} ({path})"
-    path = Path(source).expanduser()
-    if path.exists():
-        return read_records(path), str(path)
-    if source.endswith((".jsonl", ".json")) or source.startswith((".", "/", "~")):
-        raise DataError(f"instructions file {source} does not exist; check DataConfig.instructions")
-    try:
-        from datasets import load_dataset
-
-        dataset = load_dataset(source, split=split)
-    except Exception as exc:
-        raise DataError(
-            f"instructions {source!r}: not a local file and could not be loaded as a Hugging Face dataset "
-            f"(split {split!r}): {exc}"
-        ) from exc
-    return ((index, dict(row)) for index, row in enumerate(dataset, start=1)), f"hf:{source}[{split}]"
-
-
 FILE_KINDS = ("instructions", "sft", "negatives", "pairs")
 
 
@@ -726,21 +686,23 @@ def validate_file(
     config: ValidationConfig | None = None,
     heldout: str | Path | None = None,
     instruction_field: str = "instruction",
+    read: Reader = read_jsonl,
 ) -> ValidationReport:
-    """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file checks."""
+    """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file checks.
+    `read` reads the rows (JSONL; `pipeline.sources.read_records` also reads a `datasets` directory)."""
     config = config or ValidationConfig()
     if kind == "instructions":
         path = Path(path)
         return (
             _missing(kind, path, config)
-            or validate_instructions(read_jsonl(path), instruction_field, config, source=str(path))[1]
+            or validate_instructions(read(path), instruction_field, config, source=str(path))[1]
         )
     if kind == "sft":
-        return load_and_validate_sft(path, config, strict=False)[1]
+        return load_and_validate_sft(path, config, strict=False, read=read)[1]
     if kind == "negatives":
-        return load_and_validate_negatives(path, config, strict=False)[1]
+        return load_and_validate_negatives(path, config, strict=False, read=read)[1]
     if kind == "pairs":
-        return load_and_validate_pairs(path, heldout, config, strict=False)[1]
+        return load_and_validate_pairs(path, heldout, config, strict=False, read=read)[1]
     raise ValueError(f"kind {kind!r}: one of {', '.join(FILE_KINDS)}")
 
 

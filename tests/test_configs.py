@@ -5,6 +5,7 @@ import pytest
 from pipeline.core.configs import (
     PRESETS,
     DPOConfig,
+    EvalConfig,
     FormatConfig,
     GenerationConfig,
     ModelConfig,
@@ -32,16 +33,12 @@ def test_presets_round_trip_unchanged(tmp_path, name, suffix):
 
 
 def test_every_field_has_help():
-    import dataclasses
+    from pipeline.core.configs import field_table
 
-    spec = RunSpec()
-    configs = [spec] + [
-        getattr(spec, f.name) for f in dataclasses.fields(spec) if dataclasses.is_dataclass(getattr(spec, f.name))
-    ]
-    assert len(configs) > 10
-    for config in configs:
-        for f in dataclasses.fields(config):
-            assert f.metadata.get("help"), f"{type(config).__name__}.{f.name} has no help"
+    fields = field_table()
+    assert len(fields) > 80
+    for dotted, schema in fields:
+        assert schema.get("description"), f"{dotted} has no help"
 
 
 def test_unknown_keys_are_named(tmp_path):
@@ -55,22 +52,22 @@ def test_unknown_keys_are_named(tmp_path):
     message = str(err.value)
     assert "RunSpec.colour" in message and str(path) in message
     del data["colour"]
-    with pytest.raises(ConfigError, match=r"RunSpec\.sft\.learnig_rate"):
+    with pytest.raises(ConfigError, match=r"SFTConfig\.learnig_rate: unknown key"):
         from_dict(RunSpec, data)
 
 
 @pytest.mark.parametrize(
     "build, field, fragment",
     [
-        (lambda: GenerationConfig(temperature=0), "GenerationConfig.temperature", "0.01 .. 5.0"),
-        (lambda: GenerationConfig(top_p=1.5), "GenerationConfig.top_p", "0.01 .. 1.0"),
+        (lambda: GenerationConfig(sampling={"temperature": 0}), "SamplingConfig.temperature", "0.01 .. 5.0"),
+        (lambda: EvalConfig(sampling={"top_p": 1.5}), "SamplingConfig.top_p", "0.01 .. 1.0"),
         (lambda: GenerationConfig(batch_size=0), "GenerationConfig.batch_size", "1 .. 1024"),
         (lambda: GenerationConfig(min_response_chars=50, max_response_chars=10), "min_response_chars", "below"),
         (lambda: DPOConfig(beta=0.0), "DPOConfig.beta", "0.0001 .. 10.0"),
         (lambda: DPOConfig(loss_type="magic"), "DPOConfig.loss_type", "sigmoid"),
         (lambda: DPOConfig(learning_rate="fast"), "DPOConfig.learning_rate", "expected a number"),
         (lambda: ModelConfig(dtype="int3"), "ModelConfig.dtype", "bfloat16"),
-        (lambda: ModelConfig(load_in_8bit="sometimes"), "ModelConfig.load_in_8bit", "auto, true or false"),
+        (lambda: ModelConfig(load_in_8bit="sometimes"), "ModelConfig.load_in_8bit", "'auto', True or False"),
         (lambda: ModelConfig(name_or_path=" "), "ModelConfig.name_or_path", "model id"),
         (lambda: NegativesConfig(types=["bogus"]), "NegativesConfig.types", "model_sample"),
         (lambda: NegativesConfig(types=["truncated"], weights={"refusal": 1.0}), "weights.refusal", "not in types"),

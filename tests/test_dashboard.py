@@ -12,7 +12,7 @@ from db.models import Run
 from db.session import read_session
 from pipeline.core.configs import preset, to_dict
 from tests.test_queue import drain_queues
-from workers import scheduler
+from workers import commands, scheduler
 from workers.recorder import Recorder
 
 MAIN = "../app/main.py"
@@ -255,10 +255,11 @@ def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
 
 
 def test_compare_across_runs_sweeps_the_differing_setting(filled):
-    from pipeline.core.configs import DPO_STAGES, RunSpec, from_dict
+    from pipeline.core.configs import RunSpec, from_dict
+    from pipeline.core.registry import variant_stages_onward
 
     changed = to_dict(from_dict(RunSpec, filled["spec"]))
-    changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
+    changed["dpo"]["beta"], changed["stages"] = 0.3, variant_stages_onward()
     second = scheduler.submit(from_dict(RunSpec, changed), filled["conn"], filled["engine"])
     drain_queues(filled["conn"])
     Recorder(filled["conn"], filled["engine"]).drain()
@@ -355,7 +356,7 @@ def test_off_loopback_the_password_opens_the_dashboard(filled, listening_everywh
 
 def test_retry_button_requeues_a_stage_and_its_dependents(filled):
     queued = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
-    scheduler.cancel(queued, filled["conn"], filled["engine"])
+    commands.cancel(queued, filled["conn"], filled["engine"])
     filled["conn"].delete("rq:queue:gpu", "rq:queue:cpu")
     at = app(run=str(queued)).run()
     assert not at.exception

@@ -9,7 +9,8 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from app.forms import _edited_as_text, _fields
 from db.models import Run
 from db.session import read_session
-from pipeline.core.configs import DPO_STAGES, preset, to_dict
+from pipeline.core.configs import preset, to_dict
+from pipeline.core.registry import variant_stages_onward
 from tests.test_dashboard import app
 
 
@@ -93,7 +94,7 @@ def test_an_earlier_run_with_and_without_only_the_dpo_stages(filled):
     earlier = filled["spec"]
     at = launch_page()
     at.radio(key="launch_source").set_value("earlier run").run()
-    assert_one_spec(at, {**earlier, "stages": DPO_STAGES}, filled["engine"])
+    assert_one_spec(at, {**earlier, "stages": variant_stages_onward()}, filled["engine"])
     at = launch_page()
     at.radio(key="launch_source").set_value("earlier run").run()
     at.selectbox(key="launch_parent").set_value(filled["run_id"]).run()  # not the run launched just above

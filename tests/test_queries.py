@@ -4,7 +4,7 @@ from db import queries
 from db.models import Judgement
 from db.session import write_session
 from tests.test_queue import drain_queues
-from workers import scheduler
+from workers import commands, scheduler
 from workers.recorder import Recorder
 
 
@@ -57,7 +57,9 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
                 Judgement(run_id=run_id, prompt_id=prompt, method_a="sft_dpo", method_b="dpo_only", winner="tie"),
             ]
         )
-    (rate,) = queries.win_rates(run_id, engine=engine)
+    from pipeline.core.stats import win_rate
+
+    (rate,) = [win_rate(c) for c in queries.judgement_counts(run_id, engine=engine)]
     assert (rate["a"], rate["b"]) == ("dpo_only", "sft_dpo")
     assert (rate["wins"], rate["losses"], rate["ties"], rate["n"]) == (0, 2, 1, 3)
     assert abs(rate["win_rate_a"] - 0.5 / 3) < 1e-9
@@ -84,11 +86,12 @@ def test_metric_curves_of_a_training_stage(tiny_model_dir, tiny_ci_spec, redis_c
 def test_dpo_only_relaunch_reuses_the_earlier_run_and_feeds_the_cross_run_sweep(
     dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
 ):
-    from pipeline.core.configs import DPO_STAGES, RunSpec, from_dict, to_dict
+    from pipeline.core.configs import RunSpec, from_dict, to_dict
+    from pipeline.core.registry import variant_stages_onward
 
     first = scheduler.submit(tiny_ci_spec, redis_conn, engine)
     changed = to_dict(tiny_ci_spec)
-    changed["dpo"]["beta"], changed["stages"] = 0.3, DPO_STAGES
+    changed["dpo"]["beta"], changed["stages"] = 0.3, variant_stages_onward()
     second = scheduler.submit(from_dict(RunSpec, changed), redis_conn, engine, parent_id=first)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
@@ -126,16 +129,14 @@ def test_seeds_launch_as_one_group(tiny_ci_spec, redis_conn, engine):
     assert {s["generation"]["seed"] for s in specs} == {tiny_ci_spec.generation.seed}  # data stays shared
     assert [s["name"] for s in specs] == [f"tiny-ci-seed{i}" for i in (1, 2, 3)]
     for run_id in ids:
-        scheduler.cancel(run_id, redis_conn, engine)
+        commands.cancel(run_id, redis_conn, engine)
 
 
 def test_sample_flags_name_each_problem():
-    stats = {"repetition": 0.8, "eos_reached": False, "chars": 500, "template_leak": True, "refusal": True}
-    assert queries.sample_flags(stats, "short reference") == [
-        "repetition",
-        "no EOS",
-        "length blow-up",
-        "template leak",
-        "refusal",
-    ]
-    assert queries.sample_flags({"repetition": 0.1, "eos_reached": True, "chars": 20}, "a reference") == []
+    from pipeline.core.metrics import EvaluatedSample, sample_flags, sample_stats
+
+    looping = "I'm sorry. Instruction: " + "again and again " * 40
+    bad = EvaluatedSample(looping, 64, False, "short reference", None, 2.0, "Instruction: {instruction}\nResponse:")
+    assert sample_flags(sample_stats(bad)) == ["no EOS", "repetition", "template leak", "refusal", "length blow-up"]
+    good = EvaluatedSample("Paris is the capital.", 6, True, "It is Paris.", None, 1.0, "Q: {instruction}\nA:")
+    assert sample_flags(sample_stats(good)) == []

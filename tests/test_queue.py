@@ -12,7 +12,7 @@ from db.models import Evaluation, Metric, Preview, RecordedEvent, Run, Sample, S
 from db.session import read_session
 from pipeline.dag import plan
 from tests.conftest import add_stage_run
-from workers import scheduler
+from workers import reconciler, scheduler
 from workers.queues import SERIALIZER, AllowlistJob, queue
 from workers.recorder import Recorder
 
@@ -152,7 +152,7 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     run_id = scheduler.submit(spec, redis_conn, engine)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
-    scheduler.reconcile(redis_conn, engine)
+    reconciler.reconcile(redis_conn, engine)
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         statuses = {x.node: x.status for x in run.stages}

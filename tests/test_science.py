@@ -112,9 +112,9 @@ def test_decontamination_counts_exact_copies_and_near_copies_not_shared_template
 def test_a_split_field_wins_and_an_old_spec_keeps_its_held_out_share():
     migrated = from_dict(RunSpec, {"name": "old", "pairs": {"heldout_fraction": 0.3, "seed": 4}})
     assert migrated.split.heldout_fraction == 0.3 and migrated.pairs.seed == 4
-    from pipeline.dag import selected_nodes
+    from pipeline.core.registry import selected_nodes
 
-    chosen = selected_nodes(from_dict(RunSpec, {"stages": ["generate_sft", "train_sft"]}))
+    chosen = selected_nodes(from_dict(RunSpec, {"stages": ["generate_sft", "train_sft"]}).stages)
     assert [n.name for n in chosen] == ["split", "generate_sft", "train_sft"]  # the split always comes first
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import MetaData, select
 from pipeline.core.errors import ConfigError
 from pipeline.paths import confine, confine_spec
 from tests.test_cli_up import ROOT
-from workers import scheduler
+from workers import commands, scheduler
 from workers.queues import connect, require_password_off_loopback
 from workers.recorder import Recorder
 
@@ -122,7 +122,7 @@ def test_tokens_in_the_environment_reach_no_database_event_job_or_log(
             check=True,
         )
     Recorder(redis_conn, engine).drain()
-    assert scheduler.run_summary(run_id, engine)["status"] == "succeeded"
+    assert commands.run_summary(run_id, engine)["status"] == "succeeded"
 
     haystacks = {
         "database": _everything_in_the_database(engine),

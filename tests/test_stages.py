@@ -10,7 +10,8 @@ import torch
 
 from pipeline.artifacts import write_jsonl
 from pipeline.core.errors import DataError, MaskingError
-from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+from pipeline.core.registry import node_by_name
+from pipeline.dag import artifact_keys, default_store, run_node
 from pipeline.models import load_model
 from pipeline.stages import compare, evaluate, pairs, read_jsonl, train_sft
 from pipeline.stages.generate_sft import clean_response
@@ -20,10 +21,13 @@ from pipeline.training import model_config_from_ref
 
 def mean_sft_loss(model_config, records):
     """Mean completion NLL per token under a model, computed independently of the stages."""
-    from pipeline.stages.evaluate import completion_logprobs
+    from pipeline.core.configs import FormatConfig
+    from pipeline.generation import HFGenerator
 
     model, tok, _ = load_model(model_config)
-    scores = completion_logprobs(model, tok, [r["prompt"] for r in records], [r["completion"] for r in records])
+    scores = HFGenerator(model, tok, FormatConfig()).completion_logprobs(
+        [r["prompt"] for r in records], [r["completion"] for r in records]
+    )
     return -sum(s for s, _ in scores) / sum(n for _, n in scores)
 
 
@@ -49,7 +53,8 @@ def test_sft_lowers_training_loss_and_changes_parameters(dag_run, tiny_ci_spec):
 
 @pytest.mark.parametrize("node, init_model", [("dpo_sft", "sft"), ("dpo_base", "base")])
 def test_dpo_raises_the_reward_margin_relative_to_its_init(dag_run, tiny_ci_spec, node, init_model):
-    from pipeline.stages.evaluate import completion_logprobs
+    from pipeline.core.configs import FormatConfig
+    from pipeline.generation import HFGenerator
 
     train = read_jsonl(Path(dag_run.results["pairs"].out_dir) / "train.jsonl")
     dpo_dir = Path(dag_run.results[node].out_dir)
@@ -61,7 +66,9 @@ def test_dpo_raises_the_reward_margin_relative_to_its_init(dag_run, tiny_ci_spec
     def margins(config):
         model, tok, _ = load_model(config)
         prompts = [p["prompt"] for p in train] * 2
-        scores = completion_logprobs(model, tok, prompts, [p["chosen"] for p in train] + [p["rejected"] for p in train])
+        scores = HFGenerator(model, tok, FormatConfig()).completion_logprobs(
+            prompts, [p["chosen"] for p in train] + [p["rejected"] for p in train]
+        )
         return [scores[i][0] - scores[len(train) + i][0] for i in range(len(train))]
 
     init = margins(init_config)

@@ -55,7 +55,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from workers.scheduler import run_summary
+    from workers.commands import run_summary
 
     summary = run_summary(args.run)
     print(
@@ -69,8 +69,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from workers.commands import cancel
     from workers.queues import connect
-    from workers.scheduler import cancel
 
     cancel(args.run, connect(), _engine())
     print(f"run {args.run} cancelled")
@@ -149,7 +149,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(1)
             supervisor.poll()
             if run_id is not None:
-                from workers.scheduler import run_summary
+                from workers.commands import run_summary
 
                 summary = run_summary(run_id)
                 line = " ".join(f"{s['node']}:{s['status']}" for s in summary["stages"])

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
+from pipeline.core import registry
 from pipeline.core.errors import StopRequested
 from workers.events import EventEmitter, EventKind, cancel_key, preempt_key
 
@@ -83,27 +84,37 @@ def _emit_outputs(emitter: EventEmitter, result: Any) -> None:
         if kind in ("samples", "report"):
             continue
         emitter.emit_rows(EventKind.preview, rows, preview=kind)
-    if result.stage == "evaluate":
-        samples = [json.loads(line) for line in (out_dir / result.outputs["samples"]).read_text().splitlines() if line]
-        emitter.emit_rows(EventKind.samples, samples, method=result.role)
-    if result.stage == "compare":
-        report = json.loads((out_dir / result.outputs["report"]).read_text())
-        rows = [
-            {"method": method, "metric": metric, "negative_type": None, **_stat(stat)}
-            for method, metrics in report["table"].items()
-            for metric, stat in metrics.items()
-        ] + [
-            {"method": method, "metric": "preference_accuracy", "negative_type": negative_type, **_stat(stat)}
-            for negative_type, per_method in report["by_negative_type"].items()
-            for method, stat in per_method.items()
-        ]
-        emitter.emit_rows(EventKind.evaluation, rows)
-        emitter.emit_rows(EventKind.preview, report["differences"], preview="differences")
-        emitter.emit(
-            EventKind.preview,
-            rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline", "answer", "correction", "heldout")}],
-            preview="verdict",
-        )
+    for output in registry.stage(result.stage).emits:
+        OUTPUT_EMITTERS[output](emitter, result, out_dir)
+
+
+def _emit_samples(emitter: EventEmitter, result: Any, out_dir: Path) -> None:
+    samples = [json.loads(line) for line in (out_dir / result.outputs["samples"]).read_text().splitlines() if line]
+    emitter.emit_rows(EventKind.samples, samples, method=result.role)
+
+
+def _emit_comparison(emitter: EventEmitter, result: Any, out_dir: Path) -> None:
+    report = json.loads((out_dir / result.outputs["report"]).read_text())
+    rows = [
+        {"method": method, "metric": metric, "negative_type": None, **_stat(stat)}
+        for method, metrics in report["table"].items()
+        for metric, stat in metrics.items()
+    ] + [
+        {"method": method, "metric": "preference_accuracy", "negative_type": negative_type, **_stat(stat)}
+        for negative_type, per_method in report["by_negative_type"].items()
+        for method, stat in per_method.items()
+    ]
+    emitter.emit_rows(EventKind.evaluation, rows)
+    emitter.emit_rows(EventKind.preview, report["differences"], preview="differences")
+    emitter.emit(
+        EventKind.preview,
+        rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline", "answer", "correction", "heldout")}],
+        preview="verdict",
+    )
+
+
+# what a stage declares it `emits` -> how its job sends that to the store
+OUTPUT_EMITTERS = {"samples": _emit_samples, "comparison": _emit_comparison}
 
 
 def _stat(stat: dict[str, Any]) -> dict[str, Any]:

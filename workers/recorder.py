@@ -41,6 +41,7 @@ from db.models import (
 )
 from db.session import write_engine, write_session
 from workers import events as ev
+from workers.run_status import refresh_run_status
 
 log = logging.getLogger("alignlab.recorder")
 GROUP = "recorder"
@@ -149,7 +150,7 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
                 prompt=row["prompt"],
                 reference=row.get("reference"),
                 generation=row["generation"],
-                stats={**row["stats"], "reference_nll": row.get("reference_nll")},
+                stats=row["stats"],
             )
             for row in payload["rows"]
         )
@@ -188,31 +189,6 @@ def apply_event(session: Session, event: dict[str, Any]) -> None:
         )
         stage_run.error = payload.get("error")
         stage_run.finished_at = when
-
-
-def refresh_run_status(session: Session, run: Run) -> None:
-    """The run's status from its stages: running > failed > cancelled > succeeded > queued."""
-    statuses = {s.status for s in run.stages}
-    if StageStatus.running in statuses:
-        status = "running"
-    elif statuses and all(StageStatus(s).done for s in statuses):
-        status = "succeeded"
-    elif StageStatus.failed in statuses and StageStatus.queued not in statuses:
-        status = "failed"
-    elif StageStatus.cancelled in statuses and StageStatus.queued not in statuses:
-        status = "cancelled"
-    elif any(StageStatus(s).done for s in statuses) or StageStatus.failed in statuses:
-        status = "running"
-    else:
-        status = "queued"
-    if status != run.status:
-        run.status = status
-        if status == "running" and run.started_at is None:
-            run.started_at = utcnow()
-        if status in ("succeeded", "failed", "cancelled"):
-            run.finished_at = utcnow()
-            failed = [s for s in run.stages if s.status == StageStatus.failed]
-            run.error = f"{failed[0].node}: {failed[0].error}" if failed else None
 
 
 class Recorder:
@@ -377,7 +353,7 @@ class Recorder:
         return total
 
     def run_forever(self, stop: threading.Event, reconcile_every_s: float = 15.0) -> None:
-        from workers.scheduler import reconcile
+        from workers.reconciler import reconcile
 
         last = 0.0
         while not stop.is_set():

@@ -11,13 +11,12 @@ import threading
 
 from rq import Worker
 
-from pipeline.dag import STAGE_MODULES
+from pipeline.core.registry import STAGES
 from workers.queues import SERIALIZER, AllowlistJob, connect, queue
 
 MAINTENANCE_INTERVAL_S = 60
 # The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
 JOB_MONITORING_INTERVAL_S = 10
-HORSE_HEARTBEAT_TTL_S = 90  # as RQ's own: the job is abandoned only after 90 s without any heartbeat
 
 
 class PreemptibleWorker(Worker):
@@ -28,15 +27,27 @@ class PreemptibleWorker(Worker):
         """In the work horse, keep the job's and execution's heartbeats fresh from the horse itself: if the worker
         process dies (RQ's worker exits when Redis is unreachable for ~10 s) the job still runs, and neither the
         reconciler nor RQ's cleanup takes it for abandoned and starts it a second time."""
-        if not getattr(self, "_is_horse", False):
+        if not self.is_horse:
             return super().perform_job(job, queue, execution)
         stop = threading.Event()
-        beat = threading.Thread(target=horse_heartbeats, args=(job, execution, stop), daemon=True)
+        beat = threading.Thread(target=self._horse_heartbeats, args=(job, execution, stop), daemon=True)
         beat.start()
         try:
             return super().perform_job(job, queue, execution)
         finally:
             stop.set()
+
+    def _horse_heartbeats(self, job, execution, stop: threading.Event) -> None:
+        """RQ's own `maintain_heartbeats` (worker, execution and job, with RQ's TTL), every monitoring interval,
+        from inside the job's process; retried every second while Redis is unreachable so the heartbeat is fresh
+        again right after it returns."""
+        while not stop.wait(self.job_monitoring_interval):
+            while not stop.is_set():
+                try:
+                    self.maintain_heartbeats(job, execution)
+                    break
+                except Exception:  # noqa: BLE001 - Redis away: try again shortly; the job itself carries on
+                    stop.wait(1.0)
 
     def request_stop(self, signum, frame):
         from workers.events import preempt_key
@@ -46,24 +57,6 @@ class PreemptibleWorker(Worker):
         except Exception:  # noqa: BLE001  (Redis gone: RQ's own shutdown still proceeds)
             self.log.warning("could not flag preemption in Redis")
         super().request_stop(signum, frame)
-
-
-def horse_heartbeats(job, execution, stop: threading.Event) -> None:
-    """What RQ's worker does every job_monitoring_interval for a running job, from inside the job's process;
-    retried every second while Redis is unreachable so the heartbeat is fresh again right after it returns."""
-    from rq.utils import now
-
-    ttl = HORSE_HEARTBEAT_TTL_S
-    while not stop.wait(JOB_MONITORING_INTERVAL_S):
-        while not stop.is_set():
-            try:
-                with job.connection.pipeline() as pipeline:
-                    execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
-                    job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
-                    pipeline.execute()
-                break
-            except Exception:  # noqa: BLE001 - Redis away: try again shortly; the job itself carries on
-                stop.wait(1.0)
 
 
 def make_worker(
@@ -87,7 +80,8 @@ def preload() -> None:
     """
     import importlib
 
-    for module in ("torch", "transformers", "trl", "peft", "datasets", "pipeline.dag", *STAGE_MODULES.values()):
+    stage_modules = [stage.module for stage in STAGES.values()]
+    for module in ("torch", "transformers", "trl", "peft", "datasets", "pipeline.dag", *stage_modules):
         importlib.import_module(module)
 
 

@@ -13,8 +13,9 @@ import yaml
 
 from app.forms import error_field, fill_form, set_field, spec_form
 from db import queries
-from pipeline.core.configs import DPO_STAGES, PRESETS, SEED_SCOPES, RunSpec, from_dict, preset, to_dict
+from pipeline.core.configs import PRESETS, SEED_SCOPES, RunSpec, from_dict, load_stored_spec, preset, to_dict
 from pipeline.core.errors import AlignlabError, ConfigError
+from pipeline.core.registry import variant_stages_onward
 from workers import scheduler
 from workers.blobs import MAX_BLOB_BYTES, check_upload, put_blob
 from workers.queues import connect
@@ -62,13 +63,19 @@ with source_col:
             key="launch_parent",
             help="Its config fills the form; unchanged stages reuse its artifacts instead of running again.",
         )
-        base = queries.run_detail(parent_id)["spec"]
-        if st.checkbox(
-            "Only the DPO stages (train_dpo, evaluate, compare), reusing this run's SFT data, SFT model and pairs",
+        try:
+            base = to_dict(load_stored_spec(queries.run_detail(parent_id)["spec"]))  # its values, migrated
+        except ConfigError as exc:
+            st.error(f"Run {parent_id}'s stored config cannot be used: {exc}")
+            base = None
+            blocking.append(f"run {parent_id}'s stored config was rejected")
+        onward = variant_stages_onward()
+        if base is not None and st.checkbox(
+            f"Only the DPO stages ({', '.join(onward)}), reusing this run's SFT data, SFT model and pairs",
             value=True,
             key="launch_dpo_only",
         ):
-            base = {**base, "stages": DPO_STAGES}
+            base = {**base, "stages": onward}
 with dataset_col:
     dataset = st.file_uploader(
         "Upload instructions (JSONL)",

@@ -8,7 +8,7 @@ from app.dag_view import dag_dot
 from db import queries
 from pipeline.core.configs import preset
 from pipeline.core.errors import AlignlabError
-from workers import scheduler
+from workers import commands, scheduler
 from workers.queues import connect
 
 ACTIVE = ("queued", "running")
@@ -150,7 +150,7 @@ def run_page(run_id: int) -> None:
             st.text(f"{mark}  {check['item']}: {check['reason']}")
     cancel_col, resume_col, retry_col, _ = st.columns([1, 1, 2, 2])
     if detail["status"] in ACTIVE and cancel_col.button("Cancel run", key="cancel"):
-        scheduler.cancel(run_id, connect())
+        commands.cancel(run_id, connect())
         st.rerun()
     if detail["status"] in ("failed", "cancelled") and resume_col.button("Resume run", key="resume"):
         replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
@@ -196,7 +196,7 @@ def run_page(run_id: int) -> None:
         tags = st.text_input("Tags (comma-separated)", ", ".join(detail["tags"] or []), key="tags")
         notes = st.text_area("Notes", detail["notes"] or "", key="notes")
         if st.form_submit_button("Save tags and notes"):
-            scheduler.annotate(run_id, tags.split(","), notes)
+            commands.annotate(run_id, tags.split(","), notes)
             st.success("Saved")
 
 

@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from workers import scheduler
+from pipeline.core.stats import win_rate
+from workers import commands
 
 st.title("Samples")
 choices = queries.run_choices()
@@ -76,10 +77,10 @@ with blind:
     )
     if st.button("Record judgement", key="ab_record", disabled=choice is None):
         winner = {"A": left, "B": right, "tie": "tie"}[choice]
-        scheduler.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
+        commands.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
         st.session_state["ab_position"] = position + 1
         st.rerun()
-    rates = pd.DataFrame(queries.win_rates(run_id))
+    rates = pd.DataFrame([win_rate(counts) for counts in queries.judgement_counts(run_id)])
     if not rates.empty:
         st.subheader("Win rates from judgements")
         st.caption("Win rate of a over b, ties counted half, with a 95% bootstrap CI over judgements.")

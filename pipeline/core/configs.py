@@ -11,6 +11,7 @@ never today's default in disguise.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,9 @@ TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny 
 SPEC_VERSION = 2  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 
+_BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
+
+
 def opt(default: Any = ..., help: str = "", *, factory: Callable[[], Any] | None = None, **checks: Any) -> Any:
     """A field with help text and optional ge / le / gt / lt bounds."""
     if factory is not None:
@@ -52,10 +56,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True)
 
     def __init__(self, **data: Any) -> None:
+        # pydantic builds nested sections through __init__ too: only the outermost turns the errors (all of them,
+        # nested ones with their path) into one ConfigError
+        token = _BUILDING.set(True)
         try:
             super().__init__(**data)
         except ValidationError as exc:
+            if token.old_value is True:
+                raise
             raise config_error(exc, type(self)) from None
+        finally:
+            _BUILDING.reset(token)
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
@@ -443,17 +454,18 @@ MESSAGES = {
 
 def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str]:
     """(where, what) of one pydantic error: `where` names the innermost section and field."""
-    cls, field_info, rest = model, None, []
-    for part in error["loc"]:
-        fields = cls.model_fields if field_info is None or rest else {}
-        if not rest and isinstance(part, str) and part in fields:
-            field_info = fields[part]
-            if isinstance(field_info.annotation, type) and issubclass(field_info.annotation, BaseModel):
-                cls, field_info = field_info.annotation, None
-            else:
-                where_field = part
+    cls, field_info, where_field, rest = model, None, "", []
+    loc = list(error["loc"])
+    for index, part in enumerate(loc):
+        if rest or not isinstance(part, str) or part not in cls.model_fields:
+            rest.append(part)
             continue
-        rest.append(part)
+        info = cls.model_fields[part]
+        section = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        if section and index < len(loc) - 1:
+            cls = info.annotation
+            continue
+        field_info, where_field = info, part
     if field_info is None and error["type"] == "extra_forbidden":
         key = rest.pop(0)
         return f"{cls.__name__}.{key}", f"unknown key; known keys of {cls.__name__}: {', '.join(cls.model_fields)}"
@@ -562,17 +574,27 @@ def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _non_string_keys(data: Any, where: str) -> list[str]:
+    if not isinstance(data, dict):
+        return []
+    bad = [f"{where}[{key!r}]" for key in data if not isinstance(key, str)]
+    for key, value in data.items():
+        bad += _non_string_keys(value, f"{where}.{key}")
+    return bad
+
+
 def from_dict(cls: type[BaseModel], data: Any, where: str | None = None) -> Any:
     """Build config `cls` from a dict (a RunSpec is migrated first); errors name each offending field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    bad = _non_string_keys(data, where or cls.__name__)
+    if bad:
+        raise ConfigError(f"key(s) {', '.join(bad)} are not field names; keys are the names of {cls.__name__} fields")
     if cls is RunSpec:
         data = migrate_spec(data)
     try:
         return cls.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(exc, cls) from None
-    except ConfigError as exc:  # raised while building a nested section
+    except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 

@@ -36,3 +36,11 @@ class ArtifactError(AlignlabError):
 
 class StopRequested(Exception):  # noqa: N818  (a request, not an error)
     """The caller asked a stage to stop (e.g. spot preemption). Training stages save a checkpoint first."""
+
+
+class NotFoundError(AlignlabError):
+    """A run, stage run or other record named by a command does not exist."""
+
+
+class CommandError(AlignlabError):
+    """A dashboard or CLI command cannot be carried out as asked (e.g. a judgement naming a method not shown)."""

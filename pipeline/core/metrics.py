@@ -96,7 +96,12 @@ def label(name: str) -> str:
 
 
 REPETITION_FLAG = 0.5  # share of repeated 3-grams from which a generation is flagged
-LENGTH_BLOWUP = 3.0  # a generation longer than 3x its reference (+40 chars) is flagged (3 below: the same)
+LENGTH_BLOWUP = 3.0  # a generation longer than 3x its reference (+40 chars) is flagged
+
+
+def _blown_up(ratio: float, stats: dict[str, Any]) -> bool:
+    """Longer than LENGTH_BLOWUP x the reference plus 40 characters (`ratio` is length / reference length)."""
+    return ratio > LENGTH_BLOWUP and stats["chars"] - LENGTH_BLOWUP * stats["chars"] / ratio > 40
 
 
 def _corpus_distinct_2(texts: list[str]) -> float:
@@ -152,7 +157,7 @@ for _metric in (
     Metric("length_ratio", "length / reference", "ratio", "sample",
            lambda s: round(len(s.text) / max(len(s.reference), 1), 4), None,
            "Generation length over the chosen completion's length.",
-           flag="length blow-up", flagged=lambda v, st: v > LENGTH_BLOWUP and st["chars"] * (1 - 3 / v) > 40,
+           flag="length blow-up", flagged=_blown_up,
            compared=False),
     # per method, over all its generations (bootstrapped over prompts): per-sample distinct-n is ~1 for short
     # outputs even when the outputs repeat each other

@@ -57,6 +57,7 @@ class Stage:
     runs_with: str | None = None  # always runs when this other stage is selected (it makes its input)
     reads_all: bool = False  # its inputs are every node declared before it (compare)
     cli: str = ""  # CLI subcommand; defaults to the stage's name
+    variants: bool = False  # runs once per init with one config, the comparison's subject (train_dpo)
 
     @property
     def command(self) -> str:
@@ -159,6 +160,14 @@ def dependents(node_name: str) -> set[str]:
     return out
 
 
+def variant_stages_onward() -> list[str]:
+    """The stage trained once per init (the comparison's subject) and every stage after it: what a rerun with new
+    variant settings (say, another β) needs, reusing the data and SFT stages."""
+    first = next(name for name, s in STAGES.items() if s.variants)
+    names = list(STAGES)
+    return names[names.index(first) :]
+
+
 def drawn_edges() -> list[tuple[str, str]]:
     """The DAG's edges as drawn: a stage that reads everything is drawn from the nodes nothing else reads."""
     nodes = plan()
@@ -230,6 +239,7 @@ for _stage in (
         ),
         role_argument="init",
         timeout_s=12 * HOUR,
+        variants=True,
     ),
     Stage(
         "evaluate",

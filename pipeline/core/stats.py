@@ -171,3 +171,10 @@ def correct_family(differences: list[dict[str, Any]], method: str, min_discordan
     for diff, p in zip(differences, adjust_p_values([d["sign_test_p"] for d in differences], method), strict=True):
         diff["p_adjusted"] = p
         diff["verdict"] = verdict(diff, min_discordant)
+
+
+def win_rate(counts: dict[str, Any], n_resamples: int = 1000) -> dict[str, Any]:
+    """`counts` (wins, losses, ties of `a` against `b`) with n, a's win rate (ties count half) and its bootstrap CI."""
+    outcomes = [1.0] * counts["wins"] + [0.0] * counts["losses"] + [0.5] * counts["ties"]
+    ci = mean_ci(outcomes, n_resamples=n_resamples)
+    return {**counts, "n": len(outcomes), "win_rate_a": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"]}

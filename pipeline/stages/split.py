@@ -18,10 +18,10 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import RunSpec
 from pipeline.core.errors import DataError
 from pipeline.core.registry import stage_of_module
+from pipeline.sources import instruction_rows
 from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write_json
 from pipeline.validation import (
     Noted,
-    instruction_rows,
     normalize_text,
     template_separators,
     validate_instructions,

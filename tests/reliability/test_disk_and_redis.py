@@ -26,7 +26,8 @@ FULL_DISK_CHILD = """
 import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 from pipeline.core.configs import RunSpec, from_dict
-from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+from pipeline.core.registry import node_by_name
+from pipeline.dag import artifact_keys, default_store, run_node
 spec = from_dict(RunSpec, json.loads(sys.argv[1]))
 store, keys = default_store(sys.argv[2]), artifact_keys(spec)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from db.models import Metric, RecordedEvent, Run, StageRun
 from db.session import make_engine, read_session
 from tests.conftest import add_stage_run
-from workers import scheduler
+from workers import commands, scheduler
 from workers.cli import FINAL
 from workers.recorder import Recorder
 
@@ -191,7 +191,7 @@ def test_cancel_stops_the_running_job_and_statuses_agree(
         with RecorderThread(redis_conn, sqlite_engine):
             wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 600, "train_sft running")
             horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
-            scheduler.cancel(run_id, redis_conn, sqlite_engine)
+            commands.cancel(run_id, redis_conn, sqlite_engine)
             gone, alive = psutil.wait_procs(horses, timeout=120)
             assert not alive, "the job's process was still running 120 s after cancel"
             job_id = stage(sqlite_engine, run_id, "train_sft").rq_job_id
@@ -445,9 +445,9 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
         second = start_worker(env)  # what a supervisor (compose restart, the pod) does
         conn = redis_lib.Redis.from_url(url)
         with RecorderThread(conn, engine):  # reconciles every 2 s: must not take the job for dead
-            wait_for(lambda: scheduler.run_summary(run_id, engine)["status"] in FINAL, 1200, "the run to end")
+            wait_for(lambda: commands.run_summary(run_id, engine)["status"] in FINAL, 1200, "the run to end")
         done = stage(engine, run_id, "train_sft")
-        assert scheduler.run_summary(run_id, engine)["status"] == "succeeded", done.error
+        assert commands.run_summary(run_id, engine)["status"] == "succeeded", done.error
         assert done.attempt == 1 and not done.metrics["resumed_from"]  # one execution, straight through
         assert loss_steps(engine, done) == list(range(1, done.metrics["steps"] + 1))  # the outage's steps too
         print("FIGURE Redis down 20 s mid-training -> worker process exited, job ran once, run completed")

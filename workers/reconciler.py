@@ -1,0 +1,103 @@
+"""The reconciler: makes the database agree with RQ (run by the recorder on a short timer, and before a resume).
+
+It runs RQ's registry cleanup itself (so a dead worker's job is noticed in about a minute), marks a StageRun that
+is `running` or `queued` while its job failed, stopped or vanished as `failed` with the reason, and cancels the
+dependents of failed or cancelled stages instead of leaving them deferred forever.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from rq.job import JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from sqlalchemy import Engine, select
+
+from db.models import Run, StageRun, StageStatus, utcnow
+from db.session import write_engine, write_session
+from pipeline.core.configs import QUEUE_NAMES
+from pipeline.core.registry import dependents
+from workers.queues import SERIALIZER, fetch_job
+from workers.run_status import refresh_run_status
+
+log = logging.getLogger("alignlab.reconciler")
+STALE_HEARTBEAT_S = 30  # 3 x the worker's job monitoring interval: the worker (or its pod) is gone
+
+
+def _abandon(job, reason: str, connection: redis.Redis) -> None:
+    """Tell RQ a started job is dead now (its registry cleanup would take minutes), without retrying it."""
+    StartedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).remove_executions(job)
+    job.set_status(JobStatus.FAILED)
+    FailedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).add(job, exc_string=reason)
+
+
+def _heartbeat_age(job) -> float | None:
+    from datetime import UTC, datetime
+
+    job.refresh()
+    if job.last_heartbeat is None:
+        return None
+    beat = job.last_heartbeat if job.last_heartbeat.tzinfo else job.last_heartbeat.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - beat).total_seconds()
+
+
+def reconcile(connection: redis.Redis, engine: Engine | None = None) -> list[str]:
+    """Make the database agree with RQ: dead workers' jobs failed, lost jobs failed, dependents cancelled."""
+    for name in QUEUE_NAMES:  # RQ only notices abandoned jobs here (workers do it every 10 min by default)
+        StartedJobRegistry(name, connection=connection, serializer=SERIALIZER).cleanup()
+    changes: list[str] = []
+    engine = engine or write_engine()
+    with write_session(engine) as session:
+        active = session.scalars(
+            select(StageRun).where(StageRun.status.in_([StageStatus.queued.value, StageStatus.running.value]))
+        ).all()
+        for stage_run in active:
+            job = fetch_job(stage_run.rq_job_id, connection) if stage_run.rq_job_id else None
+            status = job.get_status(refresh=True) if job is not None else None
+            reason = None
+            if job is None:
+                reason = "its RQ job is gone from Redis (expired, deleted, or Redis lost its data)"
+            elif status in (JobStatus.FAILED, JobStatus.STOPPED):
+                if stage_run.status == StageStatus.running or status == JobStatus.STOPPED:
+                    exc = (job.latest_result().exc_string if job.latest_result() else None) or status.value
+                    reason = f"job {status.value}: {exc.strip().splitlines()[-1][:500]}"
+                elif stage_run.status == StageStatus.queued:
+                    reason = f"job {status.value} before it reported a start"
+            elif status == JobStatus.STARTED and stage_run.status == StageStatus.running:
+                age = _heartbeat_age(job)
+                if age is not None and age > STALE_HEARTBEAT_S:
+                    reason = (
+                        f"worker {job.worker_name} stopped heartbeating {age:.0f}s ago (killed or preempted); "
+                        "resume the run to continue from the last checkpoint"
+                    )
+                    _abandon(job, reason, connection)
+            elif status == JobStatus.CANCELED:
+                stage_run.status = StageStatus.cancelled.value
+                changes.append(f"{stage_run.run_id}/{stage_run.node}: cancelled")
+            if reason:
+                stage_run.status = StageStatus.failed.value
+                stage_run.error = reason
+                stage_run.finished_at = utcnow()
+                changes.append(f"{stage_run.run_id}/{stage_run.node}: failed ({reason})")
+        session.flush()
+        # dependents of failed / cancelled stages never run: cancel them instead of leaving them deferred
+        stuck = session.scalars(
+            select(StageRun).where(StageRun.status.in_([StageStatus.failed.value, StageStatus.cancelled.value]))
+        ).all()
+        for stage_run in stuck:
+            downstream = dependents(stage_run.node)
+            for other in stage_run.run.stages:
+                if other.node in downstream and other.status == StageStatus.queued:
+                    job = fetch_job(other.rq_job_id, connection) if other.rq_job_id else None
+                    if job is not None and job.get_status(refresh=True) in (JobStatus.DEFERRED, JobStatus.QUEUED):
+                        job.cancel()
+                    other.status = StageStatus.cancelled.value
+                    other.error = f"not run: upstream {stage_run.node} {stage_run.status}"
+                    other.finished_at = utcnow()
+                    changes.append(f"{other.run_id}/{other.node}: cancelled (upstream {stage_run.node})")
+        for run_id in {s.run_id for s in active} | {s.run_id for s in stuck}:
+            refresh_run_status(session, session.get(Run, run_id))
+    for change in changes:
+        log.info("reconcile: %s", change)
+    return changes
