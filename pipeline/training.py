@@ -208,7 +208,6 @@ def write_model_ref(out_dir: Path, name_or_path: str, adapter: str | None) -> No
 
 def model_config_from_ref(artifact_dir: Path, base: ModelConfig) -> ModelConfig:
     """A ModelConfig for a trained model: the base's settings with the artifact's weights and adapter."""
-    import dataclasses
 
     ref = read_json(artifact_dir / MODEL_REF)
 
@@ -217,7 +216,7 @@ def model_config_from_ref(artifact_dir: Path, base: ModelConfig) -> ModelConfig:
             return None
         return str(artifact_dir / value) if (artifact_dir / value).exists() else value
 
-    return dataclasses.replace(base, name_or_path=resolve(ref["name_or_path"]), adapter=resolve(ref["adapter"]))
+    return base.model_copy(update=dict(name_or_path=resolve(ref["name_or_path"]), adapter=resolve(ref["adapter"])))
 
 
 def step_one(log: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -1,7 +1,6 @@
 """Stage effects on the tiny model: training changes what it should, checks catch what they should."""
 
 import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def test_dpo_raises_the_reward_margin_relative_to_its_init(dag_run, tiny_ci_spec
     train = read_jsonl(Path(dag_run.results["pairs"].out_dir) / "train.jsonl")
     dpo_dir = Path(dag_run.results[node].out_dir)
     if init_model == "sft":
-        init_config = dataclasses.replace(tiny_ci_spec.base_model, name_or_path=str(dpo_dir / "init_model"))
+        init_config = tiny_ci_spec.base_model.model_copy(update=dict(name_or_path=str(dpo_dir / "init_model")))
     else:
         init_config = tiny_ci_spec.base_model
 
@@ -80,8 +79,8 @@ def test_dpo_raises_the_reward_margin_relative_to_its_init(dag_run, tiny_ci_spec
 def test_sft_dpo_starts_from_the_sft_model_not_the_base(dag_run, tiny_ci_spec):
     """The merged init of SFT→DPO scores like the SFT model (adapter on base), and unlike the base."""
     records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")[:8]
-    merged = dataclasses.replace(
-        tiny_ci_spec.base_model, name_or_path=str(Path(dag_run.results["dpo_sft"].out_dir) / "init_model")
+    merged = tiny_ci_spec.base_model.model_copy(
+        update=dict(name_or_path=str(Path(dag_run.results["dpo_sft"].out_dir) / "init_model"))
     )
     sft = model_config_from_ref(Path(dag_run.results["train_sft"].out_dir), tiny_ci_spec.base_model)
     assert abs(mean_sft_loss(merged, records) - mean_sft_loss(sft, records)) < 1e-4

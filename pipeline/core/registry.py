@@ -58,6 +58,7 @@ class Stage:
     reads_all: bool = False  # its inputs are every node declared before it (compare)
     cli: str = ""  # CLI subcommand; defaults to the stage's name
     variants: bool = False  # runs once per init with one config, the comparison's subject (train_dpo)
+    measures: bool = False  # computes the registered metrics: their names are part of its artifact key
 
     @property
     def command(self) -> str:
@@ -72,6 +73,10 @@ class Stage:
         slice_ = {section: spec.section_dict(section) for section in self.sections}
         if role is not None and self.role_argument:
             slice_[self.role_argument] = role
+        if self.measures:
+            from pipeline.core.metrics import METRICS
+
+            slice_["metrics"] = sorted(METRICS)
         return slice_
 
 
@@ -255,6 +260,7 @@ for _stage in (
         role_argument="method",
         timeout_s=4 * HOUR,
         emits=("samples",),
+        measures=True,
     ),
     Stage(
         "compare",
@@ -266,6 +272,7 @@ for _stage in (
         queue="cpu",
         emits=("comparison",),
         reads_all=True,
+        measures=True,
     ),
 ):
     register(_stage)

@@ -10,7 +10,6 @@ so the rewards are 0 and the sigmoid loss is ln 2; the stage records that as a c
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from pathlib import Path
@@ -104,7 +103,7 @@ def prepare_init(spec: RunSpec, init: str, inputs: dict[str, Path], out_dir: Pat
         return str(target)
     progress.log("merging the SFT adapter into 16-bit base weights for the SFT→DPO policy and reference")
     # Merging into 8-bit weights is lossy: merge in 16/32-bit.
-    merge_config = dataclasses.replace(sft_config, load_in_8bit=False)
+    merge_config = sft_config.model_copy(update=dict(load_in_8bit=False))
     model, tokenizer, _ = load_model(merge_config)
     merged = model.merge_and_unload()
     merged.save_pretrained(str(target))
@@ -160,7 +159,7 @@ def run(
     progress.emit("validation", report=decontamination.to_dict())
     decontamination.raise_if_failed()
     init_model = prepare_init(spec, init, inputs, out_dir, progress)
-    policy_config = dataclasses.replace(spec.base_model, name_or_path=init_model, adapter=None)
+    policy_config = spec.base_model.model_copy(update=dict(name_or_path=init_model, adapter=None))
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"]])
 
     with loaded(policy_config) as m:
