@@ -97,29 +97,19 @@ def spec_form(errors: dict[str, str]) -> dict[str, Any]:
 
 
 def error_field(message: str) -> str:
-    """The dotted field a ConfigError names ("SamplingConfig.temperature: ..." -> "generation.sampling.temperature"
-    when that is the only such field; the first one otherwise)."""
-    from pipeline.core.configs import RunSpec
+    """The dotted field a ConfigError names: its "(at generation.sampling.temperature)" path, or for a top-level
+    field "RunSpec.name"; "_form" when it names none."""
+    import re
 
-    head = message.split(":", 1)[0].strip()
-    section, _, field = head.partition(".")
-    field = field.split(".")[0].split("[")[0]
-    if section == RunSpec.__name__:
-        return field or "_form"
-    for dotted, _ in _fields():
-        parent = _section_class(dotted)
-        if parent == section and dotted.rsplit(".", 1)[-1] == field:
-            return dotted
+    head = message.split(": ", 1)[0]
+    at = re.search(r"\(at ([\w.]+)", head)
+    if at:  # the field's widget: "negatives.types[0]" -> negatives.types, "execution.queues.x" -> execution.queues
+        known = {dotted for dotted, _ in _fields()}
+        candidate = re.sub(r"\[.*?\]", "", at.group(1))
+        while candidate not in known and "." in candidate:
+            candidate = candidate.rsplit(".", 1)[0]
+        return candidate
+    section, _, field = head.strip().partition(".")
+    if section == "RunSpec" and field:
+        return field.split(".")[0].split("[")[0]
     return "_form"
-
-
-def _section_class(dotted: str) -> str | None:
-    """The name of the config class that holds a dotted field ("dpo.beta" -> "DPOConfig")."""
-    from pydantic import BaseModel
-
-    from pipeline.core.configs import RunSpec
-
-    model: type[BaseModel] = RunSpec
-    for part in dotted.split(".")[:-1]:
-        model = model.model_fields[part].annotation
-    return model.__name__

@@ -71,9 +71,9 @@ def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
     at = app().run()
     at.switch_page("views/launch.py").run()
     assert not at.exception
-    at.number_input(key="form.generation.temperature").set_value(0.0)
+    at.number_input(key="form.generation.sampling.temperature").set_value(0.0)
     at.button[[b.label for b in at.button].index("Launch")].click().run()
-    assert any("GenerationConfig.temperature" in e.value for e in at.error)
+    assert any("SamplingConfig.temperature (at generation.sampling.temperature)" in e.value for e in at.error)
     with read_session(filled["engine"]) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 1
     assert filled["conn"].llen("rq:queue:gpu") == 0

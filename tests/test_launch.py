@@ -6,10 +6,10 @@ from sqlalchemy import func, select
 from streamlit.runtime.media_file_storage import MediaFileKind
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from app.forms import _edited_as_text, _fields
+from app.forms import _edited_as_text, _fields, _key
 from db.models import Run
 from db.session import read_session
-from pipeline.core.configs import preset, to_dict
+from pipeline.core.configs import SPEC_VERSION, preset, set_path, to_dict
 from pipeline.core.registry import variant_stages_onward
 from tests.test_dashboard import app
 
@@ -23,15 +23,12 @@ def launch_page():
 
 def shown(at) -> dict:
     """The spec as the widgets show it, read widget by widget."""
-    spec: dict = {}
-    for section, f, tp in _fields():
-        value = at.get_by_key(f"form.{section}.{f.name}").value
-        if _edited_as_text(tp, f.metadata.get("choices")):
+    spec: dict = {"spec_version": SPEC_VERSION}  # the layout version is no widget
+    for dotted, schema in _fields():
+        value = at.get_by_key(_key(dotted)).value
+        if _edited_as_text(schema):
             value = yaml.safe_load(value)
-        if section == "run":
-            spec[f.name] = value
-        else:
-            spec.setdefault(section, {})[f.name] = value
+        set_path(spec, dotted, value)
     return spec
 
 
@@ -126,12 +123,12 @@ def test_a_rejected_config_file_disables_launch(filled):
 
 def test_a_field_error_is_summarised_at_the_button(filled):
     at = launch_page()
-    at.number_input(key="form.generation.temperature").set_value(0.0).run()
+    at.number_input(key="form.generation.sampling.temperature").set_value(0.0).run()
     at.button(key="launch").click().run()
     assert not at.exception
     messages = [e.value for e in at.error]
     # once on its field, once at the button naming its group
-    assert sum("GenerationConfig.temperature" in m for m in messages) == 2
+    assert sum("SamplingConfig.temperature (at generation.sampling.temperature)" in m for m in messages) == 2
     assert any(m.startswith("Nothing was queued") and "'generation' group" in m for m in messages)
     with read_session(filled["engine"]) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 1

@@ -137,7 +137,8 @@ def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any
     Where it reads and writes is the worker's own business: ALIGNLAB_HOME and ALIGNLAB_DATA_ROOTS of this process,
     never a path the job brings."""
     from pipeline.core.configs import RunSpec, from_dict
-    from pipeline.dag import artifact_keys, default_store, node_by_name, run_node
+    from pipeline.core.registry import node_by_name
+    from pipeline.dag import artifact_keys, default_store, run_node
     from pipeline.paths import BLOB_PREFIX, allowed_roots, confine_spec
 
     job = get_current_job()

@@ -336,7 +336,8 @@ def _default_timeouts() -> dict[str, int]:
 
 class ExecutionConfig(Section):
     queues: dict[str, QueueName] = opt(
-        help="Queue (resource class) per stage; stages not listed use `default_queue`.", factory=_default_queues
+        help="Queue (resource class) per stage; a stage not listed uses the queue it declares, else `default_queue`.",
+        factory=_default_queues,
     )
     default_queue: QueueName = opt("gpu", "Queue for stages not listed in `queues`.")
     timeouts: dict[str, int] = opt(
@@ -357,7 +358,8 @@ class ExecutionConfig(Section):
         return self
 
     def queue_for(self, stage: str) -> str:
-        return self.queues.get(stage, self.default_queue)
+        """The queue listed here, else the one the stage declares (compare: cpu), else `default_queue`."""
+        return self.queues.get(stage) or registry.stage(stage).queue or self.default_queue
 
     def timeout_for(self, stage: str) -> int:
         return self.timeouts.get(stage, registry.stage(stage).timeout_s)
@@ -453,8 +455,9 @@ MESSAGES = {
 
 
 def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str]:
-    """(where, what) of one pydantic error: `where` names the innermost section and field."""
-    cls, field_info, where_field, rest = model, None, "", []
+    """(where, what) of one pydantic error: `where` names the innermost section and field, and, inside a RunSpec,
+    its dotted path ("SamplingConfig.temperature (at eval.sampling.temperature)")."""
+    cls, field_info, where_field, rest, sections = model, None, "", [], []
     loc = list(error["loc"])
     for index, part in enumerate(loc):
         if rest or not isinstance(part, str) or part not in cls.model_fields:
@@ -462,10 +465,20 @@ def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str]:
             continue
         info = cls.model_fields[part]
         section = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
-        if section and index < len(loc) - 1:
+        if section and (index < len(loc) - 1 or error["type"] == "value_error"):  # a section's own check
             cls = info.annotation
+            sections.append(part)
             continue
         field_info, where_field = info, part
+    where, what = _where_what(cls, field_info, where_field, rest, error)
+    if sections and "." in where:
+        where += f" (at {'.'.join(sections)}.{where.split('.', 1)[1]})"
+    return where, what
+
+
+def _where_what(
+    cls: type[BaseModel], field_info: Any, where_field: str, rest: list[Any], error: dict[str, Any]
+) -> tuple[str, str]:
     if field_info is None and error["type"] == "extra_forbidden":
         key = rest.pop(0)
         return f"{cls.__name__}.{key}", f"unknown key; known keys of {cls.__name__}: {', '.join(cls.model_fields)}"
@@ -520,13 +533,25 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     once sat in `pairs`; SFT once had `mask_check_batches`. Every recorded value is kept where it now lives."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     sft = data.get("sft")
-    if isinstance(sft, dict):
-        sft.pop("mask_check_batches", None)  # became mask_check_fraction: now every example is checked
+    if isinstance(sft, dict) and "mask_check_batches" in sft:  # older still: some batches were checked
+        sft.pop("mask_check_batches")
+        sft.setdefault("mask_check_fraction", 1.0)  # became a share of examples: every one is checked now
     pairs = data.get("pairs")
-    if isinstance(pairs, dict) and "heldout_fraction" in pairs:
+    if isinstance(pairs, dict) and "heldout_fraction" in pairs:  # older still: pairs were split, by fraction only
         split = dict(data.get("split") or {})
         split.setdefault("heldout_fraction", pairs.pop("heldout_fraction"))
+        split.setdefault("seed", pairs.get("seed", 0))
+        # what that code did: no split or reference field read, no decontamination (now reported, never fatal)
+        then = {"split_field": "", "reference_field": "", "ngram": 8, "max_ngram_overlap": 0.8}
+        for key, value in {**then, "max_contaminated_fraction": 1.0}.items():
+            split.setdefault(key, value)
         data["split"] = split
+        compare = data.get("compare")
+        if isinstance(compare, dict):  # headline: preference accuracy, no minimum of discordant prompts; it made
+            # no family correction, of which Holm's (family-wise) is the nearest: it never adds a verdict
+            then = {"primary_metric": "preference_accuracy", "min_discordant_prompts": 1, "correction": "holm"}
+            for key, value in then.items():
+                compare.setdefault(key, value)
     moves = {
         "generation": {
             "max_new_tokens": "max_new_tokens",
