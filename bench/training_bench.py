@@ -133,14 +133,14 @@ def _plain_load(spec: Any) -> tuple[Any, Any]:
 def plain_sft(spec: Any, records_path: Path, out_dir: Path) -> None:
     """What a researcher's script does: load, SFTTrainer with the same arguments, train, save."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    from pipeline.training import lora_config, trainer_args
+    from pipeline.training import lora_config, sft_trainer_config
 
     tokenizer, model = _plain_load(spec)
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in _records(records_path)]
     info = PLAIN_INFO
-    args = SFTConfig(**trainer_args(spec.sft, out_dir, info), completion_only_loss=True, packing=False)
+    args = sft_trainer_config(spec.sft, out_dir, info)
     lora = lora_config(spec.base_model)  # the same LoraConfig the stages build
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
@@ -151,19 +151,14 @@ def plain_sft(spec: Any, records_path: Path, out_dir: Path) -> None:
 
 def plain_dpo(spec: Any, train_path: Path, out_dir: Path, precompute: bool | None = None) -> None:
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    from pipeline.training import lora_config, trainer_args
+    from pipeline.training import dpo_trainer_config, lora_config
 
     tokenizer, model = _plain_load(spec)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _records(train_path)]
     info = PLAIN_INFO
-    args = DPOConfig(
-        **trainer_args(spec.dpo, out_dir, info),
-        beta=spec.dpo.beta,
-        loss_type=[spec.dpo.loss_type],
-        precompute_ref_log_probs=spec.dpo.precompute_ref_log_probs if precompute is None else precompute,
-    )
+    args = dpo_trainer_config(spec.dpo, out_dir, info, precompute)
     lora = lora_config(spec.base_model)  # the same LoraConfig the stages build
     trainer = DPOTrainer(
         model=model,

@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from db.models import Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
+from db.models import Artifact, Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
 from db.session import read_session
+from pipeline.core.configs import changes_result, flatten, migrate_spec
 from pipeline.core.metrics import sample_flags
 
 DONE = ("succeeded", "cached")
@@ -62,6 +63,9 @@ def run_detail(run_id: int, engine: Engine | None = None) -> dict[str, Any] | No
         run = s.get(Run, run_id)
         if run is None:
             return None
+        keys = [st.artifact_key for st in run.stages if st.artifact_key]
+        # which run first made each artifact: a cached stage of this run reused that run's work
+        made_by = dict(s.execute(select(Artifact.key, Artifact.first_run_id).where(Artifact.key.in_(keys))).all())
         return {
             "id": run.id,
             "name": run.name,
@@ -98,6 +102,7 @@ def run_detail(run_id: int, engine: Engine | None = None) -> dict[str, Any] | No
                         "worker",
                     )
                 }
+                | {"made_by_run": made_by.get(st.artifact_key)}
                 for st in run.stages
             ],
         }
@@ -142,7 +147,6 @@ def comparison_matrix(run_ids: list[int], engine: Engine | None = None) -> list[
         return [_evaluation_row(e, name) for e, name in rows]
 
 
-NOT_RESULT_FIELDS = {"name", "preset", "stages"}
 SAMPLE_FILTERS = ("all", "flagged", "disagreeing")
 
 
@@ -190,28 +194,20 @@ def by_negative_type(run_ids: list[int], metric: str = "preference_accuracy", en
     return [_evaluation_row(e, name) for e, name in rows]
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"dpo": {"beta": 0.1}} -> {"dpo.beta": 0.1}; lists and dicts below the sections are kept as JSON text."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and not prefix:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
-    return out
-
-
 def spec_differences(run_ids: list[int], engine: Engine | None = None) -> dict[int, dict[str, Any]]:
     """Per run, the config fields whose values differ among `run_ids`, leaving out those that cannot change a result
-    (name, preset label, stage selection, queues and timeouts)."""
+    (`configs.RESULT_FREE_FIELDS`); specs stored in an older layout are compared in today's."""
     with read_session(engine) as s:
-        specs = {i: flatten(spec or {}) for i, spec in s.execute(select(Run.id, Run.spec).where(Run.id.in_(run_ids)))}
-    fields = sorted(
-        {f for spec in specs.values() for f in spec if f not in NOT_RESULT_FIELDS and not f.startswith("execution.")}
-    )
+        stored = dict(s.execute(select(Run.id, Run.spec).where(Run.id.in_(run_ids))).all())
+    specs = {i: {k: _cell(v) for k, v in flatten(migrate_spec(spec or {})).items()} for i, spec in stored.items()}
+    fields = sorted({f for spec in specs.values() for f in spec if changes_result(f)})
     varying = [f for f in fields if len({json.dumps(spec.get(f)) for spec in specs.values()}) > 1]
     return {i: {f: spec.get(f) for f in varying} for i, spec in specs.items()}
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: lists and mappings as JSON text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
 
 
 def sweep(run_ids: list[int], metric: str, engine: Engine | None = None) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.configs import canonical_json
 from pipeline.core.errors import ArtifactError
 
 COMPLETE = "COMPLETE"
@@ -41,10 +42,6 @@ def code_version() -> str:
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def artifact_key(
@@ -154,10 +151,6 @@ class ArtifactStore:
                 _fsync_dir(self.root)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def discard_partial(self, key: str) -> None:
-        """Drop work in progress of `key` (checkpoints included): the next run starts from scratch."""
-        shutil.rmtree(self.partial_path(key), ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

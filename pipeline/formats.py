@@ -159,16 +159,13 @@ def verify_masking(
     pad = _special_id(tokenizer, "pad")
     eos = _special_id(tokenizer, "eos")
     bos = _special_id(tokenizer, "bos")
-    pairs = list(zip(input_ids, labels, strict=True))
-    # Strip padding at either end: pad positions are never labelled, real EOS (possibly == pad) is.
-    while pairs and pairs[-1][1] == IGNORE_INDEX and pairs[-1][0] == pad:
-        pairs.pop()
-    while pairs and pairs[0][1] == IGNORE_INDEX and pairs[0][0] == pad and pad != bos:
-        pairs.pop(0)
+    pairs = _without_padding(list(zip(input_ids, labels, strict=True)), pad, bos)
     ids = [i for i, _ in pairs]
     trained_positions = [k for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX]
-
-    def fail(problem: str) -> None:
+    problem = _span_problem(pairs, trained_positions, bos) or _text_problem(
+        tokenizer, [ids[k] for k in trained_positions], completion, eos
+    )
+    if problem:
         first = trained_positions[0] if trained_positions else len(ids)
         raise MaskingError(
             f"example {index}: {problem}\n"
@@ -177,28 +174,46 @@ def verify_masking(
             f"  expected completion  : {completion!r} + EOS"
         )
 
-    if not trained_positions:
-        fail("no token is trained (the whole example is masked)")
+
+def _without_padding(pairs: list[tuple[int, int]], pad: int | None, bos: int | None) -> list[tuple[int, int]]:
+    """(input id, label) pairs with padding stripped at either end: pad positions are never labelled, a real EOS
+    (possibly == pad) is."""
+    while pairs and pairs[-1][1] == IGNORE_INDEX and pairs[-1][0] == pad:
+        pairs.pop()
+    while pairs and pairs[0][1] == IGNORE_INDEX and pairs[0][0] == pad and pad != bos:
+        pairs.pop(0)
+    return pairs
+
+
+def _span_problem(pairs: list[tuple[int, int]], trained: list[int], bos: int | None) -> str | None:
+    """What is wrong with where the trained tokens sit, if anything."""
+    ids = [i for i, _ in pairs]
+    if not trained:
+        return "no token is trained (the whole example is masked)"
     if any(lab != ids[k] for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX):
-        fail("a label differs from its input token")
-    if trained_positions != list(range(trained_positions[0], trained_positions[-1] + 1)):
-        fail("the trained tokens are not one contiguous span")
-    if trained_positions[-1] != len(ids) - 1:
-        fail("tokens after the completion are not masked")
+        return "a label differs from its input token"
+    if trained != list(range(trained[0], trained[-1] + 1)):
+        return "the trained tokens are not one contiguous span"
+    if trained[-1] != len(ids) - 1:
+        return "tokens after the completion are not masked"
     if bos is not None and ids[:2] == [bos, bos]:
-        fail("the sequence starts with two BOS tokens")
-    trained = [ids[k] for k in trained_positions]
+        return "the sequence starts with two BOS tokens"
+    return None
+
+
+def _text_problem(tokenizer: Any, trained: list[int], completion: str, eos: int | None) -> str | None:
+    """What is wrong with the trained tokens' text against the completion, if anything."""
     ends_with_eos = trained[-1] == eos
     if ends_with_eos and len(trained) >= 2 and trained[-2] == eos and not completion.endswith(tokenizer.eos_token):
-        fail("the completion ends with two EOS tokens")
+        return "the completion ends with two EOS tokens"
     text = _decode(tokenizer, trained[:-1] if ends_with_eos else trained)
     if ends_with_eos:
-        if text != completion:
-            fail("the trained tokens do not decode to the completion")
-    else:
-        # Truncated: the trained text must be a prefix of the completion (a cut multi-byte char may trail).
-        if not completion.startswith(text.rstrip("\ufffd")) or text.rstrip("\ufffd") == "":
-            fail("the completion was truncated and the trained tokens are not a prefix of it")
+        return None if text == completion else "the trained tokens do not decode to the completion"
+    # truncated: the trained text must be a prefix of the completion (a cut multi-byte char may trail)
+    kept = text.rstrip("\ufffd")
+    if not completion.startswith(kept) or kept == "":
+        return "the completion was truncated and the trained tokens are not a prefix of it"
+    return None
 
 
 def verify_batch(tokenizer: Any, batch: dict[str, Any], completions: list[str], start_index: int = 0) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.core.errors import DataError
 from pipeline.paths import BLOB_PREFIX, DATASET_DIR_MARKERS, read_blob
-from pipeline.validation import Row, read_jsonl
+from pipeline.validation import Row, read_rows
 
 
 def read_records(source: str | Path) -> Iterator[Row]:
@@ -27,7 +27,7 @@ def read_records(source: str | Path) -> Iterator[Row]:
         for index, row in enumerate(dataset, start=1):
             yield index, dict(row)
         return
-    yield from read_jsonl(path)
+    yield from read_rows(path)
 
 
 def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], str]:
@@ -35,7 +35,7 @@ def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], 
     if source == "demo":
         from pipeline.tiny import demo_path
 
-        return read_jsonl(demo_path()), str(demo_path())
+        return read_rows(demo_path()), str(demo_path())
     if source.startswith(BLOB_PREFIX):  # a dataset uploaded in the dashboard, materialized by the worker
         from pipeline.core.home import alignlab_home
 

@@ -33,6 +33,25 @@ def lora_config(model_config: ModelConfig) -> Any:
     )
 
 
+def sft_trainer_config(config: Any, out_dir: Path, info: LoadInfo) -> Any:
+    """TRL's SFTConfig from our SFT section: the loss on completion tokens only (checked by the mask verifier)."""
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(config, out_dir, info), completion_only_loss=True, packing=False)
+
+
+def dpo_trainer_config(config: Any, out_dir: Path, info: LoadInfo, precompute: bool | None = None) -> Any:
+    """TRL's DPOConfig from our DPO section (`precompute` overrides precompute_ref_log_probs, for the benchmark)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **trainer_args(config, out_dir, info),
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        precompute_ref_log_probs=config.precompute_ref_log_probs if precompute is None else precompute,
+    )
+
+
 def trainer_args(config: Any, out_dir: Path, info: LoadInfo) -> dict[str, Any]:
     """TRL config arguments train_sft and train_dpo share, from our SFTConfig / DPOConfig fields."""
     return {

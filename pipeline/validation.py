@@ -181,10 +181,10 @@ def take_row(report: ValidationReport, record: Any, file: str | None = None) -> 
 
 
 BOM = b"\xef\xbb\xbf"
-Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_jsonl here, pipeline.sources.read_records for more
+Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_rows here, pipeline.sources.read_records for more
 
 
-def read_jsonl(path: str | Path) -> Iterator[Row]:
+def read_rows(path: str | Path) -> Iterator[Row]:
     """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue). A UTF-8
     byte-order mark (Windows tools write one) is read past, with a warning."""
     path = Path(path)
@@ -563,7 +563,7 @@ def load_and_validate_sft(
     config: ValidationConfig | None = None,
     tokenizer: Any = None,
     strict: bool = True,
-    read: Reader = read_jsonl,
+    read: Reader = read_rows,
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     """Read and validate SFT records; with `strict`, raise `DataError` (carrying the report) when it fails."""
     config = config or ValidationConfig()
@@ -584,7 +584,7 @@ def load_and_validate_negatives(
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,
-    read: Reader = read_jsonl,
+    read: Reader = read_rows,
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     config = config or ValidationConfig()
     path = Path(path)
@@ -607,7 +607,7 @@ def load_and_validate_pairs(
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,
-    read: Reader = read_jsonl,
+    read: Reader = read_rows,
 ) -> tuple[dict[str, list[dict[str, Any]]], ValidationReport]:
     config = config or ValidationConfig()
     paths = [Path(train_path)] + ([Path(heldout_path)] if heldout_path else [])
@@ -686,7 +686,7 @@ def validate_file(
     config: ValidationConfig | None = None,
     heldout: str | Path | None = None,
     instruction_field: str = "instruction",
-    read: Reader = read_jsonl,
+    read: Reader = read_rows,
 ) -> ValidationReport:
     """One file's report, never raising for bad content: `alignlab validate` and the dashboard's file checks.
     `read` reads the rows (JSONL; `pipeline.sources.read_records` also reads a `datasets` directory)."""

@@ -3,6 +3,7 @@
 from db import queries
 from db.models import Judgement
 from db.session import write_session
+from pipeline.core.registry import plan
 from tests.test_queue import drain_queues
 from workers import commands, scheduler
 from workers.recorder import Recorder
@@ -140,3 +141,16 @@ def test_sample_flags_name_each_problem():
     assert sample_flags(sample_stats(bad)) == ["no EOS", "repetition", "template leak", "refusal", "length blow-up"]
     good = EvaluatedSample("Paris is the capital.", 6, True, "It is Paris.", None, 1.0, "Q: {instruction}\nA:")
     assert sample_flags(sample_stats(good)) == []
+
+
+def test_a_reused_stage_names_the_run_that_first_made_its_result(
+    dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
+):
+    first = scheduler.submit(tiny_ci_spec, redis_conn, engine)
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    second = scheduler.submit(tiny_ci_spec, redis_conn, engine)
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    made_by = {s["node"]: s["made_by_run"] for s in queries.run_detail(second, engine=engine)["stages"]}
+    assert len(made_by) == len(plan()) and set(made_by.values()) == {first}

@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0002"
+    assert current(db_url) == "0003"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
@@ -270,3 +270,49 @@ def test_resume_leaves_running_stages_alone_and_what_needs_them_waits_for_them(t
         assert train_sft.status == "queued" and train_sft.attempt == 2
     assert fetch_job(train_sft.rq_job_id, redis_conn).dependency_ids == [running_job]  # waits for it
     assert main(["resume", str(run_id)]) == 0  # the CLI says what it did, no traceback
+
+
+def test_rows_are_committed_before_any_job_is_enqueued(tiny_ci_spec, redis_conn, engine, monkeypatch, alignlab_home):
+    """A fast job's first event must find its stage row: every enqueue sees the rows from another session."""
+    from rq import Queue
+
+    from workers import commands
+
+    seen: list[bool] = []
+    enqueue_call = Queue.enqueue_call
+
+    def spy(self, *args, **kwargs):
+        with read_session(engine) as s:  # a session of its own sees only what is committed
+            stage = s.get(StageRun, kwargs["meta"]["stage_run_id"])
+            seen.append(stage is not None and stage.rq_job_id == kwargs["job_id"] and stage.status == "queued")
+        return enqueue_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "enqueue_call", spy)
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine)
+    assert len(seen) == len(plan()) and all(seen)
+    commands.cancel(run_id, redis_conn, engine)
+    seen.clear()
+    scheduler.resume(run_id, redis_conn, engine)
+    assert len(seen) == len(plan()) and all(seen)
+    commands.cancel(run_id, redis_conn, engine)
+
+
+def test_a_stage_whose_job_is_not_enqueued_yet_is_not_called_lost(redis_conn, engine):
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from db.session import write_session
+
+    run_id, stage_id = add_stage_run(engine, status="queued")
+    with write_session(engine) as s:
+        stage = s.get(StageRun, stage_id)
+        stage.rq_job_id, stage.queued_at = f"alignlab-{run_id}-train_sft-1", utcnow()
+    reconciler.reconcile(redis_conn, engine)
+    with read_session(engine) as s:
+        assert s.get(StageRun, stage_id).status == "queued"  # committed a moment ago: enqueueing follows
+    with write_session(engine) as s:
+        s.get(StageRun, stage_id).queued_at = utcnow() - timedelta(seconds=2 * reconciler.ENQUEUE_GRACE_S)
+    reconciler.reconcile(redis_conn, engine)
+    with read_session(engine) as s:
+        stage = s.get(StageRun, stage_id)
+        assert stage.status == "failed" and "gone from Redis" in stage.error

@@ -53,7 +53,11 @@ def test_a_malformed_or_poisoned_event_is_dead_lettered_and_never_blocks_the_str
     redis_conn.xadd(STREAM, {"event": "{not json"})
     redis_conn.xadd(STREAM, {"something": "else"})
     redis_conn.xadd(STREAM, {"event": json.dumps({"event_id": "x:1", "kind": "metric", "payload": {}})})
-    poisoned = emitter.emit("metric", step=1, values={"loss": {"not": "a number"}})
+    with pytest.raises(ValueError, match="values.loss"):  # checked when emitted: a job never sends it
+        emitter.emit("metric", step=1, values={"loss": {"not": "a number"}})
+    poisoned = "other:1"  # an older or foreign producer's: checked again when recorded
+    envelope = {"event_id": poisoned, "kind": "metric", "run_id": run_id, "stage_run_id": stage_id, "time": 0.0}
+    redis_conn.xadd(STREAM, {"event": json.dumps({**envelope, "payload": {"step": 1, "values": {"loss": {}}}})})
     emitter.emit("metric", step=1, values={"loss": 3.0})
     emitter.emit("log", message="after")
     applied = Recorder(redis_conn, engine).drain()
@@ -65,10 +69,13 @@ def test_a_malformed_or_poisoned_event_is_dead_lettered_and_never_blocks_the_str
         assert len(dead) == 4, reasons
         assert "malformed event" in reasons[0] and "without an 'event' field" in reasons[1]
         assert "run_id" in reasons[2]
-        assert dead[3].event_id == poisoned and "is not a number" in reasons[3] and dead[3].run_id == run_id
+        assert dead[3].event_id == poisoned and "values.loss" in reasons[3] and dead[3].run_id == run_id
         assert "{not json" in dead[0].raw
         log_tail = s.get(StageRun, stage_id).log_tail
-        assert log_tail.startswith("before\nafter\n") and "1 event(s) not recorded: ValueError" in log_tail
+        assert (
+            log_tail.startswith("before\nafter\n")
+            and "1 event(s) not recorded: invalid event: metric event: values.loss" in log_tail
+        )
     # nothing is left pending: a restarted recorder does not trip over the same entries again
     assert redis_conn.xpending(STREAM, "recorder")["pending"] == 0
     assert Recorder(redis_conn, engine, consumer="another").drain() == 0

@@ -74,16 +74,15 @@ def _metric_value(name: str, value: Any) -> tuple[float | None, str | None]:
     return float(value), None
 
 
-def metric_rows(event: dict[str, Any]) -> list[dict[str, Any]]:
+def metric_rows(run_id: int, stage_run_id: int, payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The Metric rows of one metric event: a point per named value, non-finite values flagged."""
-    payload = event["payload"]
     rows = []
     for name, raw in payload["values"].items():
         value, non_finite = _metric_value(name, raw)
         rows.append(
             {
-                "run_id": event["run_id"],
-                "stage_run_id": event["stage_run_id"],
+                "run_id": run_id,
+                "stage_run_id": stage_run_id,
                 "step": int(payload["step"]),
                 "name": name,
                 "value": value,
@@ -97,98 +96,139 @@ def _append_log(stage_run: StageRun, line: str) -> None:
     stage_run.log_tail = ((stage_run.log_tail or "") + line + "\n")[-LOG_TAIL_CHARS:]
 
 
+def _started(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    if stage_run.status != StageStatus.cancelled:
+        stage_run.status = StageStatus.running.value
+    stage_run.started_at = when
+    stage_run.worker = payload.get("worker")
+    stage_run.error = None
+
+
+def _progress(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    stage_run.progress_done, stage_run.progress_total = payload["done"], payload["total"]
+    stage_run.progress_message = (payload.get("message") or "")[:500]
+
+
+def _log(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    _append_log(stage_run, payload["message"])
+
+
+def _resumed(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    """An attempt (re)starts after `step`: what it redoes replaces the old points."""
+    session.execute(delete(Metric).where(Metric.stage_run_id == stage_run.id, Metric.step > payload["step"]))
+    _append_log(stage_run, f"training from step {payload['step']}" + (" (resumed)" if payload["step"] else ""))
+
+
+def _validation(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    report = payload["report"]
+    session.add(
+        ValidationReportRow(
+            run_id=stage_run.run_id,
+            stage_run_id=stage_run.id,
+            kind=report["kind"],
+            source=report["source"][:1000],
+            passed=report["passed"],
+            rows_read=report["rows_read"],
+            rows_valid=report["rows_valid"],
+            n_errors=report["n_errors"],
+            n_warnings=report["n_warnings"],
+            report=report,
+        )
+    )
+
+
+def _preview(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.add(
+        Preview(run_id=stage_run.run_id, stage_run_id=stage_run.id, kind=payload["preview"], rows=payload["rows"])
+    )
+
+
+def _samples(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.add_all(
+        Sample(
+            run_id=stage_run.run_id,
+            stage_run_id=stage_run.id,
+            method=payload["method"],
+            prompt_id=row["prompt_id"],
+            prompt=row["prompt"],
+            reference=row.get("reference"),
+            generation=row["generation"],
+            stats=row["stats"],
+        )
+        for row in payload["rows"]
+    )
+
+
+def _evaluation(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.add_all(Evaluation(run_id=stage_run.run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
+
+
+def _finished(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    if stage_run.status != StageStatus.cancelled:
+        stage_run.status = payload["status"]
+    stage_run.finished_at = when
+    stage_run.artifact_key = payload.get("artifact_key")
+    stage_run.metrics, stage_run.checks = payload.get("metrics"), payload.get("checks")
+    info = payload.get("load_info") or {}
+    stage_run.load_info = info or None
+    stage_run.peak_memory_bytes = info.get("peak_memory_bytes")
+    stage_run.device = info.get("device")
+    key = payload.get("artifact_key")
+    if key and session.get(Artifact, key) is None:
+        session.add(
+            Artifact(
+                key=key,
+                stage=stage_run.stage,
+                location=payload.get("location") or "",
+                first_run_id=stage_run.run_id,
+                meta={"seconds": payload.get("seconds")},
+            )
+        )
+
+
+def _preempted(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    if stage_run.status != StageStatus.cancelled:
+        stage_run.status = StageStatus.queued.value
+    _append_log(stage_run, f"preempted: {payload.get('reason')}; requeued")
+
+
+def _failed(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    cancelled = payload.get("cancelled") or stage_run.status == StageStatus.cancelled
+    stage_run.status = StageStatus.cancelled.value if cancelled else StageStatus.failed.value
+    stage_run.error = payload.get("error")
+    stage_run.finished_at = when
+
+
+def _metric(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.execute(insert(Metric), metric_rows(stage_run.run_id, stage_run.id, payload))
+
+
+# event kind -> how it changes the database (one function per kind)
+APPLY = {
+    ev.EventKind.started: _started,
+    ev.EventKind.progress: _progress,
+    ev.EventKind.log: _log,
+    ev.EventKind.metric: _metric,
+    ev.EventKind.resumed: _resumed,
+    ev.EventKind.validation: _validation,
+    ev.EventKind.preview: _preview,
+    ev.EventKind.samples: _samples,
+    ev.EventKind.evaluation: _evaluation,
+    ev.EventKind.finished: _finished,
+    ev.EventKind.preempted: _preempted,
+    ev.EventKind.failed: _failed,
+}
+assert set(APPLY) == set(ev.EventKind), "every event kind needs its recorder"
+
+
 def apply_event(session: Session, event: dict[str, Any]) -> None:
     """Write one event's effect. Called once per event id, inside the batch's transaction."""
-    kind, payload = event["kind"], event["payload"]
     stage_run = session.get(StageRun, event["stage_run_id"])
     if stage_run is None:
         log.warning("event %s for unknown stage run %s skipped", event["event_id"], event["stage_run_id"])
         return
-    run_id = stage_run.run_id
     when = datetime.fromtimestamp(event["time"]).replace(tzinfo=None) if "time" in event else utcnow()
-    if kind == ev.EventKind.started:
-        if stage_run.status != StageStatus.cancelled:
-            stage_run.status = StageStatus.running.value
-        stage_run.started_at = when
-        stage_run.worker = payload.get("worker")
-        stage_run.error = None
-    elif kind == ev.EventKind.progress:
-        stage_run.progress_done, stage_run.progress_total = payload["done"], payload["total"]
-        stage_run.progress_message = (payload.get("message") or "")[:500]
-    elif kind == ev.EventKind.log:
-        _append_log(stage_run, payload["message"])
-    elif kind == ev.EventKind.metric:
-        session.execute(insert(Metric), metric_rows(event))
-    elif kind == ev.EventKind.resumed:  # an attempt (re)starts after `step`: what it redoes replaces the old points
-        session.execute(delete(Metric).where(Metric.stage_run_id == stage_run.id, Metric.step > payload["step"]))
-        _append_log(stage_run, f"training from step {payload['step']}" + (" (resumed)" if payload["step"] else ""))
-    elif kind == ev.EventKind.validation:
-        report = payload["report"]
-        session.add(
-            ValidationReportRow(
-                run_id=run_id,
-                stage_run_id=stage_run.id,
-                kind=report["kind"],
-                source=report["source"][:1000],
-                passed=report["passed"],
-                rows_read=report["rows_read"],
-                rows_valid=report["rows_valid"],
-                n_errors=report["n_errors"],
-                n_warnings=report["n_warnings"],
-                report=report,
-            )
-        )
-    elif kind == ev.EventKind.preview:
-        session.add(Preview(run_id=run_id, stage_run_id=stage_run.id, kind=payload["preview"], rows=payload["rows"]))
-    elif kind == ev.EventKind.samples:
-        session.add_all(
-            Sample(
-                run_id=run_id,
-                stage_run_id=stage_run.id,
-                method=payload["method"],
-                prompt_id=row["prompt_id"],
-                prompt=row["prompt"],
-                reference=row.get("reference"),
-                generation=row["generation"],
-                stats=row["stats"],
-            )
-            for row in payload["rows"]
-        )
-    elif kind == ev.EventKind.evaluation:
-        session.add_all(Evaluation(run_id=run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
-    elif kind == ev.EventKind.finished:
-        if stage_run.status != StageStatus.cancelled:
-            stage_run.status = payload["status"]
-        stage_run.finished_at = when
-        stage_run.artifact_key = payload.get("artifact_key")
-        stage_run.metrics, stage_run.checks = payload.get("metrics"), payload.get("checks")
-        info = payload.get("load_info") or {}
-        stage_run.load_info = info or None
-        stage_run.peak_memory_bytes = info.get("peak_memory_bytes")
-        stage_run.device = info.get("device")
-        key = payload.get("artifact_key")
-        if key and session.get(Artifact, key) is None:
-            session.add(
-                Artifact(
-                    key=key,
-                    stage=stage_run.stage,
-                    location=payload.get("location") or "",
-                    first_run_id=run_id,
-                    meta={"seconds": payload.get("seconds")},
-                )
-            )
-    elif kind == ev.EventKind.preempted:
-        if stage_run.status != StageStatus.cancelled:
-            stage_run.status = StageStatus.queued.value
-        _append_log(stage_run, f"preempted: {payload.get('reason')}; requeued")
-    elif kind == ev.EventKind.failed:
-        stage_run.status = (
-            StageStatus.cancelled.value
-            if payload.get("cancelled") or stage_run.status == StageStatus.cancelled
-            else StageStatus.failed.value
-        )
-        stage_run.error = payload.get("error")
-        stage_run.finished_at = when
+    APPLY[ev.EventKind(event["kind"])](session, stage_run, event["payload"], when)
 
 
 class Recorder:
@@ -253,8 +293,8 @@ class Recorder:
             raw_by_sid[sid] = fields
             try:
                 events.append((sid, ev.decode(fields)))
-            except ValueError as exc:  # json.JSONDecodeError included
-                dead.append((sid, fields, None, f"malformed event: {exc}"))
+            except ev.InvalidEvent as exc:
+                dead.append((sid, fields, exc.event, f"invalid event: {exc}"[:2000]))
         try:
             applied = self._apply(events)
         except TRANSIENT_DB_ERRORS:
@@ -303,7 +343,7 @@ class Recorder:
                 new.discard(event["event_id"])
                 applied += 1
                 if event["kind"] == ev.EventKind.metric:  # the bulk of the traffic: one INSERT per batch
-                    pending_metrics.extend(metric_rows(event))
+                    pending_metrics.extend(metric_rows(event["run_id"], event["stage_run_id"], event["payload"]))
                     continue
                 if pending_metrics:  # keep order: a `resumed` event deletes the points logged before it
                     session.execute(insert(Metric), pending_metrics)

@@ -63,6 +63,7 @@ def _name_jobs(run: Run, stage_runs: dict[str, StageRun], to_run: list[Node]) ->
     for node in to_run:
         stage_run = stage_runs[node.name]
         stage_run.rq_job_id = f"alignlab-{run.id}-{node.name}-{stage_run.attempt}"
+        stage_run.queued_at = utcnow()
         planned.append(PlannedJob(run.id, stage_run.id, node, stage_run.queue, stage_run.rq_job_id))
     return planned
 

@@ -6,14 +6,22 @@ changes; the widgets are the only state; Launch, the preview and the YAML export
 return, so what is shown is what is submitted."""
 
 import hashlib
-import json
 
 import streamlit as st
 import yaml
 
 from app.forms import error_field, fill_form, set_field, spec_form
 from db import queries
-from pipeline.core.configs import PRESETS, SEED_SCOPES, RunSpec, from_dict, load_stored_spec, preset, to_dict
+from pipeline.core.configs import (
+    PRESETS,
+    SEED_SCOPES,
+    RunSpec,
+    canonical_json,
+    from_dict,
+    load_stored_spec,
+    preset,
+    to_dict,
+)
 from pipeline.core.errors import AlignlabError, ConfigError
 from pipeline.core.registry import variant_stages_onward
 from workers import scheduler
@@ -92,7 +100,7 @@ if base is None:  # a file to choose, or a rejected one: nothing to show or laun
     st.stop()
 
 # a new starting point refills the form, once; after that the widgets hold the person's edits
-signature = hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()
+signature = hashlib.sha256(canonical_json(base).encode()).hexdigest()
 if st.session_state.get("launch_base") != signature:
     fill_form(base)
     st.session_state["launch_base"] = signature

@@ -97,6 +97,7 @@ def live_stages(run_id: int) -> None:
                 else (s["progress_done"] / s["progress_total"] if s["progress_total"] else 0.0),
                 "peak memory MiB": round(s["peak_memory_bytes"] / 2**20, 1) if s["peak_memory_bytes"] else None,
                 "device": s["device"],
+                "result from run": s["made_by_run"] if s["made_by_run"] not in (None, run_id) else "",
                 "error": s["error"] or "",
             }
             for s in detail["stages"]

@@ -739,6 +739,24 @@ def section_help() -> dict[str, str]:
     return out
 
 
+# RunSpec fields that cannot change a result: labels, the stage selection, where and how long jobs run
+RESULT_FREE_FIELDS: tuple[str, ...] = ("spec_version", "name", "preset", "stages", "execution")
+
+
+def changes_result(dotted: str) -> bool:
+    return dotted.split(".")[0] not in RESULT_FREE_FIELDS
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted name: value} of the leaves of nested mappings (lists and empty mappings are leaves)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
 def get_path(data: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         data = data[part]

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import METHODS, RunSpec
+from pipeline.core.configs import METHODS, RunSpec, flatten
 from pipeline.core.metrics import METRICS, Metric, corpus_metrics, pair_metrics, sample_metrics
 from pipeline.core.registry import stage_of_module
 from pipeline.core.stats import correct_family, mean_ci, paired_difference
@@ -90,15 +90,6 @@ def corpus_metrics_ci(samples: list[dict[str, Any]], ci_args: dict[str, Any]) ->
     return out
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
 def parity_check(sft_dpo: dict[str, Any] | None, dpo_only: dict[str, Any] | None) -> dict[str, Any]:
     """Diff the two DPO runs' effective configs; fair only when nothing but init/reference differs."""
     if sft_dpo is None or dpo_only is None:
@@ -145,97 +136,89 @@ def heldout_leak_checks(results: dict[str, dict[str, Any] | None]) -> list[dict[
     return checks
 
 
-def checklist(
-    inputs: dict[str, Path], evaluations: dict[str, dict[str, Any]], parity: dict[str, Any], n_pairs: int
-) -> list[dict[str, Any]]:
-    results = {name: _load(inputs, name) for name in inputs}
+def _item(name: str, passed: bool, reason: str) -> dict[str, Any]:
+    return {"item": name, "passed": bool(passed), "reason": reason}
 
-    def item(name: str, passed: bool, reason: str) -> dict[str, Any]:
-        return {"item": name, "passed": bool(passed), "reason": reason}
 
+def _stages_complete(results: dict[str, Any]) -> list[dict[str, Any]]:
     missing = [n for n, r in results.items() if r is None]
-    lines = [
-        item(
-            "every stage complete",
-            not missing,
-            f"missing results: {missing}" if missing else f"{len(results)} stage results present",
-        )
-    ]
+    reason = f"missing results: {missing}" if missing else f"{len(results)} stage results present"
+    return [_item("every stage complete", not missing, reason)]
+
+
+def _masking(results: dict[str, Any]) -> list[dict[str, Any]]:
     sft = results.get("train_sft")
-    masking = bool(sft and sft["checks"].get("masking_verified", {}).get("passed"))
-    lines.append(
-        item(
-            "masking verified",
-            masking,
-            sft["checks"]["masking_verified"]["detail"] if sft else "train_sft result missing",
-        )
-    )
-    failed_reports = [
+    check = sft["checks"].get("masking_verified", {}) if sft else {}
+    return [_item("masking verified", bool(check.get("passed")), check.get("detail", "train_sft result missing"))]
+
+
+def _validation(results: dict[str, Any]) -> list[dict[str, Any]]:
+    failed = [
         f"{r['stage']}:{rep['kind']}"
         for r in results.values()
         if r
         for rep in r.get("reports", [])
         if not rep["passed"]
     ]
-    lines.append(
-        item(
-            "validation passed at every hand-off",
-            not failed_reports,
-            f"failed: {failed_reports}" if failed_reports else "all reports passed",
-        )
-    )
-    missing_methods = [m for m in METHODS if m not in evaluations]
-    lines.append(
-        item(
-            "all four models evaluated",
-            not missing_methods,
-            f"missing: {missing_methods}" if missing_methods else ", ".join(METHODS),
-        )
-    )
+    reason = f"failed: {failed}" if failed else "all reports passed"
+    return [_item("validation passed at every hand-off", not failed, reason)]
+
+
+def _references(results: dict[str, Any]) -> list[dict[str, Any]]:
+    items = []
     for init, name in (("sft", "dpo_sft"), ("base", "dpo_base")):
         result = results.get(name)
         check = result["checks"].get("reference_is_init") if result else None
-        lines.append(
-            item(
-                f"DPO ({init} init) reference equals its init at step 1",
-                bool(check and check["passed"]),
-                check["detail"] if check else "train_dpo result missing",
-            )
+        reason = check["detail"] if check else "train_dpo result missing"
+        items.append(
+            _item(f"DPO ({init} init) reference equals its init at step 1", bool(check and check["passed"]), reason)
         )
-    lines.append(item("parity: same DPO settings for both variants", parity["fair"], parity["verdict"]))
+    return items
+
+
+def _heldout_clean(results: dict[str, Any]) -> list[dict[str, Any]]:
     leaks = heldout_leak_checks(results)
-    lines.append(
-        item(
-            "held-out data never in a training input",
-            bool(leaks) and all(c["passed"] for c in leaks),
-            "; ".join(f"{c['stage']}: {c['contaminated']} of {c['heldout_texts']} held-out texts" for c in leaks)
-            or "no decontamination check found",
-        )
-    )
-    leaks = []
+    reason = "; ".join(f"{c['stage']}: {c['contaminated']} of {c['heldout_texts']} held-out texts" for c in leaks)
+    passed = bool(leaks) and all(c["passed"] for c in leaks)
+    return [_item("held-out data never in a training input", passed, reason or "no decontamination check found")]
+
+
+def _memory_released(evaluations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    kept = []
     for method, result in evaluations.items():
         info = result.get("load_info") or {}
         before, after = info.get("memory_before_bytes"), info.get("memory_after_release_bytes")
         model_bytes = info.get("parameter_count", 0) * (1 if info.get("quantization") == "8bit" else 2)
         if before is None or after is None or after - before > 0.5 * max(model_bytes, 1):
-            leaks.append(f"{method}: {((after or 0) - (before or 0)) / 2**20:.1f} MiB kept")
-    lines.append(
-        item(
-            "memory released between models",
-            not leaks,
-            "; ".join(leaks) if leaks else "each model's memory returned after its evaluation",
-        )
-    )
-    lines.append(
-        item(f"at least {MIN_HELDOUT_PAIRS} held-out pairs", n_pairs >= MIN_HELDOUT_PAIRS, f"{n_pairs} held-out pairs")
-    )
-    return lines
+            kept.append(f"{method}: {((after or 0) - (before or 0)) / 2**20:.1f} MiB kept")
+    reason = "; ".join(kept) if kept else "each model's memory returned after its evaluation"
+    return [_item("memory released between models", not kept, reason)]
 
 
-def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
-    progress = Progress(STAGE, on_progress)
-    config = spec.compare
-    ci_args = {"confidence": config.confidence, "n_resamples": config.n_bootstrap, "seed": config.seed}
+def checklist(
+    inputs: dict[str, Path], evaluations: dict[str, dict[str, Any]], parity: dict[str, Any], n_pairs: int
+) -> list[dict[str, Any]]:
+    """The pipeline-health go/no-go: each line passed or not, with its reason."""
+    results = {name: _load(inputs, name) for name in inputs}
+    missing_methods = [m for m in METHODS if m not in evaluations]
+    evaluated = f"missing: {missing_methods}" if missing_methods else ", ".join(METHODS)
+    return [
+        *_stages_complete(results),
+        *_masking(results),
+        *_validation(results),
+        _item("all four models evaluated", not missing_methods, evaluated),
+        *_references(results),
+        _item("parity: same DPO settings for both variants", parity["fair"], parity["verdict"]),
+        *_heldout_clean(results),
+        *_memory_released(evaluations),
+        _item(
+            f"at least {MIN_HELDOUT_PAIRS} held-out pairs", n_pairs >= MIN_HELDOUT_PAIRS, f"{n_pairs} held-out pairs"
+        ),
+    ]
+
+
+def _read_evaluations(inputs: dict[str, Path]) -> tuple[dict, dict, dict]:
+    """(evaluation result, pair rows by pair id, sample rows by prompt id) of each evaluated method."""
     evaluations, pair_rows, sample_rows = {}, {}, {}
     for method in METHODS:
         name = f"eval_{method}"
@@ -243,20 +226,30 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             evaluations[method] = _load(inputs, name) or {}
             pair_rows[method] = {r["pair_id"]: r for r in read_jsonl(inputs[name] / PAIRS_OUT)}
             sample_rows[method] = {s["prompt_id"]: s for s in read_jsonl(inputs[name] / SAMPLES_OUT)}
-
     add_implicit_rewards(pair_rows)
-    table: dict[str, dict[str, Any]] = {}
-    for method in evaluations:
+    return evaluations, pair_rows, sample_rows
+
+
+def _method_table(pair_rows: dict, sample_rows: dict, ci_args: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every compared and corpus metric of each method, with its CI."""
+    table = {}
+    for method in sample_rows:
         row = {
             m.name: mean_ci([_value(m, r) for r in _rows(m, pair_rows, sample_rows, method).values()], **ci_args)
             for m in compared()
         }
         row.update(corpus_metrics_ci(list(sample_rows[method].values()), ci_args))
         table[method] = row
+    return table
+
+
+def _differences(pair_rows: dict, sample_rows: dict, config: Any, ci_args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired differences of every compared metric for each comparison; the primary one alone, the others
+    family-corrected."""
     paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
     differences = []
     for a, b in COMPARISONS:
-        if a not in evaluations or b not in evaluations:
+        if a not in sample_rows or b not in sample_rows:
             continue
         clusters = {k: r["prompt_id"] for k, r in pair_rows[a].items()}
         for m in compared():
@@ -266,12 +259,15 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                 continue  # e.g. the implicit reward of a model that has none, correctness without answers
             by_prompt = {"clusters": clusters} if m.per == "pair" else {}
             diff = paired_difference(values_a, values_b, higher_is_better=m.higher_is_better, **by_prompt, **paired)
-            differences.append({"a": a, "b": b, "metric": m.name, **diff})
-    primary = (PRIMARY_PAIR[0], PRIMARY_PAIR[1], config.primary_metric)
-    for d in differences:
-        d["role"] = "primary" if (d["a"], d["b"], d["metric"]) == primary else "exploratory"
-    exploratory = [d for d in differences if d["role"] == "exploratory"]
-    correct_family(exploratory, config.correction, paired["min_discordant"])
+            primary = (a, b, m.name) == (*PRIMARY_PAIR, config.primary_metric)
+            differences.append(
+                {"a": a, "b": b, "metric": m.name, **diff, "role": "primary" if primary else "exploratory"}
+            )
+    correct_family([d for d in differences if d["role"] == "exploratory"], config.correction, paired["min_discordant"])
+    return differences
+
+
+def _by_negative_type(pair_rows: dict, ci_args: dict[str, Any]) -> dict[str, dict[str, Any]]:
     by_type: dict[str, dict[str, Any]] = defaultdict(dict)
     for method, rows in pair_rows.items():
         grouped: dict[str, list[float]] = defaultdict(list)
@@ -279,6 +275,18 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             grouped[r["negative_type"] or "untyped"].append(r["correct"])
         for negative_type, values in sorted(grouped.items()):
             by_type[negative_type][method] = mean_ci(values, **ci_args)
+    return dict(by_type)
+
+
+def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
+    progress = Progress(STAGE, on_progress)
+    config = spec.compare
+    ci_args = {"confidence": config.confidence, "n_resamples": config.n_bootstrap, "seed": config.seed}
+    evaluations, pair_rows, sample_rows = _read_evaluations(inputs)
+    table = _method_table(pair_rows, sample_rows, ci_args)
+    differences = _differences(pair_rows, sample_rows, config, ci_args)
+    exploratory = [d for d in differences if d["role"] == "exploratory"]
+    by_type = _by_negative_type(pair_rows, ci_args)
 
     effective = {
         init: read_json(inputs[name] / EFFECTIVE_CONFIG)
@@ -295,7 +303,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         "methods": list(evaluations),
         "table": table,
         "differences": differences,
-        "by_negative_type": dict(by_type),
+        "by_negative_type": by_type,
         "parity": parity,
         "checklist": checks,
         "go": go,

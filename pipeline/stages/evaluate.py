@@ -41,6 +41,81 @@ def _mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(present), 6) if present else None
 
 
+def heldout_prompts(heldout: list[dict[str, Any]], max_prompts: int) -> tuple[dict[str, dict], list[dict]]:
+    """The held-out prompts evaluated (by prompt id, sorted; at most `max_prompts`, 0 = all) and their pairs."""
+    prompts: dict[str, dict[str, Any]] = {}
+    for pair in heldout:
+        prompts.setdefault(
+            prompt_id(pair["prompt"]),
+            {"prompt": pair["prompt"], "reference": pair["chosen"], "answer": pair.get("reference")},
+        )
+    chosen = sorted(prompts)[:max_prompts] if max_prompts else sorted(prompts)
+    if not chosen:
+        raise ConfigError("evaluate: the held-out split has no prompts; raise SplitConfig.heldout_fraction")
+    selected = set(chosen)
+    pairs = [p for p in heldout if prompt_id(p["prompt"]) in selected]
+    return {pid: prompts[pid] for pid in chosen}, pairs
+
+
+def pair_row(method: str, pair: dict[str, Any], chosen: tuple[float, int], rejected: tuple[float, int]) -> dict:
+    """One scored held-out pair: (sum of log-probs, tokens) of chosen and of rejected."""
+    (chosen_sum, chosen_n), (rejected_sum, rejected_n) = chosen, rejected
+    return {
+        "method": method,
+        "pair_id": hashlib.sha256(
+            "\x00".join(normalize_text(pair[k]) for k in ("prompt", "chosen", "rejected")).encode()
+        ).hexdigest()[:16],
+        "prompt_id": prompt_id(pair["prompt"]),
+        "negative_type": pair.get("negative_type"),
+        "chosen_logp": chosen_sum,
+        "rejected_logp": rejected_sum,
+        "chosen_logp_mean": chosen_sum / chosen_n,
+        "rejected_logp_mean": rejected_sum / rejected_n,
+        "margin": chosen_sum - rejected_sum,
+        "correct": float(chosen_sum > rejected_sum),
+        "correct_mean": float(chosen_sum / chosen_n > rejected_sum / rejected_n),
+    }
+
+
+def sample_row(
+    method: str, pid: str, prompt: dict[str, Any], reference: tuple[float, int], generation: Any, template: str
+) -> dict[str, Any]:
+    """One generation for a held-out prompt, with every sample metric of the registry in its stats."""
+    ref_sum, ref_n = reference
+    evaluated = EvaluatedSample(
+        text=generation.text,
+        new_tokens=generation.new_tokens,
+        eos_reached=generation.eos_reached,
+        reference=prompt["reference"],
+        answer=prompt["answer"],
+        reference_nll=-ref_sum / ref_n,
+        template=template,
+    )
+    return {
+        "method": method,
+        "prompt_id": pid,
+        "prompt": prompt["prompt"],
+        "reference": prompt["reference"],
+        "answer": prompt["answer"],
+        "generation": generation.text,
+        "stats": sample_stats(evaluated),
+    }
+
+
+def summary(pair_rows: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's metrics: the mean of every pair and sample metric, and preference accuracy per negative type."""
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for row in pair_rows:
+        by_type[row["negative_type"] or "untyped"].append(row["correct"])
+    return {
+        "prompts": len(samples),
+        "pairs": len(pair_rows),
+        **{m.name: _mean([m.compute(r) for r in pair_rows]) for m in pair_metrics()},
+        **{m.name: _mean([s["stats"][m.name] for s in samples]) for m in sample_metrics()},
+        "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
+    }
+
+
 def run(
     spec: RunSpec,
     inputs: dict[str, Path],
@@ -58,18 +133,8 @@ def run(
         inputs["pairs"] / TRAIN, inputs["pairs"] / HELDOUT, spec.validation, tuple(REGISTRY)
     )
     progress.emit("validation", report=report.to_dict())
-    heldout = splits["heldout"]
-    prompts: dict[str, dict[str, Any]] = {}
-    for pair in heldout:
-        prompts.setdefault(
-            prompt_id(pair["prompt"]),
-            {"prompt": pair["prompt"], "reference": pair["chosen"], "answer": pair.get("reference")},
-        )
-    chosen_ids = sorted(prompts)[: config.max_prompts] if config.max_prompts else sorted(prompts)
-    if not chosen_ids:
-        raise ConfigError("evaluate: the held-out split has no prompts; raise SplitConfig.heldout_fraction")
-    selected = set(chosen_ids)
-    pairs = [p for p in heldout if prompt_id(p["prompt"]) in selected]
+    prompts, pairs = heldout_prompts(splits["heldout"], config.max_prompts)
+    chosen_ids = list(prompts)
     model_config = spec.base_model if method == "base" else model_config_from_ref(inputs["model"], spec.base_model)
 
     with loaded(model_config) as m:
@@ -92,63 +157,15 @@ def run(
         progress.progress(3, 3, "generations")
         info = m.info
 
-    pair_rows = []
-    for index, pair in enumerate(pairs):
-        (chosen_sum, chosen_n), (rejected_sum, rejected_n) = scored[index], scored[len(pairs) + index]
-        pair_rows.append(
-            {
-                "method": method,
-                "pair_id": hashlib.sha256(
-                    "\x00".join(normalize_text(pair[k]) for k in ("prompt", "chosen", "rejected")).encode()
-                ).hexdigest()[:16],
-                "prompt_id": prompt_id(pair["prompt"]),
-                "negative_type": pair.get("negative_type"),
-                "chosen_logp": chosen_sum,
-                "rejected_logp": rejected_sum,
-                "chosen_logp_mean": chosen_sum / chosen_n,
-                "rejected_logp_mean": rejected_sum / rejected_n,
-                "margin": chosen_sum - rejected_sum,
-                "correct": float(chosen_sum > rejected_sum),
-                "correct_mean": float(chosen_sum / chosen_n > rejected_sum / rejected_n),
-            }
-        )
-    samples = []
-    for pid, (ref_sum, ref_n), generation in zip(chosen_ids, references, generations, strict=True):
-        prompt = prompts[pid]
-        evaluated = EvaluatedSample(
-            text=generation.text,
-            new_tokens=generation.new_tokens,
-            eos_reached=generation.eos_reached,
-            reference=prompt["reference"],
-            answer=prompt["answer"],
-            reference_nll=-ref_sum / ref_n,
-            template=spec.format.template,
-        )
-        samples.append(
-            {
-                "method": method,
-                "prompt_id": pid,
-                "prompt": prompt["prompt"],
-                "reference": prompt["reference"],
-                "answer": prompt["answer"],
-                "generation": generation.text,
-                "stats": sample_stats(evaluated),
-            }
-        )
+    pair_rows = [pair_row(method, pair, scored[index], scored[len(pairs) + index]) for index, pair in enumerate(pairs)]
+    samples = [
+        sample_row(method, pid, prompts[pid], reference, generation, spec.format.template)
+        for pid, reference, generation in zip(chosen_ids, references, generations, strict=True)
+    ]
     write_jsonl(out_dir / PAIRS_OUT, pair_rows)
     write_jsonl(out_dir / SAMPLES_OUT, samples)
 
-    by_type: dict[str, list[float]] = defaultdict(list)
-    for row in pair_rows:
-        by_type[row["negative_type"] or "untyped"].append(row["correct"])
-    metrics = {
-        "prompts": len(samples),
-        "pairs": len(pair_rows),
-        **{m.name: _mean([m.compute(r) for r in pair_rows]) for m in pair_metrics()},
-        **{m.name: _mean([s["stats"][m.name] for s in samples]) for m in sample_metrics()},
-        "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
-        "peak_memory_bytes": info.peak_memory_bytes,
-    }
+    metrics = {**summary(pair_rows, samples), "peak_memory_bytes": info.peak_memory_bytes}
     return StageResult(
         stage=STAGE,
         role=method,

@@ -25,6 +25,7 @@ from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.stages.split import pairs_decontamination
 from pipeline.training import (
     MODEL_DIR,
+    dpo_trainer_config,
     drop_console_printer,
     free_trainer,
     lora_config,
@@ -35,7 +36,6 @@ from pipeline.training import (
     require_trainable,
     start_from_checkpoint,
     step_one,
-    trainer_args,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_pairs
@@ -139,7 +139,6 @@ def run(
     init: str = "sft",
 ) -> StageResult:
     from datasets import Dataset
-    from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
     if init not in INITS:
@@ -165,12 +164,7 @@ def run(
     with loaded(policy_config) as m:
         info = m.info
         require_trainable(info, config.use_lora, STAGE)
-        args = TRLDPOConfig(
-            **trainer_args(config, out_dir, info),
-            beta=config.beta,
-            loss_type=[config.loss_type],
-            precompute_ref_log_probs=config.precompute_ref_log_probs,
-        )
+        args = dpo_trainer_config(config, out_dir, info)
         write_json(out_dir / EFFECTIVE_CONFIG, effective_config(args, spec, info, inputs["pairs"] / TRAIN, init_model))
         log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = DPOTrainer(

@@ -28,8 +28,8 @@ from pipeline.training import (
     raise_if_stopped,
     read_log,
     require_trainable,
+    sft_trainer_config,
     start_from_checkpoint,
-    trainer_args,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_sft
@@ -66,7 +66,6 @@ def verify_trainer_masking(trainer: Any, completions: list[str], tokenizer: Any,
 
 def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
     from datasets import Dataset
-    from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     progress = Progress(STAGE, on_progress)
@@ -99,7 +98,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             )
         progress.log(f"{len(kept)} examples, {drops.total} dropped {drops.dropped}")
         dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])
-        args = TRLSFTConfig(**trainer_args(config, out_dir, info), completion_only_loss=True, packing=False)
+        args = sft_trainer_config(config, out_dir, info)
         log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = SFTTrainer(
             model=m.model,
