@@ -1,6 +1,6 @@
 """Pipeline benchmarks, each a side-by-side comparison in one process tree on the same data, model and settings:
 
-- generation: batched `generate_batched` vs a per-prompt `generate` loop (what the seed script did);
+- generation: the batched `HFGenerator.generate` vs a per-prompt `generate` loop (what the seed script did);
 - sft_overhead / dpo_overhead: the train_sft / train_dpo stage vs a plain TRL script with identical arguments;
 - dpo_ref_cache: DPO with precomputed reference log-probs vs the reference forward pass on every step, 2 epochs;
 - eval_memory: the four evaluations one model at a time vs one model alone vs all four loaded at once;
@@ -62,10 +62,12 @@ def _alternate(sides: dict[str, Any], repeats: int) -> dict[str, list[float]]:
 
 def generation(quick: bool = False) -> dict:
     """Same prompts, model and greedy decoding: batched and left-padded vs one `generate` call per prompt."""
+    from types import SimpleNamespace
+
     import torch
 
     from pipeline.formats import render_prompt
-    from pipeline.generation import generate_batched
+    from pipeline.generation import HFGenerator
     from pipeline.models import load_model
     from pipeline.tiny import demo_records, ensure_tiny
 
@@ -77,13 +79,13 @@ def generation(quick: bool = False) -> dict:
         os.environ["ALIGNLAB_HOME"] = tmp
         model, tokenizer, info = load_model(spec.base_model)
     prompts = [render_prompt(r["instruction"], spec.format, tokenizer) for r in demo_records()][: 16 if quick else 64]
-    max_new = spec.generation.max_new_tokens
+    max_new = spec.generation.sampling.max_new_tokens
+    greedy = spec.generation.sampling.model_copy(update={"do_sample": False})
     batch = 32
+    generator = HFGenerator(SimpleNamespace(model=model, tokenizer=tokenizer), spec.format)
 
     def batched():
-        generate_batched(
-            model, tokenizer, prompts, fmt=spec.format, max_new_tokens=max_new, do_sample=False, batch_size=batch
-        )
+        generator.generate(prompts, greedy, batch_size=batch)
 
     def loop():
         for prompt in prompts:

@@ -46,11 +46,21 @@ class Generator(Protocol):
 
 @dataclass
 class HFGenerator:
-    """A loaded Hugging Face causal LM: batched, left-padded `generate`, seeded per batch, cut at stop markers."""
+    """A loaded Hugging Face causal LM: batched, left-padded `generate`, seeded per batch, cut at stop markers.
 
-    model: Any
-    tokenizer: Any
+    It holds the `pipeline.models.loaded` holder, never the model itself: when the `with loaded(...)` block ends
+    the holder lets go of the model and the memory is returned, whatever still refers to this generator."""
+
+    source: Any  # a pipeline.models.LoadedModel (anything with .model and .tokenizer)
     fmt: FormatConfig
+
+    @property
+    def model(self) -> Any:
+        return self.source.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.source.tokenizer
 
     def generate(
         self,
@@ -151,7 +161,7 @@ class HFGenerator:
 
 # backend name -> factory(loaded model, format): the seam where vLLM or an endpoint-backed judge plugs in
 BACKENDS: dict[str, Callable[[Any, FormatConfig], Generator]] = {
-    "hf": lambda loaded_model, fmt: HFGenerator(loaded_model.model, loaded_model.tokenizer, fmt),
+    "hf": HFGenerator,
 }
 
 

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import NEGATIVE_TYPES, ValidationConfig
+from pipeline.core.configs import ValidationConfig
 from pipeline.core.errors import DataError
-from pipeline.core.text import template_parts
+from pipeline.core.negative_types import names as negative_type_names
+from pipeline.core.text import normalize_text, template_parts
 
 ERROR, WARNING = "error", "warning"
 
@@ -214,10 +215,6 @@ def read_rows(path: str | Path) -> Iterator[Row]:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-
-def normalize_text(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 def _is_nan(value: Any) -> bool:
@@ -443,14 +440,14 @@ def _type_mix(report: ValidationReport, valid: list[dict[str, Any]], weights: di
 def validate_negative_examples(
     rows: Iterable[Row],
     config: ValidationConfig | None = None,
-    known_types: Iterable[str] = NEGATIVE_TYPES,
+    known_types: Iterable[str] | None = None,
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     source: str = "<memory>",
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     """Check typed negatives `{prompt, chosen, rejected, negative_type}` against the type registry."""
     config = config or ValidationConfig()
-    known = tuple(known_types)
+    known = tuple(negative_type_names() if known_types is None else known_types)
     report = ValidationReport("negatives", source, config.max_error_rate)
     dups = _Duplicates(report)
     valid: list[dict[str, Any]] = []
@@ -481,11 +478,28 @@ def validate_negative_examples(
     return valid, report
 
 
+def _drop_leaked_prompts(
+    report: ValidationReport, splits: dict[str, list[dict[str, Any]]], train_prompts: set[str], file: str | None
+) -> set[int]:
+    """Report and drop each held-out pair whose prompt is also a training prompt; returns their rows."""
+    leaked_rows = set()
+    for record in splits["heldout"]:
+        if normalize_text(record["prompt"]) in train_prompts:
+            message = "this held-out prompt is also in the training split"
+            report.add(record["_row"], "prompt", "prompt_leak", message, file=file)
+            leaked_rows.add(record["_row"])
+    splits["heldout"] = [r for r in splits["heldout"] if r["_row"] not in leaked_rows]
+    for records in splits.values():
+        for r in records:
+            r.pop("_row")
+    return leaked_rows
+
+
 def validate_preference_pairs(
     train_rows: Iterable[Row],
     heldout_rows: Iterable[Row] | None = None,
     config: ValidationConfig | None = None,
-    known_types: Iterable[str] = NEGATIVE_TYPES,
+    known_types: Iterable[str] | None = None,
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     source: str = "<memory>",
@@ -493,7 +507,7 @@ def validate_preference_pairs(
 ) -> tuple[dict[str, list[dict[str, Any]]], ValidationReport]:
     """Check DPO pairs `{prompt, chosen, rejected[, negative_type]}` and the train / held-out split (no leakage)."""
     config = config or ValidationConfig()
-    known = tuple(known_types)
+    known = tuple(negative_type_names() if known_types is None else known_types)
     label = source if heldout_source is None else f"{source} + {heldout_source}"
     report = ValidationReport("pairs", label, config.max_error_rate)
     dups = _Duplicates(report)
@@ -516,21 +530,7 @@ def validate_preference_pairs(
             record["_row"] = row
             splits[split].append(record)
     train_prompts = {normalize_text(r["prompt"]) for r in splits["train"]}
-    leaked_rows = set()
-    for record in splits["heldout"]:
-        if normalize_text(record["prompt"]) in train_prompts:
-            report.add(
-                record["_row"],
-                "prompt",
-                "prompt_leak",
-                "this held-out prompt is also in the training split",
-                file=heldout_source,
-            )
-            leaked_rows.add(record["_row"])
-    splits["heldout"] = [r for r in splits["heldout"] if r["_row"] not in leaked_rows]
-    for records in splits.values():
-        for r in records:
-            r.pop("_row")
+    leaked_rows = _drop_leaked_prompts(report, splits, train_prompts, heldout_source)
     everything = splits["train"] + splits["heldout"]
     _type_mix(report, everything, weights, config.type_mix_tolerance)
     report.stats.update(
@@ -580,7 +580,7 @@ def load_and_validate_sft(
 def load_and_validate_negatives(
     path: str | Path,
     config: ValidationConfig | None = None,
-    known_types: Iterable[str] = NEGATIVE_TYPES,
+    known_types: Iterable[str] | None = None,
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,
@@ -603,7 +603,7 @@ def load_and_validate_pairs(
     train_path: str | Path,
     heldout_path: str | Path | None = None,
     config: ValidationConfig | None = None,
-    known_types: Iterable[str] = NEGATIVE_TYPES,
+    known_types: Iterable[str] | None = None,
     weights: dict[str, float] | None = None,
     tokenizer: Any = None,
     strict: bool = True,

@@ -52,7 +52,7 @@ def test_unknown_keys_are_named(tmp_path):
     message = str(err.value)
     assert "RunSpec.colour" in message and str(path) in message
     del data["colour"]
-    with pytest.raises(ConfigError, match=r"SFTConfig\.learnig_rate: unknown key"):
+    with pytest.raises(ConfigError, match=r"SFTConfig\.learnig_rate \(at sft\.learnig_rate\): unknown key"):
         from_dict(RunSpec, data)
 
 

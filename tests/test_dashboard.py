@@ -279,7 +279,8 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
     from db.models import Sample
     from db.session import write_session
 
-    clean = {"repetition": 0.0, "eos_reached": True, "chars": 10, "template_leak": False, "refusal": False}
+    clean = {"repetition": 0.0, "eos_rate": 1.0, "chars": 10.0, "length_ratio": 1.0, "template_leak_rate": 0.0}
+    clean["refusal_rate"] = 0.0
     with write_session(filled["engine"]) as s:
         samples = s.scalars(select(Sample).where(Sample.run_id == filled["run_id"]).order_by(Sample.id)).all()
         prompts = sorted({x.prompt_id for x in samples})
@@ -289,7 +290,7 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
             if sample.prompt_id == repeats and sample.method == "sft":
                 sample.stats["repetition"] = 0.9  # one method's output flagged: flagged and disagreeing
             if sample.prompt_id == refused:
-                sample.stats["refusal"] = True  # every method flagged alike: flagged, not disagreeing
+                sample.stats["refusal_rate"] = 1.0  # every method flagged alike: flagged, not disagreeing
     at = app().run()
     at.switch_page("views/samples.py").run()
     for only, expected in (("flagged", [repeats, refused]), ("disagreeing", [repeats])):

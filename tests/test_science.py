@@ -9,8 +9,9 @@ import pytest
 
 from pipeline.core.configs import RunSpec, SplitConfig, from_dict
 from pipeline.core.errors import DataError
+from pipeline.core.text import normalize_text
 from pipeline.stages import read_jsonl
-from pipeline.validation import check_decontamination, normalize_text, validate_sft_data
+from pipeline.validation import check_decontamination, validate_sft_data
 
 
 def texts_of(rows, *fields):
@@ -173,7 +174,7 @@ def test_eos_padding_is_not_taken_for_a_generated_eos(tiny_model_dir):
 
 
 def test_correctness_against_a_reference_answer():
-    from pipeline.generation import correctness
+    from pipeline.core.text import correctness
 
     assert correctness("The capital of France is Paris.", "the capital of france is paris") == {
         "exact_match": 1.0,

@@ -3,18 +3,19 @@
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pipeline.artifacts import write_jsonl
 from pipeline.core.errors import DataError, MaskingError
+from pipeline.core.negative_types import REGISTRY, NegativeContext
 from pipeline.core.registry import node_by_name
 from pipeline.dag import artifact_keys, default_store, run_node
 from pipeline.models import load_model
 from pipeline.stages import compare, evaluate, pairs, read_jsonl, train_sft
 from pipeline.stages.generate_sft import clean_response
-from pipeline.stages.negatives import REGISTRY, NegativeContext
 from pipeline.training import model_config_from_ref
 
 
@@ -24,7 +25,7 @@ def mean_sft_loss(model_config, records):
     from pipeline.generation import HFGenerator
 
     model, tok, _ = load_model(model_config)
-    scores = HFGenerator(model, tok, FormatConfig()).completion_logprobs(
+    scores = HFGenerator(SimpleNamespace(model=model, tokenizer=tok), FormatConfig()).completion_logprobs(
         [r["prompt"] for r in records], [r["completion"] for r in records]
     )
     return -sum(s for s, _ in scores) / sum(n for _, n in scores)
@@ -65,7 +66,7 @@ def test_dpo_raises_the_reward_margin_relative_to_its_init(dag_run, tiny_ci_spec
     def margins(config):
         model, tok, _ = load_model(config)
         prompts = [p["prompt"] for p in train] * 2
-        scores = HFGenerator(model, tok, FormatConfig()).completion_logprobs(
+        scores = HFGenerator(SimpleNamespace(model=model, tokenizer=tok), FormatConfig()).completion_logprobs(
             prompts, [p["chosen"] for p in train] + [p["rejected"] for p in train]
         )
         return [scores[i][0] - scores[len(train) + i][0] for i in range(len(train))]
@@ -198,7 +199,7 @@ def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
             "meta": {"instruction": "Describe the sea in at most five words.", "split": "train"},
         },
     ]
-    ctx = lambda i: NegativeContext(random.Random(0), records, i, tiny_ci_spec.format)  # noqa: E731
+    ctx = lambda i: NegativeContext(random.Random(0), records, i)  # noqa: E731
     assert REGISTRY["constraint_violation"](records[0], ctx(0)) is None  # asks for no constraint
     assert len(REGISTRY["constraint_violation"](records[1], ctx(1)).split()) > 1
     assert len(REGISTRY["constraint_violation"](records[2], ctx(2)).split()) > 5

@@ -142,7 +142,9 @@ def test_datasets_directory_is_read_with_row_numbers(tmp_path):
             {"prompt": "Instruction: c\nResponse:", "completion": ""},
         ]
     ).save_to_disk(str(tmp_path / "ds"))
-    _, report = load_and_validate_sft(tmp_path / "ds", strict=False)
+    from pipeline.sources import read_records
+
+    _, report = load_and_validate_sft(tmp_path / "ds", strict=False, read=read_records)
     assert [(i.row, i.field, i.code) for i in report.errors][0] == (2, "completion", "empty_text")
 
 

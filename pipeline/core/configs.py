@@ -20,19 +20,9 @@ from typing import Any, Literal
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.core import registry
+from pipeline.core import negative_types, registry
 from pipeline.core.errors import ConfigError
 
-# The negative types alignlab knows; `pipeline.stages.negatives` registers one function for each.
-NEGATIVE_TYPES: tuple[str, ...] = (
-    "model_sample",
-    "truncated",
-    "off_topic",
-    "repetitive",
-    "refusal",
-    "constraint_violation",
-)
-NegativeType = Literal["model_sample", "truncated", "off_topic", "repetitive", "refusal", "constraint_violation"]
 METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
 QueueName = Literal["gpu", "gpu-80gb", "cpu"]
@@ -170,11 +160,15 @@ class GenerationConfig(Section):
 
 
 class NegativesConfig(Section):
-    types: list[NegativeType] = opt(help="Negative types to generate.", factory=lambda: list(NEGATIVE_TYPES))
+    types: list[str] = Field(
+        default_factory=lambda: list(negative_types.names()),
+        description="Negative types to generate (pipeline.core.negative_types).",
+        json_schema_extra=lambda schema: schema["items"].update(enum=list(negative_types.names())),
+    )
     weights: dict[str, float] = opt(
         help="Target share of each type among the pairs (normalized; missing types weigh 1).", factory=dict
     )
-    per_prompt: int = opt(2, "Negatives generated per prompt (types drawn by weight).", ge=1, le=len(NEGATIVE_TYPES))
+    per_prompt: int = opt(2, "Negatives generated per prompt (types drawn by weight, at most one of each).", ge=1)
     sampling: SamplingConfig = opt(
         help="How the model writes the `model_sample` negatives.",
         factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.5, top_p=1.0),
@@ -185,6 +179,14 @@ class NegativesConfig(Section):
     def _types_and_weights_agree(self) -> NegativesConfig:
         if not self.types:
             raise ValueError("types: name at least one negative type")
+        unknown = [t for t in self.types if t not in negative_types.REGISTRY]
+        if unknown:
+            raise ValueError(
+                f"types: {', '.join(map(repr, unknown))} not known; choose from {', '.join(negative_types.names())}"
+            )
+        if self.per_prompt > len(negative_types.REGISTRY):
+            known = len(negative_types.REGISTRY)
+            raise ValueError(f"per_prompt: {self.per_prompt} is more than the {known} negative types there are")
         if len(set(self.types)) != len(self.types):
             raise ValueError("types: lists a type twice")
         for name, weight in self.weights.items():
@@ -299,14 +301,21 @@ class ValidationConfig(Section):
     )
 
 
+def _compared_metrics() -> tuple[str, ...]:
+    from pipeline.core.metrics import compared_metrics  # the metric registry reads nothing of the configs
+
+    return compared_metrics()
+
+
 class CompareConfig(Section):
     confidence: float = opt(0.95, "Confidence level of the bootstrap intervals.", ge=0.5, le=0.999)
     n_bootstrap: int = opt(2000, "Bootstrap resamples.", ge=100, le=100000)
     seed: int = opt(0, "Random seed of the bootstrap.", ge=0)
-    primary_metric: str = opt(
+    primary_metric: str = Field(
         "preference_accuracy",
-        "The metric that answers 'did SFT before DPO help?', named before the run (SFT→DPO − DPO-only); every "
-        "other difference is exploratory.",
+        description="The metric that answers 'did SFT before DPO help?', named before the run (SFT→DPO − "
+        "DPO-only); every other difference is exploratory.",
+        json_schema_extra=lambda schema: schema.update(enum=list(_compared_metrics())),
     )
     correction: Literal["holm", "bh"] = opt(
         "holm", "Family correction of the exploratory verdicts: holm (family-wise error) or bh (false discovery rate)."
@@ -318,9 +327,7 @@ class CompareConfig(Section):
     @field_validator("primary_metric")
     @classmethod
     def _a_compared_metric(cls, value: str) -> str:
-        from pipeline.core.metrics import compared_metrics
-
-        known = compared_metrics()
+        known = _compared_metrics()
         if value not in known:
             raise ValueError(f"{value!r} is not a compared metric; choose one of {', '.join(known)}")
         return value
@@ -372,7 +379,11 @@ class RunSpec(Section):
     base_model: ModelConfig = opt(help="The base model.", factory=ModelConfig)
     data: DataConfig = opt(help="Where the instructions come from.", factory=DataConfig)
     split: SplitConfig = opt(help="Held-out prompts, chosen first, and the decontamination check.", factory=SplitConfig)
-    stages: list[str] = opt(help="Stages to run, in DAG order.", factory=lambda: list(registry.STAGES))
+    stages: list[str] = Field(
+        default_factory=lambda: list(registry.STAGES),
+        description="Stages to run, in DAG order.",
+        json_schema_extra=lambda schema: schema["items"].update(enum=list(registry.STAGES)),
+    )
     format: FormatConfig = opt(help="Prompt format shared by every stage.", factory=FormatConfig)
     generation: GenerationConfig = opt(help="generate_sft settings.", factory=GenerationConfig)
     sft: SFTConfig = opt(help="train_sft settings.", factory=SFTConfig)

@@ -14,6 +14,11 @@ REFUSAL_PATTERNS = re.compile(
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+def normalize_text(text: str) -> str:
+    """Case and spacing folded: the form in which two texts count as the same."""
+    return " ".join(text.casefold().split())
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 

@@ -18,14 +18,15 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import METHODS, RunSpec
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import EvaluatedSample, pair_metrics, sample_metrics, sample_stats
+from pipeline.core.negative_types import REGISTRY
 from pipeline.core.registry import stage_of_module
+from pipeline.core.text import normalize_text
 from pipeline.generation import generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
-from pipeline.stages.negatives import REGISTRY
 from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.training import model_config_from_ref
-from pipeline.validation import load_and_validate_pairs, normalize_text
+from pipeline.validation import load_and_validate_pairs
 
 STAGE = stage_of_module(__name__)
 PAIRS_OUT, SAMPLES_OUT = "pairs_eval.jsonl", "samples.jsonl"

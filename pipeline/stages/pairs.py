@@ -17,11 +17,12 @@ from typing import Any
 from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import RunSpec
 from pipeline.core.errors import DataError
+from pipeline.core.negative_types import REGISTRY
 from pipeline.core.registry import stage_of_module
+from pipeline.core.text import normalize_text
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.negatives import OUTPUT as NEGATIVES
-from pipeline.stages.negatives import REGISTRY
-from pipeline.validation import load_and_validate_negatives, normalize_text, validate_preference_pairs
+from pipeline.validation import load_and_validate_negatives, validate_preference_pairs
 
 STAGE = stage_of_module(__name__)
 TRAIN, HELDOUT = "train.jsonl", "heldout.jsonl"

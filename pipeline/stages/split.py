@@ -18,14 +18,10 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import RunSpec
 from pipeline.core.errors import DataError
 from pipeline.core.registry import stage_of_module
+from pipeline.core.text import normalize_text
 from pipeline.sources import instruction_rows
 from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write_json
-from pipeline.validation import (
-    Noted,
-    normalize_text,
-    template_separators,
-    validate_instructions,
-)
+from pipeline.validation import Noted, template_separators, validate_instructions
 
 STAGE = stage_of_module(__name__)
 OUTPUT = "instructions.jsonl"  # {row, instruction, split, reference?}

@@ -17,10 +17,10 @@ from typing import Any
 
 from pipeline.core.configs import RunSpec, to_dict
 from pipeline.core.errors import ConfigError
+from pipeline.core.negative_types import REGISTRY
 from pipeline.core.registry import stage_of_module
 from pipeline.models import load_model, loaded, release_memory
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult, read_json, write_json
-from pipeline.stages.negatives import REGISTRY
 from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.stages.split import pairs_decontamination
 from pipeline.training import (
