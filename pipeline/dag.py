@@ -9,6 +9,7 @@ process, one model at a time. The CLI and the queue jobs both use these function
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -115,6 +116,8 @@ class DagResult:
 
 def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: ProgressFn | None = None) -> DagResult:
     """Run the selected stages in DAG order, in this process, one model at a time; reuse what is complete."""
+    # what exists now (the imported ML stack) lives as long as the process: collections need not walk it again
+    gc.freeze()
     store = default_store(home)
     keys = artifact_keys(spec)
     dag = DagResult(spec.name, keys)
