@@ -102,7 +102,6 @@ def run_node(
 
 @dataclass
 class DagResult:
-    spec_name: str
     keys: dict[str, str]
     results: dict[str, StageResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -120,7 +119,7 @@ def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: Progress
     gc.freeze()
     store = default_store(home)
     keys = artifact_keys(spec)
-    dag = DagResult(spec.name, keys)
+    dag = DagResult(keys)
     for node in selected_nodes(spec.stages):
         started = time.perf_counter()
         dag.results[node.name] = run_node(spec, store, node, keys, on_progress)

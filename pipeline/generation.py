@@ -25,7 +25,6 @@ class Generation:
     text: str  # decoded, special tokens removed, cut at the first stop marker
     new_tokens: int  # tokens generated up to (and including) EOS, or all when EOS never came
     eos_reached: bool
-    hit_stop_marker: bool
 
 
 class Generator(Protocol):
@@ -113,7 +112,7 @@ class HFGenerator:
                 kept, eos_reached = generated_part(row, eos, pad, tokenizer, stops)
                 text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 cut = cut_at_markers(text, stops)
-                results.append(Generation(cut, len(kept), eos_reached, cut != text))
+                results.append(Generation(cut, len(kept), eos_reached))
             if on_batch is not None:
                 on_batch(min(start + batch_size, len(prompts)), len(prompts))
         if was_training:

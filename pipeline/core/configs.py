@@ -427,13 +427,6 @@ class RunSpec(Section):
         return getattr(self, section).model_dump(mode="json")
 
 
-SECTIONS: tuple[str, ...] = tuple(
-    name
-    for name, f in RunSpec.model_fields.items()
-    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
-)
-
-
 # ----------------------------------------------------------------------------------------------- errors
 
 

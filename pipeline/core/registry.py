@@ -123,10 +123,6 @@ def stage_of_module(module: str) -> str:
     raise ConfigError(f"module {module} is no declared stage's module")
 
 
-def stage_names() -> tuple[str, ...]:
-    return tuple(STAGES)
-
-
 def iter_nodes() -> Iterator[tuple[Stage, NodeSpec]]:
     for declared in STAGES.values():
         for node in declared.nodes:
