@@ -23,6 +23,7 @@ from pipeline.core.negative_types import names as negative_type_names
 from pipeline.core.text import normalize_text, template_parts
 
 ERROR, WARNING = "error", "warning"
+FILE_KINDS = ("instructions", "sft", "negatives", "pairs")  # what `alignlab validate --kind` checks
 
 # Every code a report can carry, with what to do about it.
 ISSUE_CODES: dict[str, str] = {
@@ -53,6 +54,8 @@ ISSUE_CODES: dict[str, str] = {
     "generation_rejected_too_short": "every generated response was too short; the instruction was dropped",
     "generation_rejected_too_long": "every generated response was too long; the instruction was dropped",
     "generation_rejected_repetitive": "every generated response was degenerate; the instruction was dropped",
+    "heldout_same_as_training": "the base model wrote a held-out prompt's answer (or its instruction matches) as for "
+    "a training prompt; the held-out prompt was dropped so no held-out text is a training target",
 }
 
 
@@ -149,10 +152,14 @@ class ValidationReport:
         )
         if not first:
             detail = "no valid rows"
+        advice = (
+            f"Fix these rows, or check the file first with `python -m pipeline validate --kind {self.kind} FILE`."
+            if self.kind in FILE_KINDS
+            else "Fix these rows."
+        )
         raise DataError(
             f"{self.kind} data from {self.source} failed validation "
-            f"({len(self.errors)} errors in {self.error_rows} of {self.rows_read} rows): {detail}. "
-            f"Fix these rows, or check the file first with `python -m pipeline validate --kind {self.kind} FILE`.",
+            f"({len(self.errors)} errors in {self.error_rows} of {self.rows_read} rows): {detail}. {advice}",
             report=self,
         )
 
@@ -675,9 +682,6 @@ def validate_instructions(
     report.rows_valid = len(valid)
     _finish(report, [{} for _ in valid])
     return valid, report
-
-
-FILE_KINDS = ("instructions", "sft", "negatives", "pairs")
 
 
 def validate_file(

@@ -183,3 +183,61 @@ def test_correctness_against_a_reference_answer():
     partial = correctness("Paris is the capital.", "The capital of France is Paris.")
     # articles dropped: {paris, is, capital} against {capital, of, france, is, paris}: P = 1, R = 3/5
     assert partial["exact_match"] == 0.0 and partial["token_f1"] == pytest.approx(0.75)
+
+
+def _sft(instruction: str, completion: str, split: str) -> dict:
+    return {
+        "prompt": f"Instruction: {instruction}\nResponse:",
+        "completion": f" {completion}",
+        "meta": {"instruction": instruction, "split": split},
+    }
+
+
+def test_a_held_out_answer_the_base_model_also_wrote_for_a_training_prompt_is_not_held_out():
+    """The base model may write one answer for a training and a held-out prompt (the tiny-cpu preset does): that
+    held-out prompt is dropped where the SFT data is made, so train_sft's decontamination check passes."""
+    from pipeline.stages.split import contaminated_heldout, sft_decontamination
+
+    spec = RunSpec()
+    records = [
+        _sft("Name the colour of a clear sky.", "The sky is blue on a clear and sunny day.", "train"),
+        _sft("What colour is the sky at noon?", "The sky is blue on a clear and sunny day.", "heldout"),
+        _sft("Name a fruit that grows on trees.", "An apple is a fruit that grows on trees.", "heldout"),
+    ]
+    assert not sft_decontamination(records, spec, "sft.jsonl").passed
+    assert list(contaminated_heldout(records, spec, "sft.jsonl")) == [1]
+    assert sft_decontamination([records[0], records[2]], spec, "sft.jsonl").passed
+
+
+def test_make_pairs_drops_a_held_out_pair_whose_negative_is_a_training_negative(tmp_path):
+    """A fixed reply (constraint_violation's 'It depends ...') rejected for a training and a held-out prompt alike: the
+    held-out pair is dropped and reported, and the pairs pass train_dpo's decontamination check."""
+    from pipeline.artifacts import write_jsonl
+    from pipeline.stages import pairs
+    from pipeline.stages.split import pairs_decontamination
+
+    spec = from_dict(RunSpec, {"pairs": {"balance_types": False}})
+    fixed = " It depends on many things, and it is hard to say in general."
+    rows = [
+        ("Is water wet? Answer yes or no.", " Yes, water is wet to the touch.", fixed, "constraint_violation", "train"),
+        ("Is fire hot? Answer yes or no.", " Yes, fire is hot to the touch.", fixed, "constraint_violation", "heldout"),
+        ("Is ice cold? Answer yes or no.", " Yes, ice is cold to the touch.", " Yes, ice", "truncated", "heldout"),
+    ]
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    write_jsonl(
+        negatives / "negatives.jsonl",
+        [
+            {"prompt": f"Instruction: {p}\nResponse:", "chosen": c, "rejected": r, "negative_type": t, "split": s}
+            for p, c, r, t, s in rows
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = pairs.run(spec, {"negatives": negatives}, out)
+    heldout = read_jsonl(out / "heldout.jsonl")
+    assert [r["negative_type"] for r in heldout] == ["truncated"]
+    assert result.metrics["heldout_dropped_as_contaminated"] == 1
+    (report,) = [r for r in result.reports if r["kind"] == "pairs"]
+    assert [i["code"] for i in report["issues"]].count("heldout_same_as_training") == 1
+    assert pairs_decontamination(read_jsonl(out / "train.jsonl"), heldout, spec, str(out)).passed

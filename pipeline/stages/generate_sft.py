@@ -22,7 +22,7 @@ from pipeline.generation import cut_at_markers, generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.split import OUTPUT as SPLIT_ROWS
-from pipeline.stages.split import read_split
+from pipeline.stages.split import contaminated_heldout, read_split
 from pipeline.validation import WARNING, validate_sft_data
 
 STAGE = stage_of_module(__name__)
@@ -105,11 +105,20 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         load_info = m.info
 
     records = [accepted[i] for i in sorted(accepted)]
+    # a held-out prompt whose generated answer (or instruction) is also a training text is not held out: drop it
+    leaked = contaminated_heldout(records, spec, str(out_dir / OUTPUT))
+    leaked_rows = [records[i]["meta"]["instruction_row"] for i in sorted(leaked)]
+    records = [r for i, r in enumerate(records) if i not in leaked]
     write_jsonl(out_dir / OUTPUT, records)
     _, report = validate_sft_data(
         [(i + 1, r) for i, r in enumerate(records)], spec.validation, tokenizer, source=str(out_dir / OUTPUT)
     )
     rejected = Counter(last_reason[i] for i in pending)
+    for row, why in zip(leaked_rows, (leaked[i] for i in sorted(leaked)), strict=True):
+        message = f"held-out prompt dropped: {why}"
+        report.add(row, "completion", "heldout_same_as_training", message, WARNING, file=source)
+    if leaked:
+        rejected["heldout_same_as_training"] = len(leaked)
     for index in pending:
         report.add(
             instructions[index][0],
@@ -122,7 +131,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     report.stats["generation"] = {
         "instructions": len(instructions),
         "accepted": len(records),
-        "dropped": len(pending),
+        "dropped": len(pending) + len(leaked),
         "dropped_by_reason": dict(rejected),
         "retried": sum(1 for n in attempts_made.values() if n > 1),
     }
@@ -133,7 +142,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             f"({dict(rejected)}); check the base model and GenerationConfig (min/max_response_chars, max_new_tokens)",
             report=report,
         )
-    dropped_share = len(pending) / len(instructions)
+    dropped_share = (len(pending) + len(leaked)) / len(instructions)
     if dropped_share > config.max_rejected_fraction:
         raise DataError(
             f"generate_sft: {dropped_share:.0%} of instructions were dropped (> max_rejected_fraction "
@@ -144,7 +153,12 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     return StageResult(
         stage=STAGE,
         outputs={"sft": OUTPUT},
-        metrics={"records": len(records), "dropped": len(pending), "acceptance_rate": len(records) / len(instructions)},
+        metrics={
+            "records": len(records),
+            "dropped": len(pending) + len(leaked),
+            "heldout_dropped_as_contaminated": len(leaked),
+            "acceptance_rate": len(records) / len(instructions),
+        },
         reports=[report.to_dict()],
         previews={"sft_records": records[:PREVIEW_ROWS]},
         load_info=load_info.to_dict(),

@@ -22,7 +22,8 @@ from pipeline.core.registry import stage_of_module
 from pipeline.core.text import normalize_text
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
 from pipeline.stages.negatives import OUTPUT as NEGATIVES
-from pipeline.validation import load_and_validate_negatives, validate_preference_pairs
+from pipeline.stages.split import contaminated_heldout_pairs
+from pipeline.validation import WARNING, load_and_validate_negatives, validate_preference_pairs
 
 STAGE = stage_of_module(__name__)
 TRAIN, HELDOUT = "train.jsonl", "heldout.jsonl"
@@ -84,6 +85,10 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     rows = [row for group in per_prompt.values() for row in group[: config.max_pairs_per_prompt]]
     train = [r for r in rows if r["split"] == "train"]
     heldout = [r for r in rows if r["split"] == "heldout"]
+    # a held-out pair with a text that is also a training text (the same model sample or fixed reply) is not held out
+    leaked = contaminated_heldout_pairs(train, heldout, spec, str(out_dir))
+    dropped = [(heldout[i]["prompt"], why) for i, why in sorted(leaked.items())]
+    heldout = [r for i, r in enumerate(heldout) if i not in leaked]
     write_jsonl(out_dir / TRAIN, train)
     write_jsonl(out_dir / HELDOUT, heldout)
     _, report = validate_preference_pairs(
@@ -96,6 +101,10 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         heldout_source=str(out_dir / HELDOUT),
     )
     report.stats["deduplicated"] = duplicates
+    report.stats["heldout_dropped_as_contaminated"] = len(dropped)
+    for prompt, why in dropped:
+        message = f"held-out pair for {prompt[:60]!r} dropped: {why}"
+        report.add(None, "rejected", "heldout_same_as_training", message, WARNING, file=str(out_dir / HELDOUT))
     progress.emit("validation", report=report.to_dict())
     if not train:
         raise DataError(f"make_pairs: no training pairs left from {inputs['negatives'] / NEGATIVES}", report=report)
@@ -114,6 +123,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             "train_prompts": report.stats["train_prompts"],
             "heldout_prompts": report.stats["heldout_prompts"],
             "deduplicated": duplicates,
+            "heldout_dropped_as_contaminated": len(dropped),
             "by_type": report.stats.get("negative_types", {}),
         },
         reports=[negatives_report.to_dict(), report.to_dict()],

@@ -108,20 +108,66 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
 CONTENT_FREE_NEGATIVES = ("refusal",)
 
 
-def sft_decontamination(records: list[dict[str, Any]], spec: RunSpec, source: str) -> Any:
-    """The held-out prompts' instructions, answers and reference answers against what train_sft trains on."""
-    from pipeline.validation import check_decontamination
-
-    heldout, training = [], []
+def _sft_texts(records: list[dict[str, Any]], source: str) -> tuple[list, list, list[int]]:
+    """(held-out texts, training texts, the record index of each held-out text) of SFT records."""
+    heldout, training, owners = [], [], []
     for row, record in enumerate(records, start=1):
         meta = record.get("meta") or {}
         texts = [("instruction", meta.get("instruction") or record["prompt"]), ("completion", record["completion"])]
         if meta.get("split") == HELDOUT:
             texts.append(("reference", meta.get("reference")))
-            heldout += [(f"{source}:{row}", name, text) for name, text in texts if text]
+            kept = [(f"{source}:{row}", name, text) for name, text in texts if text]
+            heldout += kept
+            owners += [row - 1] * len(kept)
         else:
             training += [(f"{source}:{row}", name, text) for name, text in texts if text]
+    return heldout, training, owners
+
+
+def sft_decontamination(records: list[dict[str, Any]], spec: RunSpec, source: str) -> Any:
+    """The held-out prompts' instructions, answers and reference answers against what train_sft trains on."""
+    from pipeline.validation import check_decontamination
+
+    heldout, training, _ = _sft_texts(records, source)
     return check_decontamination(heldout, training, spec.split, source)
+
+
+def contaminated_heldout(records: list[dict[str, Any]], spec: RunSpec, source: str) -> dict[int, str]:
+    """The held-out SFT records that the decontamination check would flag (record index -> why): a base model can
+    write the same answer for a held-out and a training prompt, and that answer may then not be held out."""
+    from pipeline.validation import check_decontamination
+
+    heldout, training, owners = _sft_texts(records, source)
+    report = check_decontamination(heldout, training, spec.split, source)
+    return {owners[issue.row - 1]: issue.message for issue in report.errors if issue.row is not None}
+
+
+def _held_pair_texts(heldout: list[dict[str, Any]], source: str) -> list[tuple[int, tuple[str, str, str]]]:
+    """(pair index, (where, field, text)) of each held-out pair's texts that must not be a training text."""
+    fields = ("prompt", "chosen", "rejected", "reference")
+    return [
+        (i, (f"{source}/heldout:{i + 1}", f, r[f]))
+        for i, r in enumerate(heldout)
+        for f in fields
+        if r.get(f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
+    ]
+
+
+def _training_pair_texts(train: list[dict[str, Any]], source: str) -> list[tuple[str, str, str]]:
+    fields = ("prompt", "chosen", "rejected")
+    return [(f"{source}/train:{i}", f, r[f]) for i, r in enumerate(train, start=1) for f in fields]
+
+
+def contaminated_heldout_pairs(
+    train: list[dict[str, Any]], heldout: list[dict[str, Any]], spec: RunSpec, source: str
+) -> dict[int, str]:
+    """The held-out pairs the decontamination check would flag (pair index -> why): e.g. a negative that is the same
+    text for a held-out and a training prompt (a model sample, a fixed constraint-violating reply)."""
+    from pipeline.validation import check_decontamination
+
+    held = _held_pair_texts(heldout, source)
+    report = check_decontamination([text for _, text in held], _training_pair_texts(train, source), spec.split, source)
+    return {held[issue.row - 1][0]: issue.message for issue in report.errors if issue.row is not None}
 
 
 def pairs_decontamination(train: list[dict[str, Any]], heldout: list[dict[str, Any]], spec: RunSpec, source: str):
@@ -129,13 +175,7 @@ def pairs_decontamination(train: list[dict[str, Any]], heldout: list[dict[str, A
     a held-out answer must not come back as another prompt's negative."""
     from pipeline.validation import check_decontamination
 
-    fields = ("prompt", "chosen", "rejected")
-    training = [(f"{source}/train:{i}", f, r[f]) for i, r in enumerate(train, start=1) for f in fields]
-    held = [
-        (f"{source}/heldout:{i}", f, r[f])
-        for i, r in enumerate(heldout, start=1)
-        for f in (*fields, "reference")
-        if r.get(f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
-    ]
+    training = _training_pair_texts(train, source)
+    held = [text for _, text in _held_pair_texts(heldout, source)]
     unique = list({(f, " ".join(t.split()).casefold()): (w, f, t) for w, f, t in held}.values())
     return check_decontamination(unique, training, spec.split, source)
