@@ -132,14 +132,26 @@ def sft_decontamination(records: list[dict[str, Any]], spec: RunSpec, source: st
     return check_decontamination(heldout, training, spec.split, source)
 
 
+# texts a stage generated (not the user's data): a held-out one that is also a training text is dropped where it is
+# made; an overlap in the data itself (instructions, references) is the user's to fix, and fails the training stage
+GENERATED_FIELDS = ("completion", "chosen", "rejected")
+
+
+def _generated_overlaps(report: Any, owners: list[int]) -> dict[int, str]:
+    return {
+        owners[issue.row - 1]: issue.message
+        for issue in report.errors
+        if issue.row is not None and issue.field in GENERATED_FIELDS
+    }
+
+
 def contaminated_heldout(records: list[dict[str, Any]], spec: RunSpec, source: str) -> dict[int, str]:
-    """The held-out SFT records that the decontamination check would flag (record index -> why): a base model can
-    write the same answer for a held-out and a training prompt, and that answer may then not be held out."""
+    """The held-out SFT records whose generated answer the decontamination check flags (record index -> why): a base
+    model can write the same answer for a held-out and a training prompt, and that answer is then not held out."""
     from pipeline.validation import check_decontamination
 
     heldout, training, owners = _sft_texts(records, source)
-    report = check_decontamination(heldout, training, spec.split, source)
-    return {owners[issue.row - 1]: issue.message for issue in report.errors if issue.row is not None}
+    return _generated_overlaps(check_decontamination(heldout, training, spec.split, source), owners)
 
 
 def _held_pair_texts(heldout: list[dict[str, Any]], source: str) -> list[tuple[int, tuple[str, str, str]]]:
@@ -161,13 +173,13 @@ def _training_pair_texts(train: list[dict[str, Any]], source: str) -> list[tuple
 def contaminated_heldout_pairs(
     train: list[dict[str, Any]], heldout: list[dict[str, Any]], spec: RunSpec, source: str
 ) -> dict[int, str]:
-    """The held-out pairs the decontamination check would flag (pair index -> why): e.g. a negative that is the same
-    text for a held-out and a training prompt (a model sample, a fixed constraint-violating reply)."""
+    """The held-out pairs whose generated texts the decontamination check flags (pair index -> why): e.g. a negative
+    that is the same text for a held-out and a training prompt (a model sample, a fixed constraint-violating reply)."""
     from pipeline.validation import check_decontamination
 
     held = _held_pair_texts(heldout, source)
     report = check_decontamination([text for _, text in held], _training_pair_texts(train, source), spec.split, source)
-    return {held[issue.row - 1][0]: issue.message for issue in report.errors if issue.row is not None}
+    return _generated_overlaps(report, [index for index, _ in held])
 
 
 def pairs_decontamination(train: list[dict[str, Any]], heldout: list[dict[str, Any]], spec: RunSpec, source: str):
