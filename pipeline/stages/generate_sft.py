@@ -49,6 +49,35 @@ def clean_response(text: str, instruction: str, fmt: FormatConfig, config: Gener
     return stripped, "ok"
 
 
+def _report_drops(
+    report: Any,
+    source: str,
+    instructions: list[tuple[int, str]],
+    pending: list[int],
+    last_reason: dict[int, str],
+    attempts_made: Counter,
+    dropped_heldout: list[tuple[int, str]],
+) -> Counter:
+    """A warning per instruction dropped (every attempt rejected, or a held-out answer that is a training text);
+    returns the counts by reason."""
+    rejected = Counter(last_reason[i] for i in pending)
+    for row, why in dropped_heldout:
+        message = f"held-out prompt dropped: {why}"
+        report.add(row, "completion", "heldout_same_as_training", message, WARNING, file=source)
+    if dropped_heldout:
+        rejected["heldout_same_as_training"] = len(dropped_heldout)
+    for index in pending:
+        report.add(
+            instructions[index][0],
+            "completion",
+            f"generation_rejected_{last_reason[index]}",
+            f"all {attempts_made[index]} attempts rejected ({last_reason[index]}); instruction dropped",
+            WARNING,
+            file=source,
+        )
+    return rejected
+
+
 def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
     progress = Progress(STAGE, on_progress)
     config, fmt = spec.generation, spec.format
@@ -105,29 +134,15 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         load_info = m.info
 
     records = [accepted[i] for i in sorted(accepted)]
-    # a held-out prompt whose generated answer (or instruction) is also a training text is not held out: drop it
+    # a held-out prompt whose generated answer is also a training text is not held out: drop it
     leaked = contaminated_heldout(records, spec, str(out_dir / OUTPUT))
-    leaked_rows = [records[i]["meta"]["instruction_row"] for i in sorted(leaked)]
+    dropped_heldout = [(records[i]["meta"]["instruction_row"], why) for i, why in sorted(leaked.items())]
     records = [r for i, r in enumerate(records) if i not in leaked]
     write_jsonl(out_dir / OUTPUT, records)
     _, report = validate_sft_data(
         [(i + 1, r) for i, r in enumerate(records)], spec.validation, tokenizer, source=str(out_dir / OUTPUT)
     )
-    rejected = Counter(last_reason[i] for i in pending)
-    for row, why in zip(leaked_rows, (leaked[i] for i in sorted(leaked)), strict=True):
-        message = f"held-out prompt dropped: {why}"
-        report.add(row, "completion", "heldout_same_as_training", message, WARNING, file=source)
-    if leaked:
-        rejected["heldout_same_as_training"] = len(leaked)
-    for index in pending:
-        report.add(
-            instructions[index][0],
-            "completion",
-            f"generation_rejected_{last_reason[index]}",
-            f"all {attempts_made[index]} attempts rejected ({last_reason[index]}); instruction dropped",
-            WARNING,
-            file=source,
-        )
+    rejected = _report_drops(report, source, instructions, pending, last_reason, attempts_made, dropped_heldout)
     report.stats["generation"] = {
         "instructions": len(instructions),
         "accepted": len(records),
