@@ -115,15 +115,19 @@ class DagResult:
 
 def run_dag(spec: RunSpec, home: str | Path | None = None, on_progress: ProgressFn | None = None) -> DagResult:
     """Run the selected stages in DAG order, in this process, one model at a time; reuse what is complete."""
-    # what exists now (the imported ML stack) lives as long as the process: collections need not walk it again
+    # while the DAG runs, collections skip what exists now (the imported ML stack); unfrozen after, so nothing that
+    # was already garbage, or dies later, is kept past this call in a long-lived process
     gc.freeze()
-    store = default_store(home)
-    keys = artifact_keys(spec)
-    dag = DagResult(keys)
-    for node in selected_nodes(spec.stages):
-        started = time.perf_counter()
-        dag.results[node.name] = run_node(spec, store, node, keys, on_progress)
-        dag.seconds[node.name] = round(time.perf_counter() - started, 3)
+    try:
+        store = default_store(home)
+        keys = artifact_keys(spec)
+        dag = DagResult(keys)
+        for node in selected_nodes(spec.stages):
+            started = time.perf_counter()
+            dag.results[node.name] = run_node(spec, store, node, keys, on_progress)
+            dag.seconds[node.name] = round(time.perf_counter() - started, 3)
+    finally:
+        gc.unfreeze()
     runs = Path(home or alignlab_home()) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     summary = runs / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
