@@ -12,6 +12,7 @@ should enqueueing fail, the reconciler finds the job missing and marks the stage
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,6 @@ RESULT_TTL_S = 7 * 24 * 3600
 
 
 def spec_hash(spec: RunSpec) -> str:
-    import hashlib
-
     return hashlib.sha256(canonical_json(to_dict(spec)).encode()).hexdigest()
 
 
@@ -62,7 +61,7 @@ def _name_jobs(run: Run, stage_runs: dict[str, StageRun], to_run: list[Node]) ->
     planned = []
     for node in to_run:
         stage_run = stage_runs[node.name]
-        stage_run.rq_job_id = f"alignlab-{run.id}-{node.name}-{stage_run.attempt}"
+        stage_run.rq_job_id = _job_id(run.id, node.name, stage_run.attempt)
         stage_run.queued_at = utcnow()
         planned.append(PlannedJob(run.id, stage_run.id, node, stage_run.queue, stage_run.rq_job_id))
     return planned
