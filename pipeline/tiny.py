@@ -161,12 +161,21 @@ def _pretrain(model: Any, tokenizer: Any, corpus: list[str], steps: int, seed: i
     return losses
 
 
+def tiny_dir(root: str | Path | None = None, seed: int = 0) -> Path:
+    root = Path(root) if root else alignlab_home() / "models"
+    return root / f"alignlab-tiny-{TINY_VERSION}-seed{seed}"
+
+
+def is_built(root: str | Path | None = None, seed: int = 0) -> bool:
+    return (tiny_dir(root, seed) / "alignlab_tiny.json").exists()
+
+
 def ensure_tiny(root: str | Path | None = None, seed: int = 0) -> Path:
     """The tiny model's directory under `root` (default ALIGNLAB_HOME/models), built once if missing."""
-    root = Path(root) if root else alignlab_home() / "models"
-    target = root / f"alignlab-tiny-{TINY_VERSION}-seed{seed}"
-    if (target / "alignlab_tiny.json").exists():
+    target = tiny_dir(root, seed)
+    if is_built(root, seed):
         return target
+    root = target.parent
     tmp = root / f".building-{os.getpid()}-{target.name}"
     build_tiny(tmp, seed=seed)
     try:
