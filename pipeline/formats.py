@@ -48,6 +48,14 @@ def completion_text(response: str, fmt: FormatConfig, tokenizer: Any = None) -> 
     return response if response[:1].isspace() else " " + response
 
 
+def shaped_like(text: str, completion: str) -> str:
+    """`text` with the leading whitespace of `completion`: a rejected response starts where its chosen one does, so
+    the prompt/response boundary (one space after a plain template, none after a chat template) never tells them
+    apart."""
+    lead = completion[: len(completion) - len(completion.lstrip())]
+    return lead + text.strip()
+
+
 def stop_strings(fmt: FormatConfig) -> list[str]:
     """Text that marks the model starting a new turn: the template's first line (e.g. `Instruction:`)."""
     head = template_parts(fmt.template)[0].strip()

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pipeline.core.configs import FormatConfig, SamplingConfig
 from pipeline.core.errors import ConfigError
-from pipeline.formats import IGNORE_INDEX, encode_prompt, stop_strings, tokenize_pair
+from pipeline.formats import IGNORE_INDEX, encode_prompt, stop_strings, tokenize_pair, uses_chat_template
 
 BatchFn = Callable[[int, int], None]  # (done, total) after each batch
 MAX_SCORED_LENGTH = 4096
@@ -77,7 +77,8 @@ class HFGenerator:
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         device = next(model.parameters()).device
-        stops = stop_strings(self.fmt)
+        # a chat template ends a turn with EOS; the plain template's next `Instruction:` line is what ends one there
+        stops = [] if uses_chat_template(self.fmt, tokenizer) else stop_strings(self.fmt)
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=sampling.do_sample,

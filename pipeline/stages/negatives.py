@@ -17,7 +17,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.negative_types import REGISTRY, NegativeContext, instruction_of, record_split
 from pipeline.core.registry import stage_of_module
 from pipeline.core.text import normalize_text
-from pipeline.formats import completion_text
+from pipeline.formats import shaped_like
 from pipeline.generation import generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
@@ -69,11 +69,12 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             if text is None or not text.strip() or normalize_text(text) == normalize_text(record["completion"]):
                 not_applicable[name] += 1
                 continue
-            candidates[name] = completion_text(text.strip(), spec.format)
+            candidates[name] = shaped_like(text, record["completion"])
         for name in _weighted_choice(rng, candidates, weights, config.per_prompt):
             rows.append(
                 {
                     "prompt": record["prompt"],
+                    "instruction": instruction_of(record),  # the prompt's content, without the template around it
                     "chosen": record["completion"],
                     "rejected": candidates[name],
                     "negative_type": name,

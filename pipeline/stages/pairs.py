@@ -29,7 +29,7 @@ STAGE = stage_of_module(__name__)
 TRAIN, HELDOUT = "train.jsonl", "heldout.jsonl"
 
 
-KEPT = ("prompt", "chosen", "rejected", "negative_type", "split", "reference")
+KEPT = ("prompt", "instruction", "chosen", "rejected", "negative_type", "split", "reference")
 
 
 def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

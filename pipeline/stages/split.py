@@ -154,20 +154,29 @@ def contaminated_heldout(records: list[dict[str, Any]], spec: RunSpec, source: s
     return _generated_overlaps(check_decontamination(heldout, training, spec.split, source), owners)
 
 
+def _pair_text(pair: dict[str, Any], field_name: str) -> str | None:
+    """A pair's text as the check compares it: a prompt by its content (its instruction), since the template around
+    it (a chat template's system turn) is the same for every prompt and would make every held-out prompt look like
+    a training one."""
+    if field_name == "prompt":
+        return pair.get("instruction") or pair.get("prompt")
+    return pair.get(field_name)
+
+
 def _held_pair_texts(heldout: list[dict[str, Any]], source: str) -> list[tuple[int, tuple[str, str, str]]]:
     """(pair index, (where, field, text)) of each held-out pair's texts that must not be a training text."""
     fields = ("prompt", "chosen", "rejected", "reference")
     return [
-        (i, (f"{source}/heldout:{i + 1}", f, r[f]))
+        (i, (f"{source}/heldout:{i + 1}", f, _pair_text(r, f)))
         for i, r in enumerate(heldout)
         for f in fields
-        if r.get(f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
+        if _pair_text(r, f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
     ]
 
 
 def _training_pair_texts(train: list[dict[str, Any]], source: str) -> list[tuple[str, str, str]]:
     fields = ("prompt", "chosen", "rejected")
-    return [(f"{source}/train:{i}", f, r[f]) for i, r in enumerate(train, start=1) for f in fields]
+    return [(f"{source}/train:{i}", f, _pair_text(r, f)) for i, r in enumerate(train, start=1) for f in fields]
 
 
 def contaminated_heldout_pairs(
