@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.configs import FormatConfig
@@ -148,6 +148,10 @@ def test_property_trained_tokens_decode_to_completion(family, instruction, compl
         instruction = instruction.replace("\u2581", "_")
         if completion.strip() == "":
             return
+    if family == "smollm2":
+        # a real model's byte-level vocabulary lacks the bytes its training data never had (e.g. U+40000's lead
+        # byte): such text cannot round-trip at all, and verify_masking rightly refuses it
+        assume(tok.decode(tok(completion, add_special_tokens=False)["input_ids"]) == completion)
     example = tokenize_pair(tok, render_prompt(instruction, FMT), completion, max_length=4096)
     verify_masking(tok, example.input_ids, example.labels, completion)
     decoded = tok.decode(trained_ids(example)[:-1], skip_special_tokens=False, clean_up_tokenization_spaces=False)

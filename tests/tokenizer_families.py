@@ -1,5 +1,6 @@
-"""Three tokenizer families built offline, for the masking tests: byte-level BPE (GPT-2/Qwen), a
-SentencePiece-style Llama tokenizer (Metaspace + byte fallback, BOS added), and the tiny model's own."""
+"""Tokenizer families for the masking tests: three built offline — byte-level BPE (GPT-2/Qwen), a SentencePiece-style
+Llama tokenizer (Metaspace + byte fallback, BOS added) and the tiny model's own — and a real pretrained model's
+(SmolLM2-135M-Instruct, from the model catalog)."""
 
 from __future__ import annotations
 
@@ -85,4 +86,16 @@ def tiny():
     return build_tokenizer(demo_corpus())
 
 
-FAMILIES = {"gpt2_like": gpt2_like, "llama_like": llama_like, "tiny": tiny}
+@lru_cache(maxsize=1)
+def smollm2():
+    """The real SmolLM2-135M-Instruct tokenizer (a catalog model, fetched and converted once per test run): its chat
+    template, and `<|im_end|>` as end of turn, EOS and pad at once."""
+    from transformers import AutoTokenizer
+
+    from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
+    from pipeline.packaged import ensure_packaged
+
+    return AutoTokenizer.from_pretrained(ensure_packaged(SMOLLM2_135M_INSTRUCT))
+
+
+FAMILIES = {"gpt2_like": gpt2_like, "llama_like": llama_like, "tiny": tiny, "smollm2": smollm2}
