@@ -35,10 +35,21 @@ def uses_chat_template(fmt: FormatConfig, tokenizer: Any) -> bool:
 
 def render_prompt(instruction: str, fmt: FormatConfig, tokenizer: Any = None) -> str:
     """The prompt text for one instruction: the chat template's generation prompt, or the plain template."""
+    return render_turns([{"role": "user", "content": instruction}], fmt, tokenizer)
+
+
+def render_turns(turns: list[dict[str, str]], fmt: FormatConfig, tokenizer: Any = None) -> str:
+    """The prompt text for a conversation ending with a user turn: the chat template's generation prompt; the plain
+    template renders a single user turn only."""
     if tokenizer is not None and uses_chat_template(fmt, tokenizer):
-        messages = [{"role": "user", "content": instruction}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return fmt.template.format(instruction=instruction)
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    if len(turns) != 1 or turns[0]["role"] != "user":
+        raise ConfigError(
+            f"FormatConfig.template: a plain template renders one user turn, and this conversation has {len(turns)} "
+            f"({', '.join(t['role'] for t in turns)}); use a model whose tokenizer has a chat template "
+            "(format.chat_template: auto)"
+        )
+    return fmt.template.format(instruction=turns[0]["content"])
 
 
 def completion_text(response: str, fmt: FormatConfig, tokenizer: Any = None) -> str:
@@ -94,9 +105,10 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
-    prompt_tokens: int
+    prompt_tokens: int  # tokens before the first trained one
     completion_tokens: int  # trained tokens, EOS included
     truncated: bool  # the completion's tail (and EOS) was cut to fit max_length
+    targets: list[str] = field(default_factory=list)  # the text each trained span is (before its EOS), in order
 
 
 @dataclass
@@ -142,7 +154,87 @@ def tokenize_pair(
         completion_ids = completion_ids[:room]
     input_ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-    return TokenizedExample(input_ids, labels, len(prompt_ids), len(completion_ids), truncated)
+    return TokenizedExample(input_ids, labels, len(prompt_ids), len(completion_ids), truncated, [completion])
+
+
+def tokenize_record(
+    tokenizer: Any, record: dict[str, Any], max_length: int, min_completion_tokens: int = 1
+) -> TokenizedExample | str:
+    """An SFT record as it trains: one whose prompt was a conversation with earlier assistant turns trains every
+    assistant turn (each with its EOS) and masks the rest; any other trains its completion after its prompt."""
+    turns = (record.get("meta") or {}).get("messages")
+    if turns and any(t["role"] == "assistant" for t in turns):
+        conversation = [*turns, {"role": "assistant", "content": record["completion"]}]
+        return tokenize_conversation(tokenizer, conversation, max_length, min_completion_tokens)
+    return tokenize_pair(tokenizer, record["prompt"], record["completion"], max_length, min_completion_tokens)
+
+
+def conversation_segments(tokenizer: Any, turns: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """A conversation as the chat template renders it, cut into (text, trained) segments: every assistant turn's
+    content is trained (its end-of-turn EOS is added by the tokenization), everything else is masked.
+
+    Each assistant turn is found by rendering the conversation up to it with the generation prompt and up to its end:
+    the template must extend the first into the second by exactly the turn's content and the tokenizer's EOS (plus
+    whitespace), or the boundary is not where it seems and `ConfigError` says so."""
+    eos_text = tokenizer.eos_token
+    segments: list[tuple[str, bool]] = []
+    done = ""  # the text already cut into segments
+    for i, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(turns[:i], add_generation_prompt=True, tokenize=False)
+        through = tokenizer.apply_chat_template(turns[: i + 1], tokenize=False)
+        if not before.startswith(done) or not through.startswith(before):
+            raise ConfigError(
+                f"chat template: rendering turn {i} changes the text before it, so the loss mask of a multi-turn "
+                "conversation cannot be cut from it"
+            )
+        rendered_turn = through[len(before) :]
+        expected = turn["content"] + eos_text
+        if not rendered_turn.startswith(expected) or rendered_turn[len(expected) :].strip():
+            raise ConfigError(
+                f"chat template: assistant turn {i} renders as {rendered_turn!r}, not its content followed by the "
+                f"tokenizer's EOS {eos_text!r}; the end of the turn the model must learn is not the EOS it stops at"
+            )
+        segments += [(before[len(done) :], False), (turn["content"], True)]
+        done = before + expected
+    return segments
+
+
+def tokenize_conversation(
+    tokenizer: Any, turns: list[dict[str, str]], max_length: int, min_completion_tokens: int = 1
+) -> TokenizedExample | str:
+    """Tokenize a whole conversation with every assistant turn (and its EOS) trained and the rest masked.
+
+    Returns the example, or a reason string when it must be dropped: a conversation is never truncated (a cut could
+    leave a turn without its end), so one longer than `max_length` is `conversation_too_long`."""
+    eos = _special_id(tokenizer, "eos")
+    if eos is None:
+        raise ConfigError("tokenizer: has no eos_token; set one so completions have a learnable end")
+    input_ids: list[int] = []
+    labels: list[int] = []
+    targets: list[str] = []
+    for text, trained in conversation_segments(tokenizer, turns):
+        if not trained:
+            ids = (
+                encode_prompt(tokenizer, text)
+                if not input_ids
+                else list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            )
+            input_ids += ids
+            labels += [IGNORE_INDEX] * len(ids)
+            continue
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+        input_ids += ids
+        labels += ids
+        targets.append(text)
+    trained_count = sum(1 for label in labels if label != IGNORE_INDEX)
+    if len(input_ids) > max_length:
+        return "conversation_too_long"
+    if trained_count - len(targets) < min_completion_tokens:
+        return "empty_completion"
+    first = next(k for k, label in enumerate(labels) if label != IGNORE_INDEX)
+    return TokenizedExample(input_ids, labels, first, trained_count, False, targets)
 
 
 # ----------------------------------------------------------------------------------------------- verification
@@ -156,10 +248,11 @@ def verify_masking(
     tokenizer: Any,
     input_ids: list[int],
     labels: list[int],
-    completion: str,
+    completion: str | list[str],
     index: int = 0,
 ) -> None:
-    """Check that the trained tokens (labels != -100) decode to exactly `completion` + EOS.
+    """Check that the trained tokens (labels != -100) decode to exactly `completion` + EOS; for a conversation
+    (`completion` = the assistant turns, in order) that they form one span per turn, each its turn + EOS.
 
     Padding is ignored. A completion cut by truncation must still be a non-empty prefix of `completion`.
     Raises `MaskingError` showing the example index and the prompt/completion split as the tokenizer saw it.
@@ -167,13 +260,16 @@ def verify_masking(
     pad = _special_id(tokenizer, "pad")
     eos = _special_id(tokenizer, "eos")
     bos = _special_id(tokenizer, "bos")
+    targets = [completion] if isinstance(completion, str) else list(completion)
     pairs = _without_padding(list(zip(input_ids, labels, strict=True)), pad, bos)
     ids = [i for i, _ in pairs]
     trained_positions = [k for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX]
-    problem = _span_problem(pairs, trained_positions, bos) or _text_problem(
-        tokenizer, [ids[k] for k in trained_positions], completion, eos
-    )
+    spans = _spans(trained_positions)
+    problem = _span_problem(pairs, trained_positions, bos, len(targets))
+    for k, (span, target) in enumerate(zip(spans, targets, strict=False)):
+        problem = problem or _text_problem(tokenizer, [ids[p] for p in span], target, eos, last=k == len(spans) - 1)
     if problem:
+        completion = " | ".join(targets)
         first = trained_positions[0] if trained_positions else len(ids)
         raise MaskingError(
             f"example {index}: {problem}\n"
@@ -193,15 +289,28 @@ def _without_padding(pairs: list[tuple[int, int]], pad: int | None, bos: int | N
     return pairs
 
 
-def _span_problem(pairs: list[tuple[int, int]], trained: list[int], bos: int | None) -> str | None:
+def _spans(positions: list[int]) -> list[list[int]]:
+    """Runs of consecutive positions."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def _span_problem(pairs: list[tuple[int, int]], trained: list[int], bos: int | None, turns: int = 1) -> str | None:
     """What is wrong with where the trained tokens sit, if anything."""
     ids = [i for i, _ in pairs]
     if not trained:
         return "no token is trained (the whole example is masked)"
     if any(lab != ids[k] for k, (_, lab) in enumerate(pairs) if lab != IGNORE_INDEX):
         return "a label differs from its input token"
-    if trained != list(range(trained[0], trained[-1] + 1)):
-        return "the trained tokens are not one contiguous span"
+    spans = len(_spans(trained))
+    if spans != turns:
+        what = "one contiguous span" if turns == 1 else f"{turns} spans, one per assistant turn"
+        return f"the trained tokens are not {what} (found {spans})"
     if trained[-1] != len(ids) - 1:
         return "tokens after the completion are not masked"
     if bos is not None and ids[:2] == [bos, bos]:
@@ -209,9 +318,14 @@ def _span_problem(pairs: list[tuple[int, int]], trained: list[int], bos: int | N
     return None
 
 
-def _text_problem(tokenizer: Any, trained: list[int], completion: str, eos: int | None) -> str | None:
-    """What is wrong with the trained tokens' text against the completion, if anything."""
+def _text_problem(
+    tokenizer: Any, trained: list[int], completion: str, eos: int | None, last: bool = True
+) -> str | None:
+    """What is wrong with the trained tokens' text against the completion, if anything (only the last span may have
+    been cut by truncation)."""
     ends_with_eos = trained[-1] == eos
+    if not ends_with_eos and not last:
+        return "an assistant turn before the last is trained without its EOS"
     if ends_with_eos and len(trained) >= 2 and trained[-2] == eos and not completion.endswith(tokenizer.eos_token):
         return "the completion ends with two EOS tokens"
     text = _decode(tokenizer, trained[:-1] if ends_with_eos else trained)
@@ -224,7 +338,9 @@ def _text_problem(tokenizer: Any, trained: list[int], completion: str, eos: int 
     return None
 
 
-def verify_batch(tokenizer: Any, batch: dict[str, Any], completions: list[str], start_index: int = 0) -> int:
+def verify_batch(
+    tokenizer: Any, batch: dict[str, Any], completions: list[str] | list[list[str]], start_index: int = 0
+) -> int:
     """Verify every row of a collated batch (`input_ids`, `labels`) against its completion; returns rows checked."""
     input_ids = batch["input_ids"]
     labels = batch["labels"]

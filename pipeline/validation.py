@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.configs import ValidationConfig
+from pipeline.core.conversations import ASSISTANT, USER, as_prompt, is_conversation, turn_problems
 from pipeline.core.errors import DataError
 from pipeline.core.negative_types import names as negative_type_names
 from pipeline.core.text import normalize_text, template_parts
@@ -54,6 +55,12 @@ ISSUE_CODES: dict[str, str] = {
     "generation_rejected_too_short": "every generated response was too short; the instruction was dropped",
     "generation_rejected_too_long": "every generated response was too long; the instruction was dropped",
     "generation_rejected_repetitive": "every generated response was degenerate; the instruction was dropped",
+    "not_a_list": "a conversational field must be a list of {role, content} turns (TRL's conversational format)",
+    "not_a_turn": "a turn must be an object with exactly 'role' and 'content'",
+    "bad_role": "a turn's role must be system, user or assistant",
+    "empty_turn": "a conversation or one of its turns is empty",
+    "turn_order": "turns go: an optional system turn first, then user and assistant alternating, starting with user",
+    "wrong_last_turn": "a prompt must end with the user's turn; a completion, chosen or rejected with the assistant's",
     "heldout_same_as_training": "the base model wrote a held-out prompt's answer (or its instruction matches) as for "
     "a training prompt; the held-out prompt was dropped so no held-out text is a training target",
 }
@@ -262,6 +269,49 @@ def _check_text_fields(
     return ok
 
 
+# a conversational field -> the role its conversation must end with (TRL's formats: a prompt ends with the user's turn,
+# a completion / chosen / rejected is the assistant's)
+LAST_TURN = {"prompt": USER, "completion": ASSISTANT, "chosen": ASSISTANT, "rejected": ASSISTANT}
+
+
+def plain_view(
+    report: ValidationReport, row: int, record: Any, config: ValidationConfig, file: str | None
+) -> dict[str, Any] | None:
+    """A row in TRL's conversational formats (`messages`; message-list `prompt`, `completion`, `chosen`,
+    `rejected`) as the plain-text row the checks read, its turns checked first (roles, order, empty turns: issues name
+    the turn, e.g. `messages[2].role`); a plain row as it is; None (issues reported) when a conversation is broken.
+
+    A prompt becomes its turns as text, a response its assistant content; `messages` splits into the prompt before
+    its last assistant turn and that turn as the completion."""
+    if not isinstance(record, dict):
+        return record
+    conversational = [name for name in ("messages", *LAST_TURN) if is_conversation(record.get(name))]
+    if not conversational:
+        return record
+    problems = []
+    for name in conversational:
+        last = ASSISTANT if name == "messages" else LAST_TURN[name]
+        first = ASSISTANT if last == ASSISTANT and name != "messages" else USER  # an answer continues its prompt
+        problems += turn_problems(record[name], name, last, config.max_text_chars, first)
+    for problem in problems:
+        report.add(row, problem.field, problem.code, problem.message, file=file)
+    if problems:
+        return None
+    view = dict(record)
+    if "messages" in conversational:
+        *before, answer = record["messages"]
+        view.pop("messages")
+        view["prompt"], view["completion"] = turns_text(before), answer["content"]
+    for name in conversational:
+        if name != "messages":
+            view[name] = turns_text(record[name]) if name == "prompt" else "\n".join(t["content"] for t in record[name])
+    return view
+
+
+def turns_text(turns: list[dict[str, str]]) -> str:
+    return "\n".join(f"{t['role']}: {t['content']}" for t in turns)
+
+
 def _check_tokens(report: ValidationReport, row: int, texts: list[str], tokenizer: Any, config: ValidationConfig):
     if tokenizer is None:
         return True
@@ -369,7 +419,7 @@ def validate_sft_data(
     valid: list[dict[str, Any]] = []
     for row, record in rows:
         report.rows_read += 1
-        record = take_row(report, record)
+        record = plain_view(report, row, take_row(report, record), config, None)
         if record is None:
             continue
         if not _check_text_fields(report, row, record, ("prompt", "completion"), config, None):
@@ -525,7 +575,7 @@ def validate_preference_pairs(
     for split, rows, file in sides:
         for row, record in rows:
             report.rows_read += 1
-            record = take_row(report, record, file)
+            record = plain_view(report, row, take_row(report, record, file), config, file)
             if record is None:
                 continue
             if not _check_text_fields(report, row, record, ("prompt", "chosen", "rejected"), config, file):
@@ -647,6 +697,21 @@ def template_separators(fmt: Any) -> tuple[str, ...]:
     return tuple(part.rstrip() for part in template_parts(fmt.template) if part.strip())
 
 
+def _instruction_turns(report: ValidationReport, row: int, record: Any, config: ValidationConfig) -> Any:
+    """A conversational instruction row read as its prompt turns; None for a plain row; False (reported) when broken."""
+    if not isinstance(record, dict):
+        return None
+    _, conversation, problems = as_prompt(record)
+    for problem in problems:
+        report.add(row, problem.field, problem.code, problem.message)
+    long_turns = [
+        i for i, t in enumerate(conversation.turns if conversation else []) if len(t["content"]) > config.max_text_chars
+    ]
+    for i in long_turns:
+        report.add(row, f"messages[{i}].content", "too_long", f"more than {config.max_text_chars} chars")
+    return False if problems or long_turns else conversation
+
+
 def validate_instructions(
     rows: Iterable[Row],
     field_name: str = "instruction",
@@ -654,7 +719,8 @@ def validate_instructions(
     source: str = "",
     separators: tuple[str, ...] | None = None,
 ) -> tuple[list[tuple[int, str]], ValidationReport]:
-    """Check instruction records (one required text field); returns (row, instruction) pairs and the report.
+    """Check instruction records (one required text field, or a conversation in TRL's formats: `messages`, or a
+    message-list `prompt`); returns (row, instruction) pairs and the report.
     `separators`: markers of the prompt template (default: the plain template's) that must not occur inside."""
     from pipeline.core.configs import FormatConfig
 
@@ -668,6 +734,11 @@ def validate_instructions(
         record = take_row(report, record)
         if record is None:
             continue
+        conversation = _instruction_turns(report, row, record, config)
+        if conversation is False:
+            continue
+        if conversation is not None:  # checked turn by turn; the user's last question is the instruction
+            record = {field_name: conversation.instruction}
         if not _check_text_fields(report, row, record, (field_name,), config, None):
             continue
         found = [marker for marker in separators if marker in record[field_name]]

@@ -124,17 +124,39 @@ def test_parity_check_fails_when_beta_differs(dag_run, tiny_ci_spec, alignlab_ho
     assert result.metrics["go"] is False
 
 
-def test_broken_prompt_template_is_caught_by_masking_check_in_train_sft(dag_run, tiny_ci_spec, tmp_path):
-    """A template ending in a space: the first completion token merges with it and the mask shifts."""
-    records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")
-    broken = [{**r, "prompt": r["prompt"] + " ", "completion": r["completion"].lstrip()} for r in records]
-    (tmp_path / "in").mkdir()
-    write_jsonl(tmp_path / "in" / "sft.jsonl", broken)
+def test_a_collator_that_shifts_the_mask_is_caught_before_the_first_step(dag_run, tiny_ci_spec, tmp_path, monkeypatch):
+    """The check verifies the batches as the trainer's own collator builds them: labels shifted by one token (a
+    prompt token trained, the EOS not) fail the stage with the example before any optimizer step."""
+    from trl.trainer import sft_trainer
+
+    collate = sft_trainer.DataCollatorForLanguageModeling.torch_call
+
+    def shifted(self, examples):
+        batch = collate(self, examples)
+        labels = batch["labels"].clone()
+        batch["labels"][:, 1:], batch["labels"][:, 0] = labels[:, :-1], -100
+        return batch
+
+    monkeypatch.setattr(sft_trainer.DataCollatorForLanguageModeling, "torch_call", shifted)
     (tmp_path / "out").mkdir()
     with pytest.raises(MaskingError) as err:
-        train_sft.run(tiny_ci_spec, {"sft": tmp_path / "in"}, tmp_path / "out")
+        train_sft.run(tiny_ci_spec, {"sft": Path(dag_run.results["generate_sft"].out_dir)}, tmp_path / "out")
     assert "example 0" in str(err.value) and "expected completion" in str(err.value)
     assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))  # stopped before the first step
+
+
+def test_a_prompt_ending_in_a_space_keeps_its_exact_boundary(tiny_model_dir):
+    """Prompt and completion are tokenized apart and joined (as generation encodes the prompt), so the completion's
+    first token can never merge with a prompt's trailing space, as a joint tokenization of prompt + completion would."""
+    from transformers import AutoTokenizer
+
+    from pipeline.formats import encode_prompt, tokenize_pair, verify_masking
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt, completion = "Instruction: Name a colour.\nResponse: ", "The sky is blue."
+    example = tokenize_pair(tokenizer, prompt, completion, 128)
+    verify_masking(tokenizer, example.input_ids, example.labels, completion)
+    assert example.input_ids[: example.prompt_tokens] == encode_prompt(tokenizer, prompt)
 
 
 class Interrupt(Exception):

@@ -46,6 +46,20 @@ EXPECTED = [
     ("instructions_huge_line.jsonl", "instructions", "too_long", 1, "instruction", "error", True),
     ("instructions_separator_inside.jsonl", "instructions", "separator_in_text", 2, "instruction", "error", True),
     ("instructions_wrong_field.jsonl", "instructions", "missing_field", 1, "instruction", "error", True),
+    # TRL's conversational formats: the turn is named
+    ("instructions_messages_bad_role.jsonl", "instructions", "bad_role", 2, "messages[1].role", "error", True),
+    ("instructions_messages_empty_turn.jsonl", "instructions", "empty_turn", 1, "messages[0].content", "error", True),
+    ("sft_messages_wrong_order.jsonl", "sft", "turn_order", 2, "messages[0].role", "error", True),
+    ("pairs_conversational_wrong_last_turn.jsonl", "pairs", "wrong_last_turn", 2, "chosen[1].role", "error", True),
+    (
+        "pairs_conversational_chosen_equals_rejected.jsonl",
+        "pairs",
+        "chosen_equals_rejected",
+        2,
+        "rejected",
+        "error",
+        True,
+    ),
 ]
 
 

@@ -17,7 +17,7 @@ from pipeline.core.configs import FormatConfig, GenerationConfig, RunSpec
 from pipeline.core.errors import DataError
 from pipeline.core.registry import stage_of_module
 from pipeline.core.text import longest_run, repeated_ngram_fraction
-from pipeline.formats import completion_text, render_prompt
+from pipeline.formats import completion_text, render_turns
 from pipeline.generation import cut_at_markers, generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
@@ -87,7 +87,11 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     progress.log(f"{len(instructions)} instructions from the split ({source})")
 
     with loaded(spec.base_model) as m:
-        prompts = [render_prompt(text, fmt, m.tokenizer) for _, text in instructions]
+        # a conversational row keeps its turns (a system turn, earlier exchanges); a plain one is one user turn
+        prompts = [
+            render_turns(r.get("messages") or [{"role": "user", "content": r["instruction"]}], fmt, m.tokenizer)
+            for r in split_rows
+        ]
         accepted: dict[int, dict[str, Any]] = {}
         last_reason: dict[int, str] = {}
         pending = list(range(len(instructions)))
@@ -117,6 +121,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                     "meta": {
                         "instruction": instructions[index][1],
                         "instruction_row": instructions[index][0],
+                        **({"messages": split_rows[index]["messages"]} if split_rows[index].get("messages") else {}),
                         "split": split_rows[index]["split"],
                         "reference": split_rows[index].get("reference"),
                         "model": spec.base_model.name_or_path,

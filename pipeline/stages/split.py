@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import RunSpec
+from pipeline.core.conversations import as_prompt
 from pipeline.core.errors import DataError
 from pipeline.core.registry import stage_of_module
 from pipeline.core.text import normalize_text
@@ -24,7 +25,7 @@ from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write
 from pipeline.validation import Noted, template_separators, validate_instructions
 
 STAGE = stage_of_module(__name__)
-OUTPUT = "instructions.jsonl"  # {row, instruction, split, reference?}
+OUTPUT = "instructions.jsonl"  # {row, instruction, split, reference?, messages?}
 SPLIT = "split.json"  # how the split was made and the held-out instructions
 TRAIN, HELDOUT = "train", "heldout"
 
@@ -77,8 +78,13 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     reference_field = spec.split.reference_field
     out = []
     for row, text in instructions:
-        reference = (records.get(row) or {}).get(reference_field) if reference_field else None
+        record = records.get(row) or {}
+        reference = record.get(reference_field) if reference_field else None
         item = {"row": row, "instruction": text, "split": split[row]}
+        _, conversation, _ = as_prompt(record)  # validated above
+        if conversation is not None:
+            item["messages"] = conversation.turns  # the prompt as turns: rendered by the model's chat template
+            reference = reference if isinstance(reference, str) else conversation.reference
         if isinstance(reference, str) and reference.strip():
             item["reference"] = reference.strip()
         out.append(item)

@@ -1,6 +1,7 @@
 """train_sft: TRL `SFTTrainer` on prompt/completion records, completion-only loss, verified before step one.
 
-TRL builds the labels itself from the prompt/completion boundary; before the first optimizer step this stage
+Records are tokenized here (`formats.tokenize_record`: the prompt/completion boundary, or every assistant turn of a
+multi-turn conversation) and handed to TRL as `input_ids` and `labels`; before the first optimizer step this stage
 runs `verify_masking` on batches from the trainer's own collator, so a template or tokenizer that shifts the
 boundary fails the stage with the offending example instead of silently training on prompt tokens.
 """
@@ -14,7 +15,7 @@ from typing import Any
 from pipeline.core.configs import RunSpec
 from pipeline.core.errors import DataError, MaskingError
 from pipeline.core.registry import stage, stage_of_module
-from pipeline.formats import DropCounter, mask_example_view, tokenize_pair, verify_batch
+from pipeline.formats import DropCounter, mask_example_view, tokenize_record, verify_batch
 from pipeline.models import loaded
 from pipeline.stages import Progress, ProgressFn, StageResult, write_json
 from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
@@ -38,8 +39,11 @@ STAGE = stage_of_module(__name__)
 MASK_EXAMPLES = 3
 
 
-def verify_trainer_masking(trainer: Any, completions: list[str], tokenizer: Any, rows: int) -> list[dict[str, Any]]:
-    """Collate the first `rows` prepared examples with the trainer's collator and verify each mask.
+def verify_trainer_masking(
+    trainer: Any, completions: list[list[str]], tokenizer: Any, rows: int
+) -> list[dict[str, Any]]:
+    """Collate the first `rows` prepared examples with the trainer's collator and verify each mask against the texts
+    its trained spans must be (the completion; every assistant turn of a multi-turn conversation).
 
     Returns mask-viewer examples. Raises `MaskingError` naming the example on the first mismatch.
     """
@@ -84,20 +88,20 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         drops = DropCounter()
         kept = []
         for row, record in enumerate(records, start=1):
-            example = tokenize_pair(
-                tokenizer, record["prompt"], record["completion"], config.max_length, config.min_completion_tokens
-            )
+            example = tokenize_record(tokenizer, record, config.max_length, config.min_completion_tokens)
             if isinstance(example, str):
                 drops.add(row, example)
             else:
-                kept.append(record)
+                kept.append(example)
         if not kept:
             raise DataError(
                 f"train_sft: every record of {inputs['sft'] / SFT_RECORDS} was dropped by tokenization "
                 f"({drops.dropped}); raise SFTConfig.max_length ({config.max_length})"
             )
         progress.log(f"{len(kept)} examples, {drops.total} dropped {drops.dropped}")
-        dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in kept])
+        # tokenized here, exactly as generation and evaluation encode prompts (one BOS, the boundary where the prompt
+        # ends); TRL takes `input_ids` and `labels` as they are, and its collator is what the mask check verifies
+        dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in kept])
         args = sft_trainer_config(config, out_dir, info)
         log_callback = make_log_callback(out_dir, progress, info.device)
         trainer = SFTTrainer(
@@ -110,7 +114,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         )
         drop_console_printer(trainer)
         rows_to_check = max(1, math.ceil(config.mask_check_fraction * len(kept)))
-        mask_examples = verify_trainer_masking(trainer, [r["completion"] for r in kept], tokenizer, rows_to_check)
+        mask_examples = verify_trainer_masking(trainer, [e.targets for e in kept], tokenizer, rows_to_check)
         progress.log(f"masking verified on {rows_to_check} of {len(kept)} examples from the trainer's collator")
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         resume = start_from_checkpoint(out_dir, progress)
