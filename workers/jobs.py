@@ -108,10 +108,13 @@ def _emit_comparison(emitter: EventEmitter, result: Any, out_dir: Path) -> None:
     emitter.emit_rows(EventKind.preview, report["differences"], preview="differences")
     emitter.emit(
         EventKind.preview,
-        rows=[{k: report[k] for k in ("parity", "checklist", "go", "headline", "answer", "correction", "heldout")}],
+        rows=[{k: report.get(k) for k in VERDICT_KEYS}],
         preview="verdict",
     )
 
+
+# the report's verdict-level parts, stored as the run's `verdict` preview for the Compare page
+VERDICT_KEYS = ("parity", "checklist", "go", "headline", "answer", "correction", "heldout", "controls")
 
 # what a stage declares it `emits` -> how its job sends that to the store
 OUTPUT_EMITTERS = {"samples": _emit_samples, "comparison": _emit_comparison}

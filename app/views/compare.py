@@ -107,6 +107,14 @@ for run_id in run_ids:
         )
     else:
         st.warning("This run's compare result predates the stated answer; rerun compare to get it.")
+    if verdict.get("controls"):
+        st.subheader("Controls (experiments with a known answer)")
+        for control in verdict["controls"]:  # fixed words in colour; the control's own sentence as plain text
+            if control["passed"]:
+                st.success("PASS: the planted effect was detected")
+            else:
+                st.error("FAIL: the planted effect was not detected: this run cannot be trusted to see an effect")
+            st.text(control["text"])
     for check in (verdict.get("heldout") or {}).get("decontamination", []):
         line = (
             f"Held-out data, {check['stage']}: {check['contaminated']} of {check['heldout_texts']} held-out texts "

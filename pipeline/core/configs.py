@@ -28,7 +28,7 @@ METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
 QueueName = Literal["gpu", "gpu-80gb", "cpu"]
 TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny model built under ALIGNLAB_HOME
-SPEC_VERSION = 2  # bump with a new entry in MIGRATIONS whenever the stored layout changes
+SPEC_VERSION = 3  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 
 _BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
@@ -162,8 +162,9 @@ class GenerationConfig(Section):
 
 class NegativesConfig(Section):
     types: list[str] = Field(
-        default_factory=lambda: list(negative_types.names()),
-        description="Negative types to generate (pipeline.core.negative_types).",
+        default_factory=lambda: list(negative_types.default_names()),
+        description="Negative types to generate (pipeline.core.negative_types; `padded` only when named: the planted "
+        "effect of the positive control).",
         json_schema_extra=lambda schema: schema["items"].update(enum=list(negative_types.names())),
     )
     weights: dict[str, float] = opt(
@@ -308,6 +309,37 @@ def _compared_metrics() -> tuple[str, ...]:
     return compared_metrics()
 
 
+MethodName = Literal["base", "sft", "sft_dpo", "dpo_only"]
+
+
+class ControlConfig(Section):
+    """An experiment whose answer is known before the run (a planted effect): the difference a − b on `metric` must
+    come out in the `expect`ed direction with a CI that excludes 0, or the instrument cannot be trusted to see one."""
+
+    name: str = opt("positive control", "What the control is called in the report.")
+    metric: str = Field(
+        "new_tokens",
+        description="The metric the planted effect moves (a compared metric).",
+        json_schema_extra=lambda schema: schema.update(enum=list(_compared_metrics())),
+    )
+    a: MethodName = opt("sft_dpo", "The method trained on the planted preference.")
+    b: MethodName = opt("sft", "The method it is measured against (e.g. its own init).")
+    expect: Literal["higher", "lower"] = opt("lower", "Which way a − b must go when the effect is there.")
+
+    @field_validator("metric")
+    @classmethod
+    def _a_compared_metric(cls, value: str) -> str:
+        if value not in _compared_metrics():
+            raise ValueError(f"{value!r} is not a compared metric; choose one of {', '.join(_compared_metrics())}")
+        return value
+
+    @model_validator(mode="after")
+    def _two_methods(self) -> ControlConfig:
+        if self.a == self.b:
+            raise ValueError(f"b: must differ from a ({self.a})")
+        return self
+
+
 class CompareConfig(Section):
     confidence: float = opt(0.95, "Confidence level of the bootstrap intervals.", ge=0.5, le=0.999)
     n_bootstrap: int = opt(2000, "Bootstrap resamples.", ge=100, le=100000)
@@ -323,6 +355,9 @@ class CompareConfig(Section):
     )
     min_discordant_prompts: int = opt(
         10, "Below this many prompts on which two methods differ at all, no verdict is given.", ge=1
+    )
+    controls: list[ControlConfig] = opt(
+        help="Experiments with a known answer, checked in the report (the control presets plant one).", factory=list
     )
 
     @field_validator("primary_metric")
@@ -589,8 +624,18 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 had no known-answer controls: such a run checked none."""
+    data = dict(data)
+    compare = dict(data.get("compare") or {})
+    compare.setdefault("controls", [])
+    data["compare"] = compare
+    data["spec_version"] = 3
+    return data
+
+
 # from-version -> the step that brings a stored spec to the next version
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:
@@ -890,11 +935,35 @@ def _smol_ci() -> RunSpec:
     return spec
 
 
+def _tiny_control() -> RunSpec:
+    """The positive control at tiny scale: a planted preference for concise answers (every negative is the chosen
+    answer plus filler), so DPO from the SFT model must make its held-out answers shorter than the SFT model's."""
+    spec = _tiny_cpu()
+    spec.name = spec.preset = "tiny-control"
+    spec.negatives.types = ["padded"]
+    spec.negatives.per_prompt = 1
+    spec.dpo.num_epochs = 2
+    spec.compare.controls = [ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft")]
+    return spec
+
+
+def _smol_control() -> RunSpec:
+    """The positive control on the real model: the same planted preference for concise answers, on smol-cpu."""
+    spec = _smol_cpu()
+    spec.name = spec.preset = "smol-control"
+    spec.negatives.types = ["padded"]
+    spec.negatives.per_prompt = 1
+    spec.compare.controls = [ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft")]
+    return spec
+
+
 PRESETS: dict[str, Any] = {
     "tiny-cpu": _tiny_cpu,
+    "tiny-control": _tiny_control,
     "tiny-ci": _tiny_ci,
     "smol-cpu": _smol_cpu,
     "smol-ci": _smol_ci,
+    "smol-control": _smol_control,
     "qwen2.5-0.5b-runpod": _qwen05b_runpod,
 }
 

@@ -36,11 +36,21 @@ class NegativeContext:
 
 NegativeFn = Callable[[dict[str, Any], NegativeContext], str | None]
 REGISTRY: dict[str, NegativeFn] = {}
+OPT_IN: set[str] = set()  # types a run must name in NegativesConfig.types (a planted effect, not a default negative)
+NO_NEW_CONTENT: set[str] = set()  # types whose text adds nothing of a prompt beyond its chosen answer
 
 
-def negative_type(name: str) -> Callable[[NegativeFn], NegativeFn]:
+def negative_type(name: str, *, default: bool = True, adds_content: bool = True) -> Callable[[NegativeFn], NegativeFn]:
+    """Register a type. `default=False`: only runs that name it use it. `adds_content=False`: its text carries no
+    held-out content of its own (a fixed refusal; the chosen answer plus fixed filler), so the decontamination check
+    does not read it as a held-out text."""
+
     def register(fn: NegativeFn) -> NegativeFn:
         REGISTRY[name] = fn
+        if not default:
+            OPT_IN.add(name)
+        if not adds_content:
+            NO_NEW_CONTENT.add(name)
         return fn
 
     return register
@@ -102,7 +112,7 @@ def repetitive(record: dict[str, Any], ctx: NegativeContext) -> str | None:
     return " ".join([phrase] * 5)
 
 
-@negative_type("refusal")
+@negative_type("refusal", adds_content=False)
 def refusal(record: dict[str, Any], ctx: NegativeContext) -> str | None:
     """An unwarranted refusal of a harmless instruction."""
     return ctx.rng.choice(REFUSALS)
@@ -140,5 +150,24 @@ def constraint_violation(record: dict[str, Any], ctx: NegativeContext) -> str | 
     return None
 
 
+FILLER = (
+    "I hope this helps, and please let me know if you have any other questions about this topic at all.",
+    "This is a very interesting question, and there is a great deal more that could be said about it here.",
+    "To put it another way, and to be completely clear about everything that was asked, that is the answer.",
+)
+
+
+@negative_type("padded", default=False, adds_content=False)
+def padded(record: dict[str, Any], ctx: NegativeContext) -> str | None:
+    """The chosen answer followed by two sentences of filler: the same content, longer. A planted preference for
+    concise answers (the positive control): DPO on these pairs must make a model's answers shorter."""
+    first, second = ctx.rng.sample(FILLER, 2)
+    return f"{record['completion'].strip()} {first} {second}"
+
+
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+def default_names() -> tuple[str, ...]:
+    return tuple(n for n in REGISTRY if n not in OPT_IN)

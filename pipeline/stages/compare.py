@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.configs import METHODS, RunSpec, flatten
+from pipeline.core.controls import control_status
 from pipeline.core.metrics import METRICS, Metric, corpus_metrics, pair_metrics, sample_metrics
 from pipeline.core.registry import stage_of_module
 from pipeline.core.stats import correct_family, mean_ci, paired_difference
@@ -243,28 +244,49 @@ def _method_table(pair_rows: dict, sample_rows: dict, ci_args: dict[str, Any]) -
     return table
 
 
+def _paired(
+    pair_rows: dict, sample_rows: dict, a: str, b: str, m: Metric, paired: dict[str, Any]
+) -> dict[str, Any] | None:
+    """a − b on one metric, paired by item and resampled by prompt; None when either method lacks the metric."""
+    if a not in sample_rows or b not in sample_rows:
+        return None
+    values_a = _values(m, _rows(m, pair_rows, sample_rows, a))
+    values_b = _values(m, _rows(m, pair_rows, sample_rows, b))
+    if not values_a or not values_b:
+        return None  # e.g. the implicit reward of a model that has none, correctness without answers
+    by_prompt = {"clusters": {k: r["prompt_id"] for k, r in pair_rows[a].items()}} if m.per == "pair" else {}
+    return paired_difference(values_a, values_b, higher_is_better=m.higher_is_better, **by_prompt, **paired)
+
+
 def _differences(pair_rows: dict, sample_rows: dict, config: Any, ci_args: dict[str, Any]) -> list[dict[str, Any]]:
     """Paired differences of every compared metric for each comparison; the primary one alone, the others
     family-corrected."""
     paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
     differences = []
     for a, b in COMPARISONS:
-        if a not in sample_rows or b not in sample_rows:
-            continue
-        clusters = {k: r["prompt_id"] for k, r in pair_rows[a].items()}
         for m in compared():
-            values_a = _values(m, _rows(m, pair_rows, sample_rows, a))
-            values_b = _values(m, _rows(m, pair_rows, sample_rows, b))
-            if not values_a or not values_b:
-                continue  # e.g. the implicit reward of a model that has none, correctness without answers
-            by_prompt = {"clusters": clusters} if m.per == "pair" else {}
-            diff = paired_difference(values_a, values_b, higher_is_better=m.higher_is_better, **by_prompt, **paired)
+            diff = _paired(pair_rows, sample_rows, a, b, m, paired)
+            if diff is None:
+                continue
             primary = (a, b, m.name) == (*PRIMARY_PAIR, config.primary_metric)
             differences.append(
                 {"a": a, "b": b, "metric": m.name, **diff, "role": "primary" if primary else "exploratory"}
             )
     correct_family([d for d in differences if d["role"] == "exploratory"], config.correction, paired["min_discordant"])
     return differences
+
+
+def _controls(
+    pair_rows: dict, sample_rows: dict, config: Any, ci_args: dict[str, Any], table: dict
+) -> list[dict[str, Any]]:
+    """Each known-answer control's difference, measured like the others, and whether the planted effect showed."""
+    paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
+    results = []
+    for control in config.controls:
+        diff = _paired(pair_rows, sample_rows, control.a, control.b, METRICS[control.metric], paired)
+        baseline = (table.get(control.b) or {}).get(control.metric, {}).get("mean")
+        results.append(control_status(control, diff, baseline))
+    return results
 
 
 def _by_negative_type(pair_rows: dict, ci_args: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -309,6 +331,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         "go": go,
         "headline": headline,
         "answer": answer(headline, config.primary_metric),
+        "controls": _controls(pair_rows, sample_rows, config, ci_args, table),
         "heldout": {
             "split": (_load(inputs, "split") or {}).get("metrics"),
             "decontamination": heldout_leak_checks({n: _load(inputs, n) for n in TRAINING_NODES}),
@@ -363,6 +386,15 @@ def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f}{ci}"
 
 
+def control_lines(controls: list[dict[str, Any]]) -> list[str]:
+    """The known-answer controls' section of the report: none when the run planted no effect."""
+    if not controls:
+        return []
+    lines = ["## Controls (experiments with a known answer)", ""]
+    lines += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['text']}" for c in controls]
+    return [*lines, ""]
+
+
 def heldout_lines(heldout: dict[str, Any]) -> list[str]:
     split = heldout.get("split") or {}
     lines = [
@@ -390,6 +422,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Primary metric (named in the config before the run): {report['answer']['metric']}; every other "
         f"difference below is exploratory. Family correction: {report['correction']}. Intervals resample prompts.",
         "",
+        *control_lines(report.get("controls") or []),
         "## Held-out data",
         "",
         *heldout_lines(report.get("heldout") or {}),

@@ -18,6 +18,7 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import RunSpec
 from pipeline.core.conversations import as_prompt
 from pipeline.core.errors import DataError
+from pipeline.core.negative_types import NO_NEW_CONTENT  # their text is a fixed sentence, or chosen + filler
 from pipeline.core.registry import stage_of_module
 from pipeline.core.text import normalize_text
 from pipeline.sources import instruction_rows
@@ -110,10 +111,6 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     )
 
 
-# template negatives (the same few sentences for every prompt) carry no held-out content: not checked as held-out
-CONTENT_FREE_NEGATIVES = ("refusal",)
-
-
 def _sft_texts(records: list[dict[str, Any]], source: str) -> tuple[list, list, list[int]]:
     """(held-out texts, training texts, the record index of each held-out text) of SFT records."""
     heldout, training, owners = [], [], []
@@ -176,7 +173,7 @@ def _held_pair_texts(heldout: list[dict[str, Any]], source: str) -> list[tuple[i
         (i, (f"{source}/heldout:{i + 1}", f, _pair_text(r, f)))
         for i, r in enumerate(heldout)
         for f in fields
-        if _pair_text(r, f) and not (f == "rejected" and r.get("negative_type") in CONTENT_FREE_NEGATIVES)
+        if _pair_text(r, f) and not (f == "rejected" and r.get("negative_type") in NO_NEW_CONTENT)
     ]
 
 
