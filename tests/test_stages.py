@@ -202,7 +202,15 @@ def test_clean_response_cuts_strips_and_rejects(tiny_ci_spec):
 def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
     import random
 
-    assert set(REGISTRY) == {"model_sample", "truncated", "off_topic", "repetitive", "refusal", "constraint_violation"}
+    assert set(REGISTRY) == {
+        "model_sample",
+        "truncated",
+        "off_topic",
+        "repetitive",
+        "refusal",
+        "constraint_violation",
+        "padded",  # opt-in: the positive control's planted preference
+    }
     assert all(fn.__doc__ for fn in REGISTRY.values())
     records = [
         {
