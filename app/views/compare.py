@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from pipeline.core.stats import ONE_SEED
 
 st.title("Compare methods")
 choices = queries.run_choices()
@@ -103,7 +104,7 @@ for run_id in run_ids:
         st.text(answer["text"])
         st.caption(
             f"Primary metric, named in the config before the run: {answer['metric']}. Every other difference is "
-            f"exploratory; family correction: {verdict.get('correction')}. Intervals resample prompts."
+            f"exploratory; family correction: {verdict.get('correction')}. {ONE_SEED}"
         )
     else:
         st.warning("This run's compare result predates the stated answer; rerun compare to get it.")

@@ -15,6 +15,13 @@ CORRECTIONS = ("holm", "bh")
 POWER = 0.8  # the power at which the minimum detectable difference is stated
 
 
+# what a single run's intervals cover, said wherever they are shown
+ONE_SEED = (
+    "Intervals resample prompts only: this is one training seed, so training noise is not in them (run several "
+    "seeds as a group for intervals that resample seeds too)."
+)
+
+
 def mean_ci(values: list[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Mean with a bootstrap (BCa) confidence interval; degenerate samples get a zero-width or no interval."""
     import numpy as np
@@ -178,3 +185,74 @@ def win_rate(counts: dict[str, Any], n_resamples: int = 1000) -> dict[str, Any]:
     outcomes = [1.0] * counts["wins"] + [0.0] * counts["losses"] + [0.5] * counts["ties"]
     ci = mean_ci(outcomes, n_resamples=n_resamples)
     return {**counts, "n": len(outcomes), "win_rate_a": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"]}
+
+
+def seeds_and_prompts_ci(
+    per_seed: list[dict[str, float]], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Mean of a quantity measured per (training seed, prompt), with an interval that resamples seeds and prompts
+    independently (the two-way bootstrap for crossed effects: each replicate draws seeds and prompts with
+    replacement and averages the chosen cells), so training noise and prompt noise are both in it. Beside it, the
+    prompt-only interval of the seed-averaged values, to show what ignoring the seeds would have claimed."""
+    import numpy as np
+
+    prompts = sorted(set.intersection(*(set(values) for values in per_seed))) if per_seed else []
+    result: dict[str, Any] = {"n_seeds": len(per_seed), "n_prompts": len(prompts), "confidence": confidence}
+    if not prompts:
+        return {**result, "mean": None, "ci_low": None, "ci_high": None, "prompt_only": None}
+    cells = np.array([[values[p] for p in prompts] for values in per_seed], dtype=float)  # seeds × prompts
+    result["mean"] = float(cells.mean())
+    result["prompt_only"] = mean_ci(list(cells.mean(axis=0)), confidence, n_resamples, seed)
+    if len(per_seed) < 2 or len(prompts) < 2:
+        return {**result, "ci_low": None, "ci_high": None}
+    rng = np.random.default_rng(seed)
+    n_seeds, n_prompts = cells.shape
+    estimates = np.empty(n_resamples)
+    for r in range(n_resamples):
+        rows = rng.integers(0, n_seeds, n_seeds)
+        cols = rng.integers(0, n_prompts, n_prompts)
+        estimates[r] = cells[np.ix_(rows, cols)].mean()
+    alpha = 1 - confidence
+    result["ci_low"] = float(np.quantile(estimates, alpha / 2))
+    result["ci_high"] = float(np.quantile(estimates, 1 - alpha / 2))
+    return result
+
+
+def aa_false_positives(
+    per_seed: dict[str, list[dict[str, float]]],
+    confidence: float = 0.95,
+    n_resamples: int = 1000,
+    min_discordant: int = 1,
+    clusters: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The A/A control: identical method and config, different training seeds, compared as if they were two methods
+    (every pair of seeds, every metric, the per-run paired test). Each "difference" found is a false positive of the
+    per-run interval; their share is its false-positive rate, about 1 − confidence when the intervals are honest."""
+    from itertools import combinations
+
+    comparisons = []
+    for name, seeds in per_seed.items():
+        for i, j in combinations(range(len(seeds)), 2):
+            diff = paired_difference(
+                seeds[j],
+                seeds[i],
+                confidence=confidence,
+                n_resamples=n_resamples,
+                higher_is_better=None,
+                clusters=clusters,
+                min_discordant=min_discordant,
+            )
+            significant = diff["verdict"] in ("higher", "lower")
+            comparisons.append({"name": name, "seeds": (i, j), "mean": diff["mean"], "significant": significant})
+    found = sum(c["significant"] for c in comparisons)
+    alpha = 1 - confidence
+    rate = found / len(comparisons) if comparisons else None
+    return {
+        "comparisons": len(comparisons),
+        "significant": found,
+        "rate": rate,
+        "alpha": alpha,
+        "details": comparisons,
+        "text": f"A/A: {found} of {len(comparisons)} seed-vs-seed comparisons of identical methods below "
+        f"p = {alpha:.2g}" + (f" ({rate:.0%}; honest intervals give about {alpha:.0%})" if comparisons else ""),
+    }

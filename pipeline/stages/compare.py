@@ -19,7 +19,7 @@ from pipeline.core.configs import METHODS, RunSpec, flatten
 from pipeline.core.controls import control_status
 from pipeline.core.metrics import METRICS, Metric, corpus_metrics, pair_metrics, sample_metrics
 from pipeline.core.registry import stage_of_module
-from pipeline.core.stats import correct_family, mean_ci, paired_difference
+from pipeline.core.stats import ONE_SEED, correct_family, mean_ci, paired_difference
 from pipeline.stages import RESULT_FILE, Progress, ProgressFn, StageResult, read_json, read_jsonl, write_json
 from pipeline.stages.evaluate import PAIRS_OUT, SAMPLES_OUT
 from pipeline.stages.train_dpo import EFFECTIVE_CONFIG
@@ -38,7 +38,7 @@ def compared() -> list[Metric]:
     return [m for m in pair_metrics() + sample_metrics() if m.compared]
 
 
-def _rows(metric: Metric, pair_rows: dict, sample_rows: dict, method: str) -> dict[str, dict[str, Any]]:
+def metric_rows(metric: Metric, pair_rows: dict, sample_rows: dict, method: str) -> dict[str, dict[str, Any]]:
     return (pair_rows if metric.per == "pair" else sample_rows)[method]
 
 
@@ -46,7 +46,7 @@ def _value(metric: Metric, row: dict[str, Any]) -> float | None:
     return metric.compute(row) if metric.per == "pair" else row["stats"].get(metric.name)
 
 
-def _values(metric: Metric, rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+def metric_values(metric: Metric, rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     values = {key: _value(metric, row) for key, row in rows.items()}
     return {key: v for key, v in values.items() if v is not None}
 
@@ -236,7 +236,7 @@ def _method_table(pair_rows: dict, sample_rows: dict, ci_args: dict[str, Any]) -
     table = {}
     for method in sample_rows:
         row = {
-            m.name: mean_ci([_value(m, r) for r in _rows(m, pair_rows, sample_rows, method).values()], **ci_args)
+            m.name: mean_ci([_value(m, r) for r in metric_rows(m, pair_rows, sample_rows, method).values()], **ci_args)
             for m in compared()
         }
         row.update(corpus_metrics_ci(list(sample_rows[method].values()), ci_args))
@@ -250,8 +250,8 @@ def _paired(
     """a − b on one metric, paired by item and resampled by prompt; None when either method lacks the metric."""
     if a not in sample_rows or b not in sample_rows:
         return None
-    values_a = _values(m, _rows(m, pair_rows, sample_rows, a))
-    values_b = _values(m, _rows(m, pair_rows, sample_rows, b))
+    values_a = metric_values(m, metric_rows(m, pair_rows, sample_rows, a))
+    values_b = metric_values(m, metric_rows(m, pair_rows, sample_rows, b))
     if not values_a or not values_b:
         return None  # e.g. the implicit reward of a model that has none, correctness without answers
     by_prompt = {"clusters": {k: r["prompt_id"] for k, r in pair_rows[a].items()}} if m.per == "pair" else {}
@@ -420,7 +420,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"**Did SFT before DPO help?** {report['answer']['text']}.",
         "",
         f"Primary metric (named in the config before the run): {report['answer']['metric']}; every other "
-        f"difference below is exploratory. Family correction: {report['correction']}. Intervals resample prompts.",
+        f"difference below is exploratory. Family correction: {report['correction']}. {ONE_SEED}",
         "",
         *control_lines(report.get("controls") or []),
         "## Held-out data",
