@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import dashboard_bench, gpu_bench, queue_bench, training_bench
+from bench import dashboard_bench, gpu_bench, queue_bench, real_model_bench, training_bench
 
 BENCHMARKS = {
     "generation": training_bench.generation,
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "orchestration": queue_bench.orchestration,
     "dashboard": dashboard_bench.dashboard,
     "gpu": gpu_bench.gpu,
+    "real_model": real_model_bench.real_model,
 }
 RESULTS = Path(__file__).parent / "results"
 MET = {True: "yes", False: "no", None: "not measurable here"}

@@ -45,9 +45,7 @@ def test_the_aa_control_counts_differences_between_identical_methods_as_false_po
 
 
 @pytest.mark.slow
-def test_a_seed_group_of_the_tiny_dag_reports_seed_aware_intervals_and_its_aa_control(
-    tiny_model_dir, alignlab_home
-):
+def test_a_seed_group_of_the_tiny_dag_reports_seed_aware_intervals_and_its_aa_control(tiny_model_dir, alignlab_home):
     from pipeline.core.configs import preset
     from pipeline.seed_group import run_group
 

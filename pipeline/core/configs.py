@@ -888,7 +888,7 @@ def _smol_cpu() -> RunSpec:
         base_model=ModelConfig(
             name_or_path=SMOLLM2_135M_INSTRUCT.name, dtype="float32", load_in_8bit=False, device="cpu", lora_r=8
         ),
-        data=DataConfig(instructions="demo", max_instructions=120),
+        data=DataConfig(instructions="demo", max_instructions=96),
         generation=GenerationConfig(
             batch_size=16, sampling=SamplingConfig(max_new_tokens=48), min_response_chars=4, retries=1
         ),

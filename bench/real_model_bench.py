@@ -1,0 +1,69 @@
+"""The real CPU model (SmolLM2-135M-Instruct, a catalog model): the whole DAG's wall time and peak memory, and the
+positive control planted on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(preset: str, env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--preset", preset], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"alignlab run --preset {preset} failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started, done.stdout
+
+
+def _report(stdout: str) -> dict:
+    line = next(x for x in stdout.splitlines() if x.startswith("report: "))
+    return json.loads((Path(line.split(": ", 1)[1]).parent / "report.json").read_text())
+
+
+def real_model(quick: bool = False) -> dict:
+    """`alignlab run --preset smol-cpu` (smol-ci with --quick) in a fresh process on a fetched model, then
+    smol-control in the same store (its data stages reused): the full DAG's time and peak RSS, and the control."""
+    from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
+    from pipeline.packaged import ensure_packaged
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        cached = ensure_packaged(SMOLLM2_135M_INSTRUCT)  # the caller's ALIGNLAB_HOME keeps one converted copy
+        shutil.copytree(cached, home / "models" / SMOLLM2_135M_INSTRUCT.name)
+        env = {**os.environ, "ALIGNLAB_HOME": str(home)}
+        dag_preset = "smol-ci" if quick else "smol-cpu"
+        seconds, stdout = _run(dag_preset, env)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        report = _report(stdout)
+        control = None
+        if not quick:
+            control_seconds, control_out = _run("smol-control", env)
+            (control,) = _report(control_out)["controls"]
+            control["seconds"] = round(control_seconds, 1)
+    minutes = seconds / 60
+    met = minutes <= 20 and peak <= 4 * 2**30 and (quick or control["passed"])
+    summary = f"{dag_preset}: whole DAG {minutes:.1f} min, peak RSS {peak / 2**30:.2f} GiB; {report['answer']['text']}"
+    if control:
+        summary += f"; smol-control ({control['seconds'] / 60:.1f} min, data stages reused): {control['text']}"
+    return {
+        "preset": dag_preset,
+        "seconds": round(seconds, 1),
+        "peak_rss_bytes": peak,
+        "go": report["go"],
+        "answer": report["answer"],
+        "control": control,
+        "goal": "smol-cpu ≤ 20 min and ≤ 4 GB on 2 cores; the positive control detected",
+        "met": met,
+        "summary": summary,
+    }
