@@ -67,3 +67,55 @@ def real_model(quick: bool = False) -> dict:
         "met": met,
         "summary": summary,
     }
+
+
+LOAD_AND_MEASURE = """
+import json, sys
+import psutil, torch
+from pipeline.core.configs import ModelConfig
+from pipeline.formats import render_prompt
+from pipeline.core.configs import FormatConfig
+from pipeline import models
+process = psutil.Process()
+import transformers, bitsandbytes  # noqa: F401  (imports paid before the baseline)
+before = process.memory_info().rss
+config = ModelConfig(name_or_path=sys.argv[1], device="cpu", dtype="float32", load_in_8bit=sys.argv[2] == "8bit")
+model, tokenizer, info = models.load_model(config)
+loaded = process.memory_info().rss
+ids = tokenizer(render_prompt("What is the capital of France?", FormatConfig(), tokenizer), return_tensors="pt")
+with torch.no_grad():
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+print(json.dumps({"delta": loaded - before, "quantization": info.quantization, "fallback": info.fallback,
+                  "answer": answer, "footprint": model.get_memory_footprint()}))
+"""
+
+
+def real_model_8bit(quick: bool = False) -> dict:
+    """The real model loaded through `pipeline.models.load_model` in float32 and in 8-bit (bitsandbytes' CPU
+    backend), each in a fresh process: resident memory added by the load, and that the 8-bit model still answers."""
+    from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
+    from pipeline.packaged import ensure_packaged
+
+    ensure_packaged(SMOLLM2_135M_INSTRUCT)
+    results = {}
+    for mode in ("32bit", "8bit"):
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_AND_MEASURE, SMOLLM2_135M_INSTRUCT.name, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = results["8bit"]["delta"] / results["32bit"]["delta"]
+    mib = {mode: r["delta"] / 2**20 for mode, r in results.items()}
+    return {
+        **results,
+        "ratio": ratio,
+        "goal": "8-bit loads (no fallback) and takes less memory than float32",
+        "met": results["8bit"]["quantization"] == "8bit" and ratio < 1.0,
+        "summary": f"load RSS float32 {mib['32bit']:.0f} MiB vs 8-bit {mib['8bit']:.0f} MiB = {ratio:.2f}× "
+        f"(weights footprint {results['32bit']['footprint'] / 2**20:.0f} vs {results['8bit']['footprint'] / 2**20:.0f}"
+        f" MiB); 8-bit answers {results['8bit']['answer']!r}",
+    }

@@ -935,26 +935,24 @@ def _smol_ci() -> RunSpec:
     return spec
 
 
-def _tiny_control() -> RunSpec:
-    """The positive control at tiny scale: a planted preference for concise answers (every negative is the chosen
+def planted_concision(spec: RunSpec, name: str) -> RunSpec:
+    """`spec` as the positive control: a planted preference for concise answers (every negative is the chosen
     answer plus filler), so DPO from the SFT model must make its held-out answers shorter than the SFT model's."""
-    spec = _tiny_cpu()
-    spec.name = spec.preset = "tiny-control"
+    spec.name = spec.preset = name
     spec.negatives.types = ["padded"]
     spec.negatives.per_prompt = 1
-    spec.dpo.num_epochs = 2
     spec.compare.controls = [ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft")]
+    return spec
+
+
+def _tiny_control() -> RunSpec:
+    spec = planted_concision(_tiny_cpu(), "tiny-control")
+    spec.dpo.num_epochs = 2
     return spec
 
 
 def _smol_control() -> RunSpec:
-    """The positive control on the real model: the same planted preference for concise answers, on smol-cpu."""
-    spec = _smol_cpu()
-    spec.name = spec.preset = "smol-control"
-    spec.negatives.types = ["padded"]
-    spec.negatives.per_prompt = 1
-    spec.compare.controls = [ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft")]
-    return spec
+    return planted_concision(_smol_cpu(), "smol-control")
 
 
 PRESETS: dict[str, Any] = {
