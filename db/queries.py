@@ -182,6 +182,21 @@ def samples_side_by_side(run_id: int, only: str = "all", engine: Engine | None =
     return rows if only == "all" else [r for r in rows if r[only]]
 
 
+def per_prompt_values(run_ids: list[int], engine: Engine | None = None) -> dict[int, dict[str, dict[str, dict]]]:
+    """Per run, method and sample metric: each held-out prompt's value (from the stored samples' stats), for
+    statistics across runs (a seed group's intervals over seeds and prompts, its A/A control)."""
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(Sample.run_id, Sample.method, Sample.prompt_id, Sample.stats).where(Sample.run_id.in_(run_ids))
+        ).all()
+    values: dict[int, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for run_id, method, prompt_id, stats in rows:
+        for metric, value in (stats or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values[run_id][method][metric][prompt_id] = float(value)
+    return {run: {m: dict(by) for m, by in methods.items()} for run, methods in values.items()}
+
+
 def by_negative_type(run_ids: list[int], metric: str = "preference_accuracy", engine: Engine | None = None):
     """Per negative type and method: `metric` with its CI, across runs."""
     with read_session(engine) as s:

@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import METHODS, RunSpec, with_seed
+from pipeline.core.configs import PRIMARY_PAIR, UNTRAINED, RunSpec, with_seed
 from pipeline.core.home import alignlab_home
 from pipeline.core.metrics import METRICS
 from pipeline.core.stats import aa_false_positives, seeds_and_prompts_ci
 from pipeline.stages import read_jsonl
-from pipeline.stages.compare import PRIMARY_PAIR, add_implicit_rewards, compared, metric_rows, metric_values
+from pipeline.stages.compare import add_implicit_rewards, compared, metric_rows, metric_values
 from pipeline.stages.evaluate import PAIRS_OUT, SAMPLES_OUT
-
-UNTRAINED = METHODS[0]  # the base model: no training seed touches it, so it is no A/A subject
 
 
 def read_seed(eval_dirs: dict[str, Path]) -> tuple[dict, dict]:
@@ -58,7 +56,7 @@ def group_report(seeds: list[dict[str, Path]], confidence: float = 0.95, n_resam
             diffs = [{p: x[p] - y[p] for p in x.keys() & y.keys()} for x, y in zip(per_seed, baseline, strict=True)]
             headline[m.name] = seeds_and_prompts_ci(diffs, confidence, n_resamples)
         for method in values[0]:
-            if method != UNTRAINED and all(v.get(method) for v in values):
+            if method != UNTRAINED and all(v.get(method) for v in values):  # no seed touches the base model
                 per_method[f"{method}:{m.name}"] = [v[method] for v in values]
     aa = aa_false_positives(per_method, confidence, n_resamples, clusters=clusters)
     return {"seeds": len(seeds), "comparison": f"{a} − {b}", "headline": headline, "aa": aa}

@@ -397,3 +397,31 @@ def test_no_page_can_be_served_past_the_gate():
         if re.search(r"\bon_(click|change|select)\s*=", line)
     ]
     assert callbacks == []
+
+
+def test_compare_across_seeds_shows_the_seed_group_and_its_aa_control(filled):
+    """Three runs of one config differing only in their training seeds: the page states the A/A control and the
+    headline difference with intervals over seeds and prompts."""
+    from db.models import Sample
+    from pipeline.core.configs import RunSpec, from_dict, with_seed
+
+    spec = from_dict(RunSpec, filled["spec"])
+    others = [scheduler.submit(with_seed(spec, seed), filled["conn"], filled["engine"]) for seed in (1, 2)]
+    drain_queues(filled["conn"])
+    Recorder(filled["conn"], filled["engine"]).drain()
+    run_ids = [filled["run_id"], *others]
+    with read_session(filled["engine"]) as s:  # what the database holds, counted here
+        prompts = set(s.scalars(select(Sample.prompt_id).where(Sample.run_id == filled["run_id"])))
+        stats = s.scalars(select(Sample.stats).where(Sample.run_id == filled["run_id"], Sample.method == "sft")).first()
+    metrics = [k for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+
+    at = app().run()
+    at.switch_page("views/compare.py").run()
+    at.multiselect(key="compare_runs").set_value(run_ids).run()
+    assert not at.exception
+    assert any("differ only in their seeds" in h.value for h in at.subheader)
+    (aa,) = [t.value for t in at.text if t.value.startswith("A/A:")]
+    assert f"of {3 * 3 * len(metrics)} seed-vs-seed comparisons" in aa  # 3 seed pairs × 3 trained methods
+    (table,) = [d.value for d in at.dataframe if "ci (seeds × prompts)" in d.value.columns]
+    assert set(table["seeds"]) == {3} and set(table["prompts"]) == {len(prompts)}
+    assert set(table["metric"]) == set(metrics)

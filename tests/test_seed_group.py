@@ -61,3 +61,21 @@ def test_a_seed_group_of_the_tiny_dag_reports_seed_aware_intervals_and_its_aa_co
     assert aa["rate"] <= 0.2, aa["text"]
     text = open(report["path"]).read()
     assert "intervals resampling seeds and prompts" in text and aa["text"] in text
+
+
+def test_seed_group_statistics_read_per_prompt_values_of_runs():
+    from pipeline.core.stats import seed_group_statistics
+
+    rng = random.Random(1)
+
+    def run(shift):
+        return {
+            m: {"new_tokens": {f"p{i}": 10 + (shift if m == "sft_dpo" else 0) + rng.gauss(0, 1) for i in range(30)}}
+            for m in ("base", "sft", "sft_dpo", "dpo_only")
+        }
+
+    group = seed_group_statistics({1: run(-3.0), 2: run(-3.0), 3: run(-3.0)}, n_resamples=500)
+    (row,) = group["headline"]
+    assert row["metric"] == "new_tokens" and (row["seeds"], row["prompts"]) == (3, 30)
+    assert -4 < row["mean"] < -2 and row["ci (seeds × prompts)"].startswith("[")
+    assert group["aa"]["comparisons"] == 3 * 3  # sft, sft_dpo, dpo_only; base is untrained

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from pipeline.core.stats import ONE_SEED
+from pipeline.core.stats import ONE_SEED, seed_group_statistics
 
 st.title("Compare methods")
 choices = queries.run_choices()
@@ -63,6 +63,17 @@ if len(run_ids) > 1:
     st.header("Across runs")
     differences = queries.spec_differences(run_ids)
     varying = sorted({field for fields in differences.values() for field in fields})
+    if varying and all(field.endswith(".seed") for field in varying):
+        st.subheader("Seed group: these runs differ only in their seeds")
+        group = seed_group_statistics(queries.per_prompt_values(run_ids))
+        st.text(group["aa"]["text"])
+        st.caption(
+            "A/A control: each trained method against itself across seeds, tested like two methods; every "
+            "'difference' found is a false positive of one run's intervals. Below, SFT→DPO − DPO-only with intervals "
+            "that resample seeds and prompts (per-prompt generation metrics; preference metrics need the seeds "
+            "report of `alignlab seeds`, which reads every scored pair)."
+        )
+        st.dataframe(pd.DataFrame(group["headline"]), hide_index=True, key="seed_group_table")
     if not varying:
         st.info("These runs have identical settings (seeds included): their spread is run-to-run noise.")
     else:

@@ -25,6 +25,8 @@ from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
 from pipeline.core.errors import ConfigError
 
 METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
+PRIMARY_PAIR = ("sft_dpo", "dpo_only")  # the comparison that answers "did SFT before DPO help?"
+UNTRAINED = "base"  # the one method no training seed touches
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
 QueueName = Literal["gpu", "gpu-80gb", "cpu"]
 TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny model built under ALIGNLAB_HOME

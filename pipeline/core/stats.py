@@ -256,3 +256,49 @@ def aa_false_positives(
         "text": f"A/A: {found} of {len(comparisons)} seed-vs-seed comparisons of identical methods below "
         f"p = {alpha:.2g}" + (f" ({rate:.0%}; honest intervals give about {alpha:.0%})" if comparisons else ""),
     }
+
+
+def seed_group_statistics(
+    values: dict[Any, dict[str, dict[str, dict[str, float]]]],
+    n_resamples: int = 1000,
+) -> dict[str, Any]:
+    """From per-prompt values (run -> method -> metric -> prompt -> value) of runs that differ only in their seeds:
+    SFT→DPO − DPO-only per metric with an interval over seeds and prompts, and the A/A control over the trained
+    methods."""
+    from pipeline.core.configs import PRIMARY_PAIR, UNTRAINED
+
+    a, b = PRIMARY_PAIR
+    runs = list(values.values())
+    metrics = sorted({m for run in runs for m in (run.get(a) or {})})
+    headline = []
+    for metric in metrics:
+        per_seed = []
+        for run in runs:
+            mine, theirs = (run.get(a) or {}).get(metric, {}), (run.get(b) or {}).get(metric, {})
+            per_seed.append({p: mine[p] - theirs[p] for p in mine.keys() & theirs.keys()})
+        stat = seeds_and_prompts_ci(per_seed, n_resamples=n_resamples)
+        prompt_only = stat["prompt_only"] or {}
+        headline.append(
+            {
+                "metric": metric,
+                "difference": f"{a} − {b}",
+                "mean": stat["mean"],
+                "ci (seeds × prompts)": _interval(stat),
+                "ci (prompts only)": _interval(prompt_only),
+                "seeds": stat["n_seeds"],
+                "prompts": stat["n_prompts"],
+            }
+        )
+    subjects = {
+        f"{method}:{metric}": [run[method][metric] for run in runs]
+        for method in sorted({m for run in runs for m in run} - {UNTRAINED})
+        for metric in metrics
+        if all(metric in (run.get(method) or {}) for run in runs)
+    }
+    return {"headline": headline, "aa": aa_false_positives(subjects, n_resamples=n_resamples)}
+
+
+def _interval(stat: dict[str, Any]) -> str:
+    if stat.get("ci_low") is None:
+        return "no estimate"
+    return f"[{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import METHODS, RunSpec, flatten
+from pipeline.core.configs import METHODS, PRIMARY_PAIR, RunSpec, flatten
 from pipeline.core.controls import control_status
 from pipeline.core.metrics import METRICS, Metric, corpus_metrics, pair_metrics, sample_metrics
 from pipeline.core.registry import stage_of_module
@@ -27,7 +27,6 @@ from pipeline.stages.train_dpo import EFFECTIVE_CONFIG
 STAGE = stage_of_module(__name__)
 PARITY_EXEMPT = ("init_model", "reference_model")
 MIN_HELDOUT_PAIRS = 30
-PRIMARY_PAIR = ("sft_dpo", "dpo_only")
 COMPARISONS = (("sft_dpo", "dpo_only"), ("sft_dpo", "base"), ("dpo_only", "base"), ("sft", "base"), ("sft_dpo", "sft"))
 # the DPO model's reference model (its init): the implicit reward is log π(y|x) − log π_ref(y|x)
 DPO_REFERENCE = {"sft_dpo": "sft", "dpo_only": "base"}
