@@ -24,6 +24,7 @@ BENCHMARKS = {
     "dashboard": dashboard_bench.dashboard,
     "gpu": gpu_bench.gpu,
     "real_model": real_model_bench.real_model,
+    "real_model_control": real_model_bench.real_model_control,
     "real_model_8bit": real_model_bench.real_model_8bit,
 }
 RESULTS = Path(__file__).parent / "results"

@@ -959,7 +959,12 @@ def _tiny_control() -> RunSpec:
 
 
 def _smol_control() -> RunSpec:
-    return planted_concision(_smol_cpu(), "smol-control")
+    spec = planted_concision(_smol_cpu(), "smol-control")
+    # one padded pair per prompt is 9 optimizer steps an epoch: at smol-cpu's 1 epoch and 1e-4 the effect was -5%
+    # [-19%, +13%] (not detected, measured); the control trains long enough to plant it
+    spec.dpo.num_epochs = 3
+    spec.dpo.learning_rate = 3e-4
+    return spec
 
 
 PRESETS: dict[str, Any] = {
