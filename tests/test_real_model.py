@@ -158,7 +158,7 @@ def test_smol_ci_runs_the_whole_dag_on_the_real_model_through_the_queue(smol_pre
     with read_session(engine) as s:
         run = s.get(Run, run_id)
         assert run.status == "succeeded", [(x.node, x.status, x.error) for x in run.stages]
-        assert {x.status for x in run.stages} == {"succeeded"}
+        assert {x.status for x in run.stages} <= {"succeeded", "cached"}  # cached: an identical node run earlier
         base_loads = [x.load_info for x in run.stages if x.load_info and x.load_info["name_or_path"] == SMOL.name]
         assert len(base_loads) >= 3 and all(info["resolved"] == str(smol_prepared["dir"]) for info in base_loads)
         outputs = s.scalars(select(Sample.generation).where(Sample.run_id == run_id, Sample.method == "base")).all()
