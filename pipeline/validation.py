@@ -701,15 +701,10 @@ def _instruction_turns(report: ValidationReport, row: int, record: Any, config: 
     """A conversational instruction row read as its prompt turns; None for a plain row; False (reported) when broken."""
     if not isinstance(record, dict):
         return None
-    _, conversation, problems = as_prompt(record)
+    _, conversation, problems = as_prompt(record, config.max_text_chars)
     for problem in problems:
         report.add(row, problem.field, problem.code, problem.message)
-    long_turns = [
-        i for i, t in enumerate(conversation.turns if conversation else []) if len(t["content"]) > config.max_text_chars
-    ]
-    for i in long_turns:
-        report.add(row, f"messages[{i}].content", "too_long", f"more than {config.max_text_chars} chars")
-    return False if problems or long_turns else conversation
+    return False if problems else conversation
 
 
 def validate_instructions(

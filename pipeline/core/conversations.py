@@ -89,21 +89,23 @@ class PromptTurns:
     reference: str | None
 
 
-def as_prompt(record: dict[str, Any]) -> tuple[str, PromptTurns | None, list[TurnProblem]]:
+def as_prompt(
+    record: dict[str, Any], max_chars: int | None = None
+) -> tuple[str, PromptTurns | None, list[TurnProblem]]:
     """Where a row keeps its prompt as a conversation (`messages`, or a message-list `prompt`, with an optional
     message-list `completion`), that conversation read as a prompt; `(field, None, [])` for a plain-text row."""
     if is_conversation(record.get("messages")):
-        problems = turn_problems(record["messages"], "messages")
+        problems = turn_problems(record["messages"], "messages", max_chars=max_chars)
         if problems:
             return "messages", None, problems
         turns = [dict(t) for t in record["messages"]]
         reference = turns.pop()["content"] if turns[-1]["role"] == ASSISTANT else None
         return "messages", PromptTurns(turns, turns[-1]["content"], reference), []
     if is_conversation(record.get("prompt")):
-        problems = turn_problems(record["prompt"], "prompt", last=USER)
+        problems = turn_problems(record["prompt"], "prompt", last=USER, max_chars=max_chars)
         completion = record.get("completion")
         if is_conversation(completion):
-            problems += turn_problems(completion, "completion", last=ASSISTANT, first=ASSISTANT)
+            problems += turn_problems(completion, "completion", last=ASSISTANT, max_chars=max_chars, first=ASSISTANT)
         if problems:
             return "prompt", None, problems
         turns = [dict(t) for t in record["prompt"]]
