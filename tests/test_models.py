@@ -43,6 +43,22 @@ def test_real_8bit_loading_generation_and_lora_backward_on_cpu(tiny_model_dir):
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_an_8bit_model_on_cpu_keeps_no_view_of_its_float_checkpoint(tiny_model_dir, tmp_path):
+    """Unquantized weights (embeddings, norms) left as views of the memory-mapped float checkpoint kept the whole
+    file resident beside the int8 copy: 8-bit then took more memory than float32 (measured on the real model)."""
+    pytest.importorskip("bitsandbytes")
+    import shutil
+    from pathlib import Path
+
+    own_copy = tmp_path / "tiny"  # a file no other test's model maps
+    shutil.copytree(tiny_model_dir, own_copy)
+    checkpoint = next(own_copy.glob("*.safetensors"))
+    model, _, info = load_model(ModelConfig(name_or_path=str(own_copy), load_in_8bit=True, device="cpu"))
+    assert info.quantization == "8bit"
+    assert str(checkpoint) not in Path("/proc/self/maps").read_text()
+    assert model.model.embed_tokens.weight.untyped_storage().resizable()  # memory of its own, not a file's map
+
+
 def test_8bit_fallback_is_recorded_with_its_reason(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(models, "bitsandbytes_available", lambda: False)
     _, _, info = load_model(ModelConfig(name_or_path=str(tiny_model_dir), load_in_8bit=True, device="cpu"))
