@@ -26,6 +26,13 @@ BENCHMARKS = {
     "real_model": real_model_bench.real_model,
     "real_model_control": real_model_bench.real_model_control,
     "real_model_8bit": real_model_bench.real_model_8bit,
+    "real_model_aa": real_model_bench.real_model_aa,
+    "real_model_up": real_model_bench.real_model_up,
+    "real_sft_overhead": training_bench.real_sft_overhead,
+    "real_dpo_overhead": training_bench.real_dpo_overhead,
+    "real_generation": training_bench.real_generation,
+    "real_eval_memory": training_bench.real_eval_memory,
+    "real_cache": training_bench.real_cache,
 }
 RESULTS = Path(__file__).parent / "results"
 MET = {True: "yes", False: "no", None: "not measurable here"}
