@@ -95,7 +95,10 @@ def preload() -> None:
     import importlib
 
     stage_modules = [stage.module for stage in STAGES.values()]
-    for module in ("torch", "transformers", "trl", "peft", "datasets", "pipeline.dag", *stage_modules):
+    # what the stages import on first use, which a fork would otherwise import again in every job: the statistics
+    # of compare (scipy.stats, ~170 modules) and the architecture of the tiny and the catalog models (Llama)
+    first_use = ("scipy.stats", "transformers.models.llama.modeling_llama")
+    for module in ("torch", "transformers", "trl", "peft", "datasets", "pipeline.dag", *stage_modules, *first_use):
         importlib.import_module(module)
     from transformers import Trainer  # noqa: F401  (lazy modules: resolved once, here)
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
