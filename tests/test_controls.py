@@ -10,7 +10,7 @@ import pytest
 from pipeline.core.configs import ControlConfig, NegativesConfig, preset
 from pipeline.core.controls import control_status
 from pipeline.core.errors import ConfigError
-from pipeline.core.negative_types import REGISTRY, NegativeContext
+from pipeline.core.negative_types import NO_NEW_CONTENT, REGISTRY, NegativeContext
 
 CONTROL = ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft", expect="lower")
 
@@ -56,6 +56,21 @@ def test_the_padded_negative_is_opt_in_and_is_its_chosen_answer_made_longer():
     record = {"prompt": "p", "completion": " The sky is blue.", "meta": {"split": "train"}}
     padded = REGISTRY["padded"](record, NegativeContext(random.Random(0), [record], 0))
     assert padded.startswith("The sky is blue. ") and len(padded.split()) > 3 * len(record["completion"].split())
+
+
+def test_the_first_sentence_negative_is_opt_in_and_is_its_chosen_answers_first_sentence():
+    import random
+
+    spec = preset("smol-control")
+    assert "first_sentence" not in NegativesConfig().types and spec.negatives.types == ["first_sentence"]
+    controls = [(c.metric, c.a, c.b, c.expect) for c in spec.compare.controls]
+    assert controls == [("new_tokens", "sft_dpo", "sft", "higher")]
+    context = NegativeContext(random.Random(0), [], 0)
+    two = {"prompt": "p", "completion": " Paris is the capital. It lies on the Seine!", "meta": {"split": "train"}}
+    assert REGISTRY["first_sentence"](two, context) == "Paris is the capital."
+    one = {"prompt": "p", "completion": " Paris, on the Seine, e.g. 2.1 million people.", "meta": {"split": "train"}}
+    assert REGISTRY["first_sentence"](one, context) is None  # one sentence: nothing shorter that is still an answer
+    assert "first_sentence" in NO_NEW_CONTENT  # a prefix of its chosen answer: no held-out text of its own
 
 
 @pytest.mark.slow

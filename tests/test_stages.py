@@ -209,7 +209,8 @@ def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
         "repetitive",
         "refusal",
         "constraint_violation",
-        "padded",  # opt-in: the positive control's planted preference
+        "padded",  # opt-in: the positive controls' planted preferences
+        "first_sentence",
     }
     assert all(fn.__doc__ for fn in REGISTRY.values())
     records = [

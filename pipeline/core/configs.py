@@ -165,8 +165,8 @@ class GenerationConfig(Section):
 class NegativesConfig(Section):
     types: list[str] = Field(
         default_factory=lambda: list(negative_types.default_names()),
-        description="Negative types to generate (pipeline.core.negative_types; `padded` only when named: the planted "
-        "effect of the positive control).",
+        description="Negative types to generate (pipeline.core.negative_types; `padded` and `first_sentence` only "
+        "when named: the planted effects of the positive controls).",
         json_schema_extra=lambda schema: schema["items"].update(enum=list(negative_types.names())),
     )
     weights: dict[str, float] = opt(
@@ -942,14 +942,20 @@ def _smol_ci() -> RunSpec:
     return spec
 
 
-def planted_concision(spec: RunSpec, name: str) -> RunSpec:
-    """`spec` as the positive control: a planted preference for concise answers (every negative is the chosen
-    answer plus filler), so DPO from the SFT model must make its held-out answers shorter than the SFT model's."""
+def planted_length(spec: RunSpec, name: str, negative: str, expect: Literal["higher", "lower"]) -> RunSpec:
+    """`spec` as the positive control: every negative is one opt-in negative type that plants a preference about
+    answer length, so DPO from the SFT model must move its held-out answers' length the `expect`ed way."""
     spec.name = spec.preset = name
-    spec.negatives.types = ["padded"]
+    spec.negatives.types = [negative]
     spec.negatives.per_prompt = 1
-    spec.compare.controls = [ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft")]
+    control = ControlConfig(name="positive control", metric="new_tokens", a="sft_dpo", b="sft", expect=expect)
+    spec.compare.controls = [control]
     return spec
+
+
+def planted_concision(spec: RunSpec, name: str) -> RunSpec:
+    """Concise over padded (the chosen answer plus filler): DPO must make the answers shorter."""
+    return planted_length(spec, name, "padded", "lower")
 
 
 def _tiny_control() -> RunSpec:
@@ -959,9 +965,10 @@ def _tiny_control() -> RunSpec:
 
 
 def _smol_control() -> RunSpec:
-    spec = planted_concision(_smol_cpu(), "smol-control")
-    # one padded pair per prompt is 9 optimizer steps an epoch: at smol-cpu's 1 epoch and 1e-4 the effect was -5%
-    # [-19%, +13%] (not detected, measured); the control trains long enough to plant it
+    # concise-over-padded was not detected on the real model, at 1 epoch and 1e-4 (-5% [-19%, +13%]) nor at 3 epochs
+    # and 3e-4 (-8% [-5.2, +1.8] tokens, measured): its filler is text the model never writes, so avoiding it need not
+    # change where the model stops. Full answers over their own first sentence ask it to stop later instead.
+    spec = planted_length(_smol_cpu(), "smol-control", "first_sentence", "higher")
     spec.dpo.num_epochs = 3
     spec.dpo.learning_rate = 3e-4
     return spec

@@ -165,6 +165,19 @@ def padded(record: dict[str, Any], ctx: NegativeContext) -> str | None:
     return f"{record['completion'].strip()} {first} {second}"
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")  # "e.g. 2" does not end one
+
+
+@negative_type("first_sentence", default=False, adds_content=False)
+def first_sentence(record: dict[str, Any], ctx: NegativeContext) -> str | None:
+    """The chosen answer's first sentence alone, where it has more than one: a stop the model itself could make
+    (its own answer's opening, then the end of the turn). A planted preference for fuller answers that a real model
+    can act on: DPO on these pairs must make its answers longer. (`padded`'s filler is text a real model never
+    writes, so avoiding it need not change where the model stops.)"""
+    parts = SENTENCE_END.split(record["completion"].strip(), maxsplit=1)
+    return parts[0] if len(parts) == 2 else None
+
+
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
