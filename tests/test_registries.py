@@ -27,6 +27,8 @@ def test_a_toy_stage_and_a_toy_metric_reach_plan_cli_store_and_compare_page(
     from db.models import Evaluation, StageRun
     from db.session import make_engine, read_session
     from pipeline.cli import build_parser
+    from pipeline.dag import default_store
+    from pipeline.stages.pairs import HELDOUT
     from tests.test_dashboard import app
     from tests.test_queue import drain_queues
     from workers import scheduler
@@ -55,7 +57,11 @@ def test_a_toy_stage_and_a_toy_metric_reach_plan_cli_store_and_compare_page(
         Recorder(redis_conn, engine).drain()
         with read_session(engine) as session:
             toy = session.query(StageRun).filter_by(run_id=run_id, node="toy").one()
-            assert (toy.status, toy.queue, toy.metrics["pairs"]) == ("succeeded", "cpu", 22)
+            pairs_key = session.query(StageRun).filter_by(run_id=run_id, node="pairs").one().artifact_key
+            # the held-out pairs as the pairs stage wrote them, read here, not through the toy stage
+            heldout = (default_store().path(pairs_key) / HELDOUT).read_text().splitlines()
+            assert len(heldout) > 0
+            assert (toy.status, toy.queue, toy.metrics["pairs"]) == ("succeeded", "cpu", len(heldout))
             stored = {e.metric for e in session.query(Evaluation).filter_by(run_id=run_id)}
         assert "exclamation_rate" in stored
 
