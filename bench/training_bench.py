@@ -30,14 +30,15 @@ CALLER_HOME = alignlab_home()
 
 def _spec(quick: bool, model: str = "tiny") -> Any:
     """The tiny model's CPU preset, or (`model="real"`) the real model's: smol-ci's few instructions with smol-cpu's
-    training settings, trained for epochs enough that training, not loading and saving, decides a ratio."""
+    training and generation settings, trained for epochs enough that training, not loading and saving, decides a
+    ratio."""
     from pipeline.core.configs import preset
 
     if model == "real":
         spec = preset("smol-ci")
         if not quick:
             full = preset("smol-cpu")
-            spec.sft, spec.dpo = full.sft, full.dpo
+            spec.sft, spec.dpo, spec.generation = full.sft, full.dpo, full.generation
             spec.sft.num_epochs, spec.dpo.num_epochs = 6.0, 2.0
         return spec
     spec = preset("tiny-ci" if quick else "tiny-cpu")
