@@ -272,24 +272,20 @@ def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[An
 # ----------------------------------------------------------------------------------------------- memory
 
 
-def release_checkpoint_pages(model: Any) -> int:
+def release_checkpoint_pages(model: Any) -> None:
     """After an 8-bit load on CPU, give the weights that stayed unquantized (embeddings, norms, a tied head) memory
     of their own, so that the checkpoint's memory map, which they would otherwise keep alive, is unmapped, and hand
     the float temporaries of the quantization back to the OS (glibc `malloc_trim`). Without it the 8-bit model kept
-    the whole float32 file resident beside its int8 copy (measured: more resident memory than float32 itself).
-    Returns the bytes copied."""
+    the whole float32 file resident beside its int8 copy (measured: more resident memory than float32 itself)."""
     import gc
 
     import torch
 
-    copied = 0
     for tensor in [*model.parameters(), *model.buffers()]:  # a tied weight is one Parameter: copied once
         if tensor.dtype != torch.int8 and tensor.device.type == "cpu":
             tensor.data = tensor.data.clone()
-            copied += tensor.numel() * tensor.element_size()
     gc.collect()
     trim_heap()
-    return copied
 
 
 def trim_heap() -> None:
