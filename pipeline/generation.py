@@ -18,6 +18,7 @@ from pipeline.formats import IGNORE_INDEX, encode_prompt, stop_strings, tokenize
 
 BatchFn = Callable[[int, int], None]  # (done, total) after each batch
 MAX_SCORED_LENGTH = 4096
+ROUND_TOKENS = 8  # new tokens per `generate` call before finished rows leave the batch
 
 
 @dataclass
@@ -102,14 +103,8 @@ class HFGenerator:
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
             torch.manual_seed(seed + batch_index)
-            with torch.no_grad():
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    generation_config=config,
-                    tokenizer=tokenizer if stops else None,
-                )
-            for row in output[:, width:].tolist():
+            rows = self._generate_in_rounds(input_ids.to(device), attention.to(device), config, sampling, stops)
+            for row in rows:
                 kept, eos_reached = generated_part(row, eos, pad, tokenizer, stops)
                 text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 cut = cut_at_markers(text, stops)
@@ -119,6 +114,63 @@ class HFGenerator:
         if was_training:
             model.train()
         return results
+
+    def _generate_in_rounds(
+        self, input_ids: Any, attention: Any, config: Any, sampling: SamplingConfig, stops: list[str]
+    ) -> list[list[int]]:
+        """Each row's generated tokens: `generate` ROUND_TOKENS at a time on the KV cache it returns, rows that
+        finished (EOS or a stop marker) dropped from the batch and its cache between rounds.
+
+        One `generate` call keeps computing every row until the longest answer ends; on a CPU, where a batch's
+        cost grows with its rows, that is most of the work when answers end at different lengths. Continuing on
+        the returned cache (`Cache.batch_select_indices`) recomputes nothing, so greedy answers are the ones a
+        single call gives, and sampling draws from the same per-batch seeded stream."""
+        import torch
+
+        tokenizer = self.tokenizer
+        eos = tokenizer.eos_token_id
+        generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        live = list(range(input_ids.shape[0]))
+        cache, produced = None, 0
+        while live and produced < sampling.max_new_tokens:
+            step = min(ROUND_TOKENS, sampling.max_new_tokens - produced)
+            with torch.no_grad():
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    cache=cache,
+                    generation_config=config,
+                    max_new_tokens=step,
+                    return_dict_in_generate=True,
+                    tokenizer=tokenizer if stops else None,
+                )
+            new = output.sequences[:, input_ids.shape[1] :]
+            produced += new.shape[1]
+            still: list[int] = []
+            for position, row in enumerate(live):
+                generated[row] += new[position].tolist()
+                if not self._finished(generated[row], eos, stops):
+                    still.append(position)
+            if not still:
+                break
+            if len(still) < len(live):
+                keep = torch.tensor(still, dtype=torch.long, device=input_ids.device)
+                output.cache.batch_select_indices(keep)
+                live = [live[p] for p in still]
+                input_ids, attention = output.sequences[keep], attention[keep]
+            else:
+                input_ids = output.sequences
+            attention = torch.cat([attention, attention.new_ones((len(live), new.shape[1]))], dim=1)
+            cache = output.cache
+        return generated
+
+    def _finished(self, tokens: list[int], eos: int, stops: list[str]) -> bool:
+        if eos in tokens:
+            return True
+        if not stops:
+            return False
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return any(marker in text for marker in stops)
 
     def completion_logprobs(
         self, prompts: list[str], completions: list[str], batch_size: int = 8

