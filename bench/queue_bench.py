@@ -10,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import final_run_status
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -167,20 +169,13 @@ def _wait_for_worker(home: Path, env: dict[str, str], timeout: float = 300) -> N
 
 
 def _wait_for_run(db_path: Path, timeout: float = 900) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(f"sqlite:///{db_path}")
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with engine.connect() as connection:
-                status = connection.execute(text("SELECT status FROM runs")).scalar()
-            if status in ("succeeded", "failed", "cancelled"):
-                assert status == "succeeded", f"the queued run {status}"
-                return
-            time.sleep(0.2)
-    finally:
-        engine.dispose()
+    while time.monotonic() < deadline:
+        status = final_run_status(db_path)
+        if status is not None:
+            assert status == "succeeded", f"the queued run {status}"
+            return
+        time.sleep(0.2)
     raise RuntimeError(f"the queued run did not finish within {timeout:.0f} s")
 
 

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import final_run_status, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -189,14 +191,6 @@ def real_model_8bit(quick: bool = False) -> dict:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _until(check, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -207,22 +201,6 @@ def _until(check, timeout_s: float, what: str, proc: subprocess.Popen, log: Path
             return result
         time.sleep(2)
     raise RuntimeError(f"{what} did not happen within {timeout_s:.0f} s: {log.read_text()[-3000:]}")
-
-
-def _run_finished(db: Path) -> str | None:
-    from sqlalchemy import create_engine, text
-
-    if not db.exists():
-        return None
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as connection:
-            status = connection.execute(text("SELECT status FROM runs")).scalar()
-    except Exception:  # noqa: BLE001 - the schema is still being created
-        status = None
-    finally:
-        engine.dispose()
-    return status if status in ("succeeded", "failed", "cancelled") else None
 
 
 def real_model_up(quick: bool = False) -> dict:
@@ -246,13 +224,13 @@ def real_model_up(quick: bool = False) -> dict:
         fetch = [sys.executable, "-m", "pipeline", "models", "fetch", "smollm2-135m-instruct"]
         subprocess.run(fetch, cwd=ROOT, env=env, check=True, capture_output=True)
         fetch_s = time.perf_counter() - started
-        port, log = _free_port(), Path(tmp) / "up.log"
+        port, log = free_port(), Path(tmp) / "up.log"
         up_command = [sys.executable, "-m", "workers.cli", "up", "--preset", preset, "--port", str(port)]
         with open(log, "w") as out:
             up = subprocess.Popen(up_command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             up_started = time.perf_counter()
-            status = _until(lambda: _run_finished(home / "alignlab.db"), 3600, "the run to finish", up, log)
+            status = _until(lambda: final_run_status(home / "alignlab.db"), 3600, "the run to finish", up, log)
             run_s = time.perf_counter() - up_started
             if status != "succeeded":
                 raise RuntimeError(f"the smol-cpu run {status}: {log.read_text()[-3000:]}")

@@ -47,6 +47,10 @@ class RunStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
 
+    @property
+    def final(self) -> bool:
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+
 
 class StageStatus(enum.StrEnum):
     queued = "queued"

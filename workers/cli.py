@@ -15,7 +15,6 @@ from pipeline.cli import add_spec_arguments, build_parser, spec_from_args
 from pipeline.core.errors import AlignlabError
 
 ROOT = Path(__file__).resolve().parents[1]
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def _engine():
@@ -149,6 +148,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(1)
             supervisor.poll()
             if run_id is not None:
+                from db.models import RunStatus
                 from workers.commands import run_summary
 
                 summary = run_summary(run_id)
@@ -156,7 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if line != last_status:
                     print(f"run {run_id} {summary['status']}: {line}", flush=True)
                     last_status = line
-                if args.exit_when_done and summary["status"] in FINAL:
+                if args.exit_when_done and RunStatus(summary["status"]).final:
                     return 0 if summary["status"] == "succeeded" else 1
     except KeyboardInterrupt:
         pass

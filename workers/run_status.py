@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from db.models import Run, StageStatus, utcnow
+from db.models import Run, RunStatus, StageStatus, utcnow
 
 
 def refresh_run_status(session: Session, run: Run) -> None:
@@ -26,7 +26,7 @@ def refresh_run_status(session: Session, run: Run) -> None:
         run.status = status
         if status == "running" and run.started_at is None:
             run.started_at = utcnow()
-        if status in ("succeeded", "failed", "cancelled"):
+        if RunStatus(status).final:
             run.finished_at = utcnow()
             failed = [s for s in run.stages if s.status == StageStatus.failed]
             run.error = f"{failed[0].node}: {failed[0].error}" if failed else None

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from db.models import Metric
 from db.session import read_session
 from tests.conftest import add_stage_run
-from tests.test_cli_up import free_port
+from tests.ports import free_port
 from workers.events import EventEmitter
 from workers.recorder import Recorder
 

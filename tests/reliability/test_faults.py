@@ -416,8 +416,8 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
     import redis as redis_lib
 
     from db.migrate import upgrade
+    from tests.ports import free_port
     from tests.reliability.test_disk_and_redis import _redis_server
-    from tests.test_cli_up import free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
