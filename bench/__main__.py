@@ -83,10 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     # benchmarks run one by one keep the others' latest numbers; each result names the machine it ran on
     merged = json.loads(path.read_text())["results"] if path.exists() else {}
     merged.update({name: {**result, "machine": info} for name, result in results.items()})
-    path.write_text(json.dumps({"machine": info, "results": merged}, indent=2))
+    path.write_text(json.dumps({"machine": info, "results": merged}, indent=2, default=_plain))
     (args.out / f"results{suffix}.md").write_text(to_markdown(merged, info))
     print(to_markdown(results, info))
     return 0
+
+
+def _plain(value: object) -> object:
+    """numpy and torch scalars (a p-value from scipy, a comparison of two of them) as the Python numbers they hold:
+    a benchmark's hour of work is not lost to `TypeError: Object of type bool is not JSON serializable`."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"a benchmark result holds a {type(value).__name__}, which JSON cannot store")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def real_model_aa(quick: bool = False) -> dict:
     aa = report["aa"]
     # honest intervals find about α·n "differences" between identical methods by chance: the control fails only when
     # there are more than chance explains (one-sided binomial test at 0.05)
-    excess_p = binomtest(aa["significant"], aa["comparisons"], aa["alpha"], alternative="greater").pvalue
+    excess_p = float(binomtest(aa["significant"], aa["comparisons"], aa["alpha"], alternative="greater").pvalue)
     return {
         "preset": preset,
         "seconds": round(seconds, 1),

@@ -43,3 +43,19 @@ def test_pipeline_and_gpu_benchmarks_run_at_their_smallest_size(tiny_model_dir, 
     assert results["gpu"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():  # decided by this machine, not by the result under test
         assert "no CUDA device" in results["gpu"]["cuda"]
+
+
+def test_results_holding_numpy_scalars_are_written_as_plain_json(monkeypatch, tmp_path):
+    """A p-value from scipy and a comparison of it are numpy scalars: the results file still gets written."""
+    import numpy as np
+
+    import bench.__main__ as bench_main
+
+    def scipy_shaped(quick: bool = False) -> dict:
+        p = np.float64(0.5)
+        return {"excess_p": p, "met": p >= 0.05, "goal": "p ≥ 0.05", "summary": "p = 0.50"}
+
+    monkeypatch.setitem(bench_main.BENCHMARKS, "scipy_shaped", scipy_shaped)
+    assert bench_main.main(["scipy_shaped", "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "results.json").read_text())["results"]["scipy_shaped"]
+    assert written["excess_p"] == 0.5 and written["met"] is True
