@@ -8,6 +8,7 @@ registering in `BACKENDS`, without touching a stage.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -89,6 +90,7 @@ class HFGenerator:
             eos_token_id=eos,
             pad_token_id=pad,
             stop_strings=stops or None,
+            return_dict_in_generate=True,
         )
         results: list[Generation] = []
         was_training = model.training
@@ -134,14 +136,14 @@ class HFGenerator:
         cache, produced = None, 0
         while live and produced < sampling.max_new_tokens:
             step = min(ROUND_TOKENS, sampling.max_new_tokens - produced)
+            round_config = copy.copy(config)
+            round_config.max_new_tokens = step
             with torch.no_grad():
                 output = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention,
                     cache=cache,
-                    generation_config=config,
-                    max_new_tokens=step,
-                    return_dict_in_generate=True,
+                    generation_config=round_config,
                     tokenizer=tokenizer if stops else None,
                 )
             new = output.sequences[:, input_ids.shape[1] :]
