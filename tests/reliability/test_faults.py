@@ -12,11 +12,10 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Metric, RecordedEvent, Run, StageRun
+from db.models import Metric, RecordedEvent, Run, RunStatus, StageRun
 from db.session import make_engine, read_session
 from tests.conftest import add_stage_run
 from workers import commands, scheduler
-from workers.cli import FINAL
 from workers.recorder import Recorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -445,7 +444,7 @@ def test_redis_down_for_20s_mid_job_the_job_runs_once_and_the_run_completes(
         second = start_worker(env)  # what a supervisor (compose restart, the pod) does
         conn = redis_lib.Redis.from_url(url)
         with RecorderThread(conn, engine):  # reconciles every 2 s: must not take the job for dead
-            wait_for(lambda: commands.run_summary(run_id, engine)["status"] in FINAL, 1200, "the run to end")
+            wait_for(lambda: RunStatus(commands.run_summary(run_id, engine)["status"]).final, 1200, "the run to end")
         done = stage(engine, run_id, "train_sft")
         assert commands.run_summary(run_id, engine)["status"] == "succeeded", done.error
         assert done.attempt == 1 and not done.metrics["resumed_from"]  # one execution, straight through
@@ -538,7 +537,7 @@ def test_kills_before_and_after_a_checkpoint_preemption_mid_dpo_and_nan_record_e
                 scheduler.resume(run_id, redis_conn, sqlite_engine)  # whatever a kill left failed is resumable
                 worker = start_worker(env, "--burst")
                 worker.wait(1200)
-            wait_for(lambda: run_status(sqlite_engine, run_id) in FINAL, 120, "the run to finish")
+            wait_for(lambda: RunStatus(run_status(sqlite_engine, run_id)).final, 120, "the run to finish")
     finally:
         if worker.poll() is None:
             kill_tree(worker)
