@@ -109,6 +109,33 @@ def test_evaluation_logprobs_equal_an_independent_forward_pass(dag_run, tiny_ci_
     assert abs(row["chosen_logp"] - expected) < 1e-3
 
 
+def test_every_heldout_prompt_is_evaluated_even_one_without_a_pair():
+    """The generation metrics need no pair: a held-out prompt for which no negative (so no pair) was made is still
+    generated on, with its SFT completion as the reference; train prompts never are."""
+
+    def record(prompt, split, completion):
+        return {"prompt": prompt, "completion": completion, "meta": {"split": split, "reference": None}}
+
+    records = [
+        record("Name a colour.", "heldout", " Blue."),
+        record("Name a fruit.", "heldout", " An apple."),
+        record("Name a tree.", "train", " An oak."),
+    ]
+    paired = {"prompt": "Name a colour.", "chosen": " Blue.", "rejected": " Blue blue blue.", "split": "heldout"}
+    prompts, pairs = evaluate.heldout_prompts(records, [paired], max_prompts=0)
+    assert sorted(p["prompt"] for p in prompts.values()) == ["Name a colour.", "Name a fruit."]
+    assert prompts[evaluate.prompt_id("Name a fruit.")]["reference"] == " An apple."
+    assert pairs == [paired]
+
+
+def test_the_evaluation_generates_on_the_heldout_prompts_of_the_sft_records(dag_run, tiny_ci_spec):
+    records = read_jsonl(Path(dag_run.results["generate_sft"].out_dir) / "sft.jsonl")
+    heldout = sorted(evaluate.prompt_id(r["prompt"]) for r in records if r["meta"]["split"] == "heldout")
+    samples = read_jsonl(Path(dag_run.results["eval_sft"].out_dir) / "samples.jsonl")
+    expected = heldout[: tiny_ci_spec.eval.max_prompts] if tiny_ci_spec.eval.max_prompts else heldout
+    assert [s["prompt_id"] for s in samples] == expected
+
+
 def test_parity_check_fails_when_beta_differs(dag_run, tiny_ci_spec, alignlab_home, tmp_path):
     changed = copy.deepcopy(tiny_ci_spec)
     changed.dpo.beta = 0.3

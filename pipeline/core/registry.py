@@ -248,10 +248,12 @@ for _stage in (
         "One model on the held-out prompts and pairs, in a fresh process.",
         ("base_model", "format", "eval", "validation"),
         (
-            NodeSpec("eval_base", "base", (("pairs", "pairs"),)),
-            NodeSpec("eval_sft", "sft", (("pairs", "pairs"), ("model", "train_sft"))),
-            NodeSpec("eval_sft_dpo", "sft_dpo", (("pairs", "pairs"), ("model", "dpo_sft"))),
-            NodeSpec("eval_dpo_only", "dpo_only", (("pairs", "pairs"), ("model", "dpo_base"))),
+            NodeSpec("eval_base", "base", (("sft", "generate_sft"), ("pairs", "pairs"))),
+            NodeSpec("eval_sft", "sft", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "train_sft"))),
+            NodeSpec("eval_sft_dpo", "sft_dpo", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "dpo_sft"))),
+            NodeSpec(
+                "eval_dpo_only", "dpo_only", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "dpo_base"))
+            ),
         ),
         role_argument="method",
         timeout_s=4 * HOUR,

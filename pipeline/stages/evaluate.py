@@ -1,5 +1,8 @@
 """evaluate: one model per call (base, sft, sft_dpo or dpo_only) on the held-out prompts and pairs.
 
+The prompts are every held-out prompt of the SFT records (whether or not a pair was made for it); the pairs are the
+held-out pairs of those prompts.
+
 Per held-out pair: log-probs of chosen and rejected (sum and per-token mean) → preference accuracy overall and
 per negative type. Per held-out prompt: NLL of the SFT completion, and one batched generation (fixed seed,
 greedy by default) with its length, EOS, distinct-1/2, repetition, template leak and refusal. Rows are per
@@ -18,15 +21,16 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import METHODS, RunSpec
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import EvaluatedSample, pair_metrics, sample_metrics, sample_stats
-from pipeline.core.negative_types import REGISTRY
+from pipeline.core.negative_types import REGISTRY, record_split
 from pipeline.core.registry import stage_of_module
 from pipeline.core.text import normalize_text
 from pipeline.generation import generator
 from pipeline.models import loaded
 from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult
+from pipeline.stages.generate_sft import OUTPUT as SFT_RECORDS
 from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.training import model_config_from_ref
-from pipeline.validation import load_and_validate_pairs
+from pipeline.validation import load_and_validate_pairs, load_and_validate_sft
 
 STAGE = stage_of_module(__name__)
 PAIRS_OUT, SAMPLES_OUT = "pairs_eval.jsonl", "samples.jsonl"
@@ -42,19 +46,30 @@ def _mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(present), 6) if present else None
 
 
-def heldout_prompts(heldout: list[dict[str, Any]], max_prompts: int) -> tuple[dict[str, dict], list[dict]]:
-    """The held-out prompts evaluated (by prompt id, sorted; at most `max_prompts`, 0 = all) and their pairs."""
+def heldout_prompts(
+    records: list[dict[str, Any]], heldout_pairs: list[dict[str, Any]], max_prompts: int
+) -> tuple[dict[str, dict], list[dict]]:
+    """The held-out prompts evaluated (by prompt id, sorted; at most `max_prompts`, 0 = all) and their pairs.
+
+    Every held-out prompt of the SFT records is generated on and scored, its SFT completion the reference: a prompt
+    for which no pair could be made (say, a one-sentence answer has no first-sentence negative) still measures the
+    generation metrics, which need no pair."""
     prompts: dict[str, dict[str, Any]] = {}
-    for pair in heldout:
-        prompts.setdefault(
-            prompt_id(pair["prompt"]),
-            {"prompt": pair["prompt"], "reference": pair["chosen"], "answer": pair.get("reference")},
-        )
+    for record in records:
+        if record_split(record) == "heldout":
+            prompts.setdefault(
+                prompt_id(record["prompt"]),
+                {
+                    "prompt": record["prompt"],
+                    "reference": record["completion"],
+                    "answer": (record.get("meta") or {}).get("reference"),
+                },
+            )
     chosen = sorted(prompts)[:max_prompts] if max_prompts else sorted(prompts)
     if not chosen:
         raise ConfigError("evaluate: the held-out split has no prompts; raise SplitConfig.heldout_fraction")
     selected = set(chosen)
-    pairs = [p for p in heldout if prompt_id(p["prompt"]) in selected]
+    pairs = [p for p in heldout_pairs if prompt_id(p["prompt"]) in selected]
     return {pid: prompts[pid] for pid in chosen}, pairs
 
 
@@ -134,7 +149,9 @@ def run(
         inputs["pairs"] / TRAIN, inputs["pairs"] / HELDOUT, spec.validation, tuple(REGISTRY)
     )
     progress.emit("validation", report=report.to_dict())
-    prompts, pairs = heldout_prompts(splits["heldout"], config.max_prompts)
+    records, records_report = load_and_validate_sft(inputs["sft"] / SFT_RECORDS, spec.validation)
+    progress.emit("validation", report=records_report.to_dict())
+    prompts, pairs = heldout_prompts(records, splits["heldout"], config.max_prompts)
     chosen_ids = list(prompts)
     model_config = spec.base_model if method == "base" else model_config_from_ref(inputs["model"], spec.base_model)
 
@@ -172,7 +189,7 @@ def run(
         role=method,
         outputs={"pairs": PAIRS_OUT, "samples": SAMPLES_OUT},
         metrics=metrics,
-        reports=[report.to_dict()],
+        reports=[report.to_dict(), records_report.to_dict()],
         previews={"samples": samples[:PREVIEW_ROWS]},
         load_info=info.to_dict(),
         seconds=progress.elapsed(),
