@@ -59,3 +59,31 @@ def test_results_holding_numpy_scalars_are_written_as_plain_json(monkeypatch, tm
     assert bench_main.main(["scipy_shaped", "--out", str(tmp_path)]) == 0
     written = json.loads((tmp_path / "results.json").read_text())["results"]["scipy_shaped"]
     assert written["excess_p"] == 0.5 and written["met"] is True
+
+
+def test_the_plain_sft_script_trains_on_the_records_the_stage_trains_on(monkeypatch, tmp_path):
+    """The overhead ratio compares like with like: the plain TRL script gets the train prompts' records only, as the
+    stage does (with the held-out ones it trained a quarter more and the stage looked 1.35x faster)."""
+    import pytest
+    import trl
+
+    from bench import training_bench
+    from pipeline.artifacts import write_jsonl
+    from pipeline.core.configs import preset
+
+    class Captured(Exception):
+        pass
+
+    def capture(**kwargs):
+        raise Captured(kwargs["train_dataset"].to_list())
+
+    monkeypatch.setattr(trl, "SFTTrainer", capture)
+    monkeypatch.setattr(training_bench, "_plain_load", lambda spec: (None, None))
+    records = [
+        {"prompt": "Name a tree.", "completion": " An oak.", "meta": {"split": "train"}},
+        {"prompt": "Name a colour.", "completion": " Blue.", "meta": {"split": "heldout"}},
+    ]
+    write_jsonl(tmp_path / "sft.jsonl", records)
+    with pytest.raises(Captured) as trained:
+        training_bench.plain_sft(preset("tiny-ci"), tmp_path / "sft.jsonl", tmp_path / "plain")
+    assert trained.value.args[0] == [{"prompt": "Name a tree.", "completion": " An oak."}]

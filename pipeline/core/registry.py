@@ -251,9 +251,7 @@ for _stage in (
             NodeSpec("eval_base", "base", (("sft", "generate_sft"), ("pairs", "pairs"))),
             NodeSpec("eval_sft", "sft", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "train_sft"))),
             NodeSpec("eval_sft_dpo", "sft_dpo", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "dpo_sft"))),
-            NodeSpec(
-                "eval_dpo_only", "dpo_only", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "dpo_base"))
-            ),
+            NodeSpec("eval_dpo_only", "dpo_only", (("sft", "generate_sft"), ("pairs", "pairs"), ("model", "dpo_base"))),
         ),
         role_argument="method",
         timeout_s=4 * HOUR,

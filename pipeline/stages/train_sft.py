@@ -68,6 +68,11 @@ def verify_trainer_masking(
     return examples
 
 
+def training_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SFT records SFT trains on: the train prompts' (no held-out prompt)."""
+    return [r for r in records if (r.get("meta") or {}).get("split") == "train"]
+
+
 def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
     from datasets import Dataset
     from trl import SFTTrainer
@@ -82,7 +87,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         decontamination = sft_decontamination(all_records, spec, str(inputs["sft"] / SFT_RECORDS))
         progress.emit("validation", report=decontamination.to_dict())
         decontamination.raise_if_failed()
-        records = [r for r in all_records if (r.get("meta") or {}).get("split") == "train"]  # no held-out prompt
+        records = training_records(all_records)
         progress.log(f"{len(records)} training records ({len(all_records) - len(records)} held-out prompts left out)")
         require_trainable(info, config.use_lora, STAGE)
         drops = DropCounter()
