@@ -206,13 +206,22 @@ class Preview(Base):
     rows: Mapped[list[Any]] = mapped_column(JSON)
 
 
+def judged_pair(method_a: str, method_b: str) -> str:
+    """The two methods of a judgement in one order ("dpo_only|sft_dpo"), whichever side each was shown on."""
+    return "|".join(sorted((method_a, method_b)))
+
+
 class Judgement(Base):
+    """One reviewer's blind A/B verdict on one prompt and method pair (one per reviewer, item and pair)."""
+
     __tablename__ = "judgements"
+    __table_args__ = (UniqueConstraint("run_id", "prompt_id", "pair", "reviewer", name="uq_judgement_per_reviewer"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     prompt_id: Mapped[str] = mapped_column(String(32))
     method_a: Mapped[str] = mapped_column(String(30))  # shown on the left
     method_b: Mapped[str] = mapped_column(String(30))  # shown on the right
+    pair: Mapped[str] = mapped_column(String(61))  # judged_pair(method_a, method_b)
     winner: Mapped[str] = mapped_column(String(30))  # a method name, or "tie"
     reviewer: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

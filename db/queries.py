@@ -8,10 +8,22 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from db.models import Artifact, Evaluation, Judgement, Metric, Preview, Run, Sample, StageRun, ValidationReportRow
+from db.models import (
+    Artifact,
+    Evaluation,
+    Judgement,
+    Metric,
+    Preview,
+    Run,
+    Sample,
+    StageRun,
+    ValidationReportRow,
+    judged_pair,
+)
 from db.session import read_session
 from pipeline.core.configs import changes_result, flatten, migrate_spec
 from pipeline.core.metrics import sample_flags
+from pipeline.core.text import same_text
 
 DONE = ("succeeded", "cached")
 
@@ -255,13 +267,54 @@ def previews(run_id: int, kind: str, engine: Engine | None = None) -> list[Any]:
     return [row for chunk in chunks for row in chunk]
 
 
+def blind_queue(run_id: int, a: str, b: str, reviewer: str, engine: Engine | None = None) -> dict[str, Any]:
+    """What `reviewer` has left to judge of `a` vs `b`: the prompts where both wrote something different (an item
+    whose two outputs are the same text is never served), less those this reviewer has judged. Returns the items
+    left (by prompt id), how many there are in all and how many this reviewer has done."""
+    pair = judged_pair(a, b)
+    with read_session(engine) as s:
+        outputs: dict[str, dict[str, Sample]] = defaultdict(dict)
+        for sample in s.scalars(select(Sample).where(Sample.run_id == run_id, Sample.method.in_((a, b)))):
+            outputs[sample.prompt_id][sample.method] = sample
+        judged = set(
+            s.scalars(
+                select(Judgement.prompt_id).where(
+                    Judgement.run_id == run_id, Judgement.pair == pair, Judgement.reviewer == reviewer.strip()
+                )
+            )
+        )
+    items = [
+        {"prompt_id": pid, "prompt": both[a].prompt, "outputs": {a: both[a].generation, b: both[b].generation}}
+        for pid, both in sorted(outputs.items())
+        if len(both) == 2 and not same_text(both[a].generation, both[b].generation)
+    ]
+    return {
+        "left": [item for item in items if item["prompt_id"] not in judged],
+        "total": len(items),
+        "done": sum(item["prompt_id"] in judged for item in items),
+        "identical": sum(len(both) == 2 for both in outputs.values()) - len(items),
+    }
+
+
+def _judged(s: Any, run_id: int) -> list[tuple[Judgement, Sample, Sample]]:
+    """Each judgement of a run with the two outputs it judged (as method_a, method_b); one whose outputs are the same
+    text (recorded before such items were refused) is left out, so the win rates and the export count the same."""
+    samples = {(x.prompt_id, x.method): x for x in s.scalars(select(Sample).where(Sample.run_id == run_id))}
+    judged = []
+    for j in s.scalars(select(Judgement).where(Judgement.run_id == run_id).order_by(Judgement.id)):
+        left, right = samples.get((j.prompt_id, j.method_a)), samples.get((j.prompt_id, j.method_b))
+        if left and right and not same_text(left.generation, right.generation):
+            judged.append((j, left, right))
+    return judged
+
+
 def judgement_counts(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
     """Per method pair from human judgements: wins (of `a`), losses and ties. Their statistics come from
     `pipeline.core.stats.win_rate`: the store reads, it does not estimate."""
     with read_session(engine) as s:
-        judgements = s.scalars(select(Judgement).where(Judgement.run_id == run_id)).all()
+        judged = _judged(s, run_id)
     table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"wins": 0, "losses": 0, "ties": 0})
-    for j in judgements:
+    for j, _, _ in judged:
         a, b = sorted((j.method_a, j.method_b))
         cell = table[(a, b)]
         if j.winner == "tie":
@@ -274,23 +327,23 @@ def judgement_counts(run_id: int, engine: Engine | None = None) -> list[dict[str
 
 
 def judgements_as_pairs(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
-    """Human judgements (ties excluded) as TRL preference pairs {prompt, chosen, rejected} for a next run."""
+    """Human judgements (ties excluded) as TRL preference pairs {prompt, chosen, rejected} for a next run: the
+    judgements `judgement_counts` counts as wins and losses, one pair each."""
     with read_session(engine) as s:
-        judgements = s.scalars(select(Judgement).where(Judgement.run_id == run_id, Judgement.winner != "tie")).all()
-        samples = {(x.prompt_id, x.method): x for x in s.scalars(select(Sample).where(Sample.run_id == run_id))}
+        judged = _judged(s, run_id)
     pairs = []
-    for j in judgements:
-        loser = j.method_b if j.winner == j.method_a else j.method_a
-        win, lose = samples.get((j.prompt_id, j.winner)), samples.get((j.prompt_id, loser))
-        if win and lose and win.generation.strip() != lose.generation.strip():
-            pairs.append(
-                {
-                    "prompt": win.prompt,
-                    "chosen": " " + win.generation.strip(),
-                    "rejected": " " + lose.generation.strip(),
-                    "source": f"judgement:{j.id}",
-                }
-            )
+    for j, left, right in judged:
+        if j.winner == "tie":
+            continue
+        win, lose = (left, right) if j.winner == j.method_a else (right, left)
+        pairs.append(
+            {
+                "prompt": win.prompt,
+                "chosen": " " + win.generation.strip(),
+                "rejected": " " + lose.generation.strip(),
+                "source": f"judgement:{j.id}",
+            }
+        )
     return pairs
 
 

@@ -154,22 +154,31 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     at = app().run()
     at.switch_page("views/samples.py").run()
     assert not at.exception
-    assert {h.value for h in at.subheader} >= {"base", "sft", "sft_dpo", "dpo_only"}
-    assert at.button(key="ab_record").disabled  # nothing is recorded before a choice is made
-    shown = [t.value for t in at.text]
-    choice = next(r for r in at.radio if r.label == "Which is better?")
-    choice.set_value("A")
+    assert [h.value for h in at.subheader][:4] == ["base", "SFT", "SFT→DPO", "DPO-only"]  # in a fixed order
+    assert "new tokens" in at.tabs[0].dataframe[0].value.index  # the stats as a table, not JSON
+    assert "ab_a" not in [b.key for b in at.button]  # no judging without a reviewer's name
     at.text_input(key="reviewer").set_value("ana").run()
-    at.button(key="ab_record").click().run()
-    assert next(r for r in at.radio if r.label == "Which is better?").value is None  # the next prompt: unanswered
-    assert [t.value for t in at.text] != shown
+    (progress,) = [t.value for t in at.text if "judged by ana" in t.value]
+    assert progress.startswith("0 of ")
+    total = int(progress.split()[2])
+    (offered,) = [c.value for c in at.tabs[1].caption if c.value.startswith("Prompt ")]
+    at.button(key="ab_a").click().run()
     assert not at.exception
     with read_session(filled["engine"]) as s:
         (judgement,) = s.scalars(select(Judgement)).all()
         assert judgement.reviewer == "ana" and judgement.run_id == filled["run_id"]
-        assert {judgement.method_a, judgement.method_b} == {"base", "dpo_only"}  # the first pair offered
+        assert {judgement.method_a, judgement.method_b} == {"base", "sft"}  # the first pair offered
         assert judgement.winner == judgement.method_a  # "A" is whatever was shown on the left
+        assert offered == f"Prompt {judgement.prompt_id}"
+    assert any(t.value.startswith(f"1 of {total} judged by ana") for t in at.text)
     assert at.dataframe[-1].value["n"].tolist() == [1]  # the win-rate table counts it
+
+    again = app().run()  # a reload: the queue continues where ana left off
+    again.switch_page("views/samples.py").run()
+    again.text_input(key="reviewer").set_value("ana").run()
+    assert any(t.value.startswith(f"1 of {total} judged by ana") for t in again.text)
+    (shown,) = [c.value for c in again.tabs[1].caption if c.value.startswith("Prompt ")]
+    assert shown != offered
 
 
 def test_samples_render_model_output_as_text_never_markdown(filled):

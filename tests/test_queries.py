@@ -1,12 +1,21 @@
 """The dashboard's read models, on a run that went through the queue and the recorder."""
 
+import pytest
+from sqlalchemy import update
+
 from db import queries
-from db.models import Judgement
+from db.models import Judgement, Sample
 from db.session import write_session
+from pipeline.core.errors import CommandError
 from pipeline.core.registry import plan
+from pipeline.core.text import same_text
 from tests.test_queue import drain_queues
 from workers import commands, scheduler
 from workers.recorder import Recorder
+
+
+def different(row, a, b):
+    return not same_text(row["methods"][a]["generation"], row["methods"][b]["generation"])
 
 
 def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
@@ -49,13 +58,24 @@ def test_read_models_cover_runs_curves_comparison_samples_and_judgements(
     verdict = queries.previews(run_id, "verdict", engine=engine)[0]
     assert verdict["parity"]["fair"] is True
 
-    prompt = rows[0]["prompt_id"]
+    prompt = next(r["prompt_id"] for r in rows if different(r, "sft_dpo", "dpo_only"))
     with write_session(engine) as s:
         s.add_all(
             [
-                Judgement(run_id=run_id, prompt_id=prompt, method_a="sft_dpo", method_b="dpo_only", winner="sft_dpo"),
-                Judgement(run_id=run_id, prompt_id=prompt, method_a="dpo_only", method_b="sft_dpo", winner="sft_dpo"),
-                Judgement(run_id=run_id, prompt_id=prompt, method_a="sft_dpo", method_b="dpo_only", winner="tie"),
+                Judgement(
+                    run_id=run_id,
+                    prompt_id=prompt,
+                    method_a=a,
+                    method_b=b,
+                    pair="dpo_only|sft_dpo",
+                    winner=w,
+                    reviewer=r,
+                )
+                for a, b, w, r in (
+                    ("sft_dpo", "dpo_only", "sft_dpo", "ana"),
+                    ("dpo_only", "sft_dpo", "sft_dpo", "bo"),
+                    ("sft_dpo", "dpo_only", "tie", "cy"),
+                )
             ]
         )
     from pipeline.core.stats import win_rate
@@ -154,3 +174,48 @@ def test_a_reused_stage_names_the_run_that_first_made_its_result(
     Recorder(redis_conn, engine).drain()
     made_by = {s["node"]: s["made_by_run"] for s in queries.run_detail(second, engine=engine)["stages"]}
     assert len(made_by) == len(plan()) and set(made_by.values()) == {first}
+
+
+def test_blind_judging_serves_each_reviewer_what_is_left_and_never_two_identical_outputs(
+    dag_run, tiny_ci_spec, redis_conn, engine, alignlab_home
+):
+    run_id = scheduler.submit(tiny_ci_spec, redis_conn, engine)
+    drain_queues(redis_conn)
+    Recorder(redis_conn, engine).drain()
+    rows = queries.samples_side_by_side(run_id, engine=engine)
+    first, second = rows[0]["prompt_id"], rows[1]["prompt_id"]
+    with write_session(engine) as s:  # two methods that wrote the same text (up to case and spacing) for `first`
+        s.execute(
+            update(Sample)
+            .where(Sample.run_id == run_id, Sample.prompt_id == first, Sample.method.in_(("base", "sft")))
+            .values(generation="  Same   answer.")
+        )
+        s.execute(
+            update(Sample)
+            .where(Sample.run_id == run_id, Sample.prompt_id == second, Sample.method == "sft")
+            .values(generation="A different answer.")
+        )
+    identical = sum(not different(r, "base", "sft") for r in queries.samples_side_by_side(run_id, engine=engine))
+
+    queue = queries.blind_queue(run_id, "base", "sft", "ana", engine=engine)
+    assert first not in [i["prompt_id"] for i in queue["left"]] and second in [i["prompt_id"] for i in queue["left"]]
+    assert (queue["total"], queue["done"], queue["identical"]) == (len(rows) - identical, 0, identical)
+    with pytest.raises(CommandError, match="same text"):
+        commands.record_judgement(run_id, first, "base", "sft", "base", "ana", engine=engine)
+    with pytest.raises(CommandError, match="reviewer"):
+        commands.record_judgement(run_id, second, "base", "sft", "base", "  ", engine=engine)
+
+    commands.record_judgement(run_id, second, "sft", "base", "sft", "ana", engine=engine)
+    after = queries.blind_queue(run_id, "base", "sft", "ana", engine=engine)
+    assert after["done"] == 1 and second not in [i["prompt_id"] for i in after["left"]]
+    assert len(after["left"]) == len(queue["left"]) - 1
+    assert second in [i["prompt_id"] for i in queries.blind_queue(run_id, "sft", "base", "bo", engine=engine)["left"]]
+    with pytest.raises(CommandError, match="already judged"):  # the same item, shown the other way round
+        commands.record_judgement(run_id, second, "base", "sft", "tie", "ana", engine=engine)
+
+    with write_session(engine) as s:  # recorded before identical items were refused: counted nowhere
+        s.add(Judgement(run_id=run_id, prompt_id=first, method_a="base", method_b="sft", pair="base|sft", winner="sft"))
+    (counts,) = queries.judgement_counts(run_id, engine=engine)
+    assert (counts["a"], counts["b"], counts["wins"], counts["losses"], counts["ties"]) == ("base", "sft", 0, 1, 0)
+    (exported,) = queries.judgements_as_pairs(run_id, engine=engine)
+    assert exported["chosen"] == " A different answer."

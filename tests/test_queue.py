@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0003"
+    assert current(db_url) == "0004"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
@@ -75,6 +75,52 @@ def test_migration_0002_keeps_one_point_per_step_of_what_was_recorded_twice(tmp_
     with engine.begin() as c:
         rows = c.execute(text("SELECT step, value FROM metrics ORDER BY step")).all()
     assert [tuple(r) for r in rows] == [(1, 7.0), (2, 6.0), (3, 5.0)]  # the later attempt's points
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0004_keeps_each_reviewers_first_judgement_of_an_item(backend, tmp_path):
+    """Judged twice by one reviewer (the pair shown either way round): the first judgement stays, the pair is stored
+    in one order, and a second one is refused by the database from then on."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import IntegrityError
+
+    from db.migrate import upgrade
+    from tests.conftest import POSTGRES_URL, _reset_postgres
+
+    url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else POSTGRES_URL
+    if backend == "postgresql":
+        _reset_postgres(url)
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    insert = text(
+        "INSERT INTO judgements (id, run_id, prompt_id, method_a, method_b, winner, reviewer, created_at) "
+        "VALUES (:id, 1, 'p1', :a, :b, :w, :r, '2026-01-01')"
+    )
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO runs (id, name, status, spec, spec_hash, preset, base_model, tags, notes, created_at)"
+                " VALUES (1, 'r', 'succeeded', '{}', 'x', 'p', 'm', '[]', '', '2026-01-01')"
+            )
+        )
+        for id_, a, b, winner, reviewer in (
+            (1, "sft_dpo", "dpo_only", "sft_dpo", "ana"),
+            (2, "dpo_only", "sft_dpo", "dpo_only", "ana"),  # ana again, sides swapped
+            (3, "sft_dpo", "dpo_only", "tie", "bo"),
+        ):
+            c.execute(insert, {"id": id_, "a": a, "b": b, "w": winner, "r": reviewer})
+    upgrade(url)
+    with engine.begin() as c:
+        rows = c.execute(text("SELECT id, pair, winner FROM judgements ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, "dpo_only|sft_dpo", "sft_dpo"), (3, "dpo_only|sft_dpo", "tie")]
+    with pytest.raises(IntegrityError), engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO judgements (id, run_id, prompt_id, method_a, method_b, pair, winner, reviewer, "
+                "created_at) VALUES (4, 1, 'p1', 'sft_dpo', 'dpo_only', 'dpo_only|sft_dpo', 'tie', 'ana', '2026-01-01')"
+            )
+        )
+    engine.dispose()
 
 
 def test_submitted_dag_runs_on_a_worker_and_lands_in_the_database(

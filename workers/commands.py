@@ -12,11 +12,13 @@ import redis
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation
 from rq.job import JobStatus
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
-from db.models import Judgement, Run, StageRun, StageStatus, utcnow
+from db.models import Judgement, Run, Sample, StageRun, StageStatus, judged_pair, utcnow
 from db.session import read_session, write_session
 from pipeline.core.errors import CommandError, NotFoundError
+from pipeline.core.text import same_text
 from workers.events import cancel_key
 from workers.queues import SERIALIZER, fetch_job
 
@@ -94,21 +96,54 @@ def record_judgement(
     shown_left: str,
     shown_right: str,
     winner: str,
-    reviewer: str = "",
+    reviewer: str,
     engine: Engine | None = None,
 ) -> int:
-    """Store one blind A/B judgement with the positions the methods were shown in; `winner` is a method or tie."""
+    """Store one blind A/B judgement with the positions the methods were shown in; `winner` is a method or tie.
+
+    Refused with a `CommandError`: no reviewer name; an item whose two outputs are the same text (a "preference"
+    between them would count in the win rate); a second judgement of the same item by the same reviewer."""
+    reviewer = reviewer.strip()
+    if not reviewer:
+        raise CommandError("a judgement needs the reviewer's name")
     if winner not in (shown_left, shown_right, "tie"):
         raise CommandError(f"winner must be {shown_left!r}, {shown_right!r} or 'tie', got {winner!r}")
+    pair = judged_pair(shown_left, shown_right)
     with write_session(engine) as session:
+        get_run(session, run_id)
+        outputs = dict(
+            session.execute(
+                select(Sample.method, Sample.generation).where(
+                    Sample.run_id == run_id, Sample.prompt_id == prompt_id, Sample.method.in_((shown_left, shown_right))
+                )
+            ).all()
+        )
+        if set(outputs) != {shown_left, shown_right}:
+            raise CommandError(f"run {run_id} has no outputs of both {shown_left} and {shown_right} for {prompt_id}")
+        if same_text(outputs[shown_left], outputs[shown_right]):
+            raise CommandError(f"prompt {prompt_id}: {shown_left} and {shown_right} wrote the same text")
+        taken = select(Judgement.id).where(
+            Judgement.run_id == run_id,
+            Judgement.prompt_id == prompt_id,
+            Judgement.pair == pair,
+            Judgement.reviewer == reviewer,
+        )
+        if session.scalar(taken) is not None:
+            raise CommandError(f"{reviewer} has already judged prompt {prompt_id} for {pair.replace('|', ' vs ')}")
         judgement = Judgement(
             run_id=run_id,
             prompt_id=prompt_id,
             method_a=shown_left,
             method_b=shown_right,
+            pair=pair,
             winner=winner,
             reviewer=reviewer,
         )
         session.add(judgement)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:  # the same reviewer, in another tab, a moment earlier
+            raise CommandError(
+                f"{reviewer} has already judged prompt {prompt_id} for {pair.replace('|', ' vs ')}"
+            ) from None
         return judgement.id

@@ -7,6 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from pipeline.core.configs import METHOD_LABELS, METHODS
+from pipeline.core.errors import AlignlabError
+from pipeline.core.metrics import sample_metrics
 from pipeline.core.stats import win_rate
 from workers import commands
 
@@ -30,64 +33,96 @@ if not rows:
     st.info("No sample matches this filter.")
     st.stop()
 
+GUIDELINES = (
+    "Read the prompt, then both answers. Pick the one you would rather receive: correct first, then helpful, then "
+    "clear and concise. Tie only when neither is better. The sides are shuffled; the methods stay hidden until you "
+    "export. Keys: A, B, T (tie), S (skip)."
+)
+
 side_by_side, blind = st.tabs(["Side by side", "Blind A/B"])
 with side_by_side:
     index = st.number_input("Prompt", min_value=1, max_value=len(rows), value=1, step=1, key="prompt_index") - 1
     row = rows[int(index)]
     st.caption(f"Prompt {row['prompt_id']}")
     st.text(row["prompt"])
-    st.caption("Reference (SFT data)")
+    st.caption(
+        "Reference (SFT data): the base model's own generated answer, which SFT trained towards; not a gold answer"
+    )
     st.text(row["reference"] or "(none)")
-    columns = st.columns(len(row["methods"]))
-    for column, (method, sample) in zip(columns, sorted(row["methods"].items()), strict=True):
+    methods = [m for m in METHODS if m in row["methods"]]
+    for column, method in zip(st.columns(len(methods)), methods, strict=True):
+        sample = row["methods"][method]
         with column:
-            st.subheader(method)
+            st.subheader(METHOD_LABELS[method])
             st.text(sample["generation"] or "(empty)")
-            stats = sample["stats"]
             if sample["flags"]:
                 st.warning("flags: " + ", ".join(sample["flags"]))
-            st.caption(
-                json.dumps({k: stats.get(k) for k in ("new_tokens", "distinct_2", "repetition", "reference_nll")})
-            )
+    shown = sample_metrics()
+    stats = pd.DataFrame(
+        {METHOD_LABELS[method]: [row["methods"][method]["stats"].get(m.name) for m in shown] for method in methods},
+        index=[m.label for m in shown],
+    )
+    st.dataframe(stats, key="sample_stats")
 
 with blind:
-    methods = sorted({m for r in rows for m in r["methods"]})
+    st.caption(GUIDELINES)
+    ordered = [m for m in METHODS if any(m in r["methods"] for r in rows)]
     pair = st.selectbox(
         "Compare",
-        [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]],
+        [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]],
         index=0,
-        format_func=lambda p: f"{p[0]} vs {p[1]}",
+        format_func=lambda p: f"{METHOD_LABELS[p[0]]} vs {METHOD_LABELS[p[1]]}",
         key="ab_pair",
     )
-    reviewer = st.text_input("Reviewer", key="reviewer")
-    queue = [r for r in rows if pair[0] in r["methods"] and pair[1] in r["methods"]]
-    position = st.session_state.setdefault("ab_position", 0) % max(1, len(queue))
-    item = queue[position]
-    # the order is random but stable for this prompt and pair, and stored with the judgement
-    left, right = pair if random.Random(f"{item['prompt_id']}:{pair}").random() < 0.5 else pair[::-1]
-    st.text(item["prompt"])
-    col_a, col_b = st.columns(2)
-    col_a.subheader("A")
-    col_a.text(item["methods"][left]["generation"] or "(empty)")
-    col_b.subheader("B")
-    col_b.text(item["methods"][right]["generation"] or "(empty)")
-    # a fresh widget per prompt and pair: every prompt starts unanswered
-    choice = st.radio(
-        "Which is better?", ["A", "B", "tie"], index=None, horizontal=True, key=f"ab_choice_{item['prompt_id']}_{pair}"
-    )
-    if st.button("Record judgement", key="ab_record", disabled=choice is None):
-        winner = {"A": left, "B": right, "tie": "tie"}[choice]
-        commands.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
-        st.session_state["ab_position"] = position + 1
-        st.rerun()
+    reviewer = st.text_input("Reviewer", key="reviewer", help="Your name: one judgement per item each.").strip()
+    if not reviewer:
+        st.info("Enter your name as reviewer to start judging; the queue continues where you left off.")
+    else:
+        queue = queries.blind_queue(run_id, *pair, reviewer)
+        skipped = st.session_state.setdefault("ab_skipped", {}).setdefault(f"{reviewer}:{pair}", [])
+        left_now = [item for item in queue["left"] if item["prompt_id"] not in skipped] or queue["left"]
+        progress = f"{queue['done']} of {queue['total']} judged by {reviewer}"
+        if queue["identical"]:
+            progress += f" ({queue['identical']} prompts where both wrote the same text are not offered)"
+        st.text(progress)
+        if not left_now:
+            st.success(f"Nothing left to judge for {reviewer} on this pair.")
+        else:
+            item = left_now[0]
+            # the order is random but stable for this prompt and pair, and stored with the judgement
+            left, right = pair if random.Random(f"{item['prompt_id']}:{pair}").random() < 0.5 else pair[::-1]
+            st.caption(f"Prompt {item['prompt_id']}")
+            st.text(item["prompt"])
+            col_a, col_b = st.columns(2)
+            col_a.subheader("A")
+            col_a.text(item["outputs"][left] or "(empty)")
+            col_b.subheader("B")
+            col_b.text(item["outputs"][right] or "(empty)")
+            verdicts = {"A is better": left, "B is better": right, "Tie": "tie"}
+            buttons = st.columns(4)
+            for column, (label, winner), shortcut in zip(buttons, verdicts.items(), "abt", strict=False):
+                if column.button(label, key=f"ab_{shortcut}", shortcut=shortcut):
+                    try:
+                        commands.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
+                    except AlignlabError as exc:
+                        st.error(str(exc))
+                    else:
+                        st.rerun()
+            if buttons[3].button("Skip", key="ab_skip", shortcut="s"):
+                skipped.append(item["prompt_id"])
+                st.rerun()
     rates = pd.DataFrame([win_rate(counts) for counts in queries.judgement_counts(run_id)])
     if not rates.empty:
         st.subheader("Win rates from judgements")
-        st.caption("Win rate of a over b, ties counted half, with a 95% bootstrap CI over judgements.")
+        st.caption(
+            "Win rate of a over b, ties counted half, with a 95% bootstrap CI over judgements. The export holds the "
+            "judgements that picked a winner (ties have none)."
+        )
         st.dataframe(rates, hide_index=True, key="win_rates")
         pairs = queries.judgements_as_pairs(run_id)
+        ties = int(rates["ties"].sum())
         st.download_button(
-            f"Export {len(pairs)} judged pairs (JSONL, TRL prompt/chosen/rejected)",
+            f"Export {len(pairs)} judged pairs (JSONL, TRL prompt/chosen/rejected; {ties} ties left out)",
             "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs),
             file_name=f"judged-pairs-{run_id}.jsonl",
         )

@@ -24,7 +24,8 @@ from pipeline.core import negative_types, registry
 from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
 from pipeline.core.errors import ConfigError
 
-METHODS: tuple[str, ...] = ("base", "sft", "sft_dpo", "dpo_only")
+METHOD_LABELS: dict[str, str] = {"base": "base", "sft": "SFT", "sft_dpo": "SFT→DPO", "dpo_only": "DPO-only"}
+METHODS: tuple[str, ...] = tuple(METHOD_LABELS)  # in the order tables and columns show them
 PRIMARY_PAIR = ("sft_dpo", "dpo_only")  # the comparison that answers "did SFT before DPO help?"
 UNTRAINED = "base"  # the one method no training seed touches
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")

@@ -19,6 +19,11 @@ def normalize_text(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def same_text(a: str, b: str) -> bool:
+    """Whether two texts are the same once case and spacing are folded (two outputs with nothing to choose)."""
+    return normalize_text(a) == normalize_text(b)
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
