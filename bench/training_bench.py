@@ -229,7 +229,7 @@ def _stage_vs_plain(stage_node: str, quick: bool, model: str = "tiny") -> dict:
 
     spec = _spec(quick, model)
     # on the real model a run is minutes: the fixed per-stage cost no longer hides, and the bar is higher
-    goal, repeats = (0.97, 2) if model == "real" else (0.95, 3)
+    goal, repeats = (0.97, 3) if model == "real" else (0.95, 3)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ["ALIGNLAB_HOME"] = tmp
