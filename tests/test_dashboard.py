@@ -140,12 +140,32 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
             ).all()
         )
     assert len(expected) == 4
-    assert dict(zip(table["method"], table["value"], strict=True)) == expected
+    assert dict(zip(table["method"], table["value"], strict=True)) == {m: round(v, 3) for m, v in expected.items()}
     assert any("Did SFT before DPO help?" in h.value for h in at.subheader)
     assert any("SFT→DPO − DPO-only" in t.value for t in at.text)  # the answer, with its primary metric
     assert sum("leak-free" in t.value for t in at.text) == 3  # the held-out check of each training stage
     assert any("fair" in s.value for s in at.success)
     assert any("masking verified" in t.value for t in at.text)
+
+
+def test_compare_page_labels_a_zero_width_interval_and_a_metric_at_its_ceiling(filled):
+    from sqlalchemy import update
+
+    from db.models import Evaluation
+    from db.session import write_session
+
+    with write_session(filled["engine"]) as s:  # every method, base included, at 1.0 on every prompt
+        s.execute(
+            update(Evaluation)
+            .where(Evaluation.metric == "preference_accuracy", Evaluation.negative_type.is_(None))
+            .values(value=1.0, ci_low=1.0, ci_high=1.0)
+        )
+    at = app().run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    assert any("ceiling" in w.value and "cannot separate" in w.value for w in at.warning)
+    intervals = at.dataframe[0].value["95% CI"].tolist()
+    assert len(intervals) == 4 and all(text.startswith("all ") and " equal" in text for text in intervals)
 
 
 def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):

@@ -5,7 +5,45 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from pipeline.core.intervals import cannot_separate, readable_rows
+from pipeline.core.metrics import METRICS
 from pipeline.core.stats import ONE_SEED, seed_group_statistics
+
+
+def metric_title(metric: str) -> str:
+    """An axis title for people: the metric's label and unit ("preference accuracy (share)")."""
+    declared = METRICS.get(metric)
+    return f"{declared.label} ({declared.unit})" if declared else metric
+
+
+def interval_chart(rows: pd.DataFrame, value: str, y: str, title: str) -> alt.LayerChart:
+    """Points with their intervals: a real one as a line, one over too few items dashed, and none drawn where there
+    is no interval to draw (zero width, no estimate), its label written beside the point instead."""
+    color = alt.Color("run:N") if "run" in rows else alt.value("#1f77b4")
+    drawn = rows[rows["interval"].isin(["ok", "few"])]
+    rules = (
+        alt.Chart(drawn)
+        .mark_rule(strokeWidth=2)
+        .encode(
+            x="ci_low:Q",
+            x2="ci_high:Q",
+            y=f"{y}:N",
+            color=color,
+            strokeDash=alt.condition("datum.interval == 'few'", alt.value([4, 3]), alt.value([1, 0])),
+        )
+    )
+    points = (
+        alt.Chart(rows)
+        .mark_point(filled=True, size=80)
+        .encode(x=alt.X(f"{value}:Q", title=title), y=f"{y}:N", color=color, tooltip=[y, value, "95% CI"])
+    )
+    labels = (
+        alt.Chart(rows[~rows["interval"].isin(["ok"])])
+        .mark_text(align="left", dx=8, dy=-8, fontSize=11)
+        .encode(x=f"{value}:Q", y=f"{y}:N", text="95% CI:N")
+    )
+    return rules + points + labels
+
 
 st.title("Compare methods")
 choices = queries.run_choices()
@@ -26,18 +64,14 @@ metric = st.selectbox(
     else 0,
     key="compare_metric",
 )
-table = matrix[matrix["metric"] == metric].copy()
-table["95% CI"] = table.apply(
-    lambda r: "–" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1
-)
+title = metric_title(metric)
+table = pd.DataFrame(readable_rows(matrix[matrix["metric"] == metric].to_dict("records")))
+for run_name, of_run in table.groupby("run"):
+    reason = cannot_separate(metric, dict(zip(of_run["method"], of_run["value"], strict=True)))
+    if reason:
+        st.warning(f"{run_name}: {reason}")
 st.dataframe(table[["run", "method", "value", "95% CI", "n"]], hide_index=True, key="compare_table")
-bars = (
-    alt.Chart(table)
-    .mark_point(filled=True, size=80)
-    .encode(x=alt.X("value:Q", title=f"{metric} (95% CI)"), y="method:N", color="run:N")
-)
-errors = alt.Chart(table).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", y="method:N", color="run:N")
-st.altair_chart(errors + bars, key="compare_chart")
+st.altair_chart(interval_chart(table, "value", "method", title), key="compare_chart")
 
 per_type = pd.DataFrame(queries.by_negative_type(run_ids))
 if not per_type.empty:
@@ -47,7 +81,7 @@ if not per_type.empty:
         alt.Chart(per_type)
         .mark_point(filled=True)
         .encode(
-            x=alt.X("value:Q", title="preference accuracy"),
+            x=alt.X("value:Q", title=metric_title("preference_accuracy")),
             y="method:N",
             color="method:N",
             tooltip=["run", "negative_type", "method", "value", "ci_low", "ci_high", "n"],
@@ -86,9 +120,11 @@ if len(run_ids) > 1:
             help="A setting that differs between the chosen runs (a β sweep, seeds, learning rates).",
         )
         numeric = pd.to_numeric(sweep[along], errors="coerce").notna().all()
-        x = alt.X(f"{along}:{'Q' if numeric else 'N'}", title=along)
-        line = alt.Chart(sweep).mark_line(point=True).encode(x=x, y=alt.Y("value:Q", title=metric), color="method:N")
-        band = alt.Chart(sweep).mark_rule().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="method:N")
+        # a dotted name ("dpo.beta") is a nested field to Vega-Lite, which then finds no values: plot a plain column
+        plotted = sweep.assign(setting=sweep[along])
+        x = alt.X(f"setting:{'Q' if numeric else 'N'}", title=along)
+        line = alt.Chart(plotted).mark_line(point=True).encode(x=x, y=alt.Y("value:Q", title=title), color="method:N")
+        band = alt.Chart(plotted).mark_rule().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="method:N")
         st.altair_chart(line + band, key="sweep_chart")
         others = [f for f in varying if f != along]
         if others:
@@ -139,6 +175,7 @@ for run_id in run_ids:
     if not differences.empty:
         st.subheader("Paired differences (a − b, 95% bootstrap CI)")
         shown = differences[differences["metric"] == metric] if metric in set(differences["metric"]) else differences
+        shown = pd.DataFrame(readable_rows(shown.to_dict("records"), value="mean", n="n_prompts"))
         shown = shown.assign(pair=shown["a"] + " − " + shown["b"])
         st.dataframe(
             shown[
@@ -149,8 +186,7 @@ for run_id in run_ids:
                         "metric",
                         "role",
                         "mean",
-                        "ci_low",
-                        "ci_high",
+                        "95% CI",
                         "n_prompts",
                         "wins",
                         "losses",
@@ -165,11 +201,7 @@ for run_id in run_ids:
             hide_index=True,
             key=f"diff_{run_id}",
         )
-        st.altair_chart(
-            alt.Chart(shown).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", y="pair:N")
-            + alt.Chart(shown).mark_point(filled=True).encode(x="mean:Q", y="pair:N"),
-            key=f"diff_chart_{run_id}",
-        )
+        st.altair_chart(interval_chart(shown, "mean", "pair", "a − b (95% CI)"), key=f"diff_chart_{run_id}")
     parity = verdict["parity"]
     st.subheader("Parity check")
     if parity["fair"]:
