@@ -228,7 +228,7 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         page.get_by_test_id("stTextInput").filter(has_text="Reviewer").locator("input").press("Enter")
         wait_for_run(page)
         expect(page.get_by_text("0 of ", exact=False).first).to_be_visible(timeout=60_000)
-        button(page, "B is better").click()
+        page.get_by_test_id("stButton").filter(has_text="B is better").locator("button").click()  # label + key hint
         wait_for_run(page)
         page.get_by_role("tab", name="Blind A/B").click()
         expect(page.get_by_text("1 of ", exact=False).first).to_be_visible(timeout=60_000)
