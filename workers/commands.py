@@ -122,14 +122,6 @@ def record_judgement(
             raise CommandError(f"run {run_id} has no outputs of both {shown_left} and {shown_right} for {prompt_id}")
         if same_text(outputs[shown_left], outputs[shown_right]):
             raise CommandError(f"prompt {prompt_id}: {shown_left} and {shown_right} wrote the same text")
-        taken = select(Judgement.id).where(
-            Judgement.run_id == run_id,
-            Judgement.prompt_id == prompt_id,
-            Judgement.pair == pair,
-            Judgement.reviewer == reviewer,
-        )
-        if session.scalar(taken) is not None:
-            raise CommandError(f"{reviewer} has already judged prompt {prompt_id} for {pair.replace('|', ' vs ')}")
         judgement = Judgement(
             run_id=run_id,
             prompt_id=prompt_id,
@@ -142,7 +134,7 @@ def record_judgement(
         session.add(judgement)
         try:
             session.flush()
-        except IntegrityError:  # the same reviewer, in another tab, a moment earlier
+        except IntegrityError:  # uq_judgement_per_reviewer: one judgement per reviewer, item and pair
             raise CommandError(
                 f"{reviewer} has already judged prompt {prompt_id} for {pair.replace('|', ' vs ')}"
             ) from None
