@@ -3,12 +3,13 @@ bounds come from the same pydantic models as the CLI flags and the saved config 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 import yaml
 
-from pipeline.core.configs import SPEC_VERSION, field_table, get_path, section_help, set_path
+from pipeline.core.configs import KEY_SETTINGS, SPEC_VERSION, field_label, field_table, get_path, section_help, set_path
 
 HIDDEN = {"spec_version"}  # the layout version is not a setting
 
@@ -26,9 +27,21 @@ def _choices(schema: dict[str, Any]) -> list[Any] | None:
     return schema.get("enum") or (schema.get("items") or {}).get("enum")
 
 
+def _optional_text(schema: dict[str, Any]) -> bool:
+    """An optional text (a hub revision, an adapter path): an empty field means none, never the string 'null'."""
+    return sorted(t.get("type", "") for t in schema.get("anyOf", [])) == ["null", "string"]
+
+
 def _edited_as_text(schema: dict[str, Any]) -> bool:
-    """Fields without a widget of their own (mappings, optional values, unions) are edited as YAML text."""
-    return not (schema.get("type") in ("boolean", "integer", "number", "string") or _choices(schema))
+    """Fields without a widget of their own (mappings, lists of sections) are edited as YAML text."""
+    return not (
+        schema.get("type") in ("boolean", "integer", "number", "string") or _choices(schema) or _optional_text(schema)
+    )
+
+
+def _choice_text(choice: Any) -> str:
+    """How a choice reads: true / false choices (8-bit: auto, yes, no) as words, never as 'True' or 'false'."""
+    return {True: "yes", False: "no"}.get(choice, str(choice)) if isinstance(choice, bool) else str(choice)
 
 
 def fill_form(spec: dict[str, Any]) -> None:
@@ -36,7 +49,9 @@ def fill_form(spec: dict[str, Any]) -> None:
     take their values from session state only, so what they show is what `spec_form` returns."""
     for dotted, schema in _fields():
         value = get_path(spec, dotted)
-        if _edited_as_text(schema):
+        if _optional_text(schema):
+            value = value or ""
+        elif _edited_as_text(schema):
             value = yaml.safe_dump(value, default_flow_style=True).strip()
         elif schema.get("type") == "number":
             value = float(value)
@@ -47,9 +62,9 @@ def set_field(section: str, name: str, value: Any) -> None:
     st.session_state[_key(f"{section}.{name}")] = value
 
 
-def _widget(dotted: str, schema: dict[str, Any], error: str | None) -> Any:
+def _widget(dotted: str, schema: dict[str, Any], error: str | None, label: str | None = None) -> Any:
     key = _key(dotted)
-    label = dotted.rsplit(".", 1)[-1].replace("_", " ")
+    label = label or field_label(dotted, schema)
     help_text = schema.get("description")
     choices = _choices(schema)
     kind = schema.get("type")
@@ -58,14 +73,18 @@ def _widget(dotted: str, schema: dict[str, Any], error: str | None) -> Any:
     elif kind == "array" and choices:
         result = st.multiselect(label, list(choices), help=help_text, key=key)
     elif choices:
-        result = st.selectbox(label, list(choices), help=help_text, key=key)
+        result = st.selectbox(label, list(choices), format_func=_choice_text, help=help_text, key=key)
     elif kind == "integer":
         result = st.number_input(label, step=1, help=help_text, key=key)
     elif kind == "number":
         result = st.number_input(label, format="%g", help=help_text, key=key)
+    elif kind == "string" and schema.get("multiline"):  # its line breaks shown as line breaks
+        result = st.text_area(label, help=help_text, key=key, height="content")
     elif kind == "string":
         result = st.text_input(label, help=help_text, key=key)
-    else:  # mappings, optional values, unions: edited as YAML, parsed and checked by the model
+    elif _optional_text(schema):
+        result = st.text_input(label, help=help_text, key=key, placeholder="none").strip() or None
+    else:  # mappings, lists of sections: edited as YAML, parsed and checked by the model
         text = st.text_input(label, help=help_text, key=key)
         try:
             result = yaml.safe_load(text)
@@ -76,19 +95,29 @@ def _widget(dotted: str, schema: dict[str, Any], error: str | None) -> Any:
     return result
 
 
-def spec_form(errors: dict[str, str]) -> dict[str, Any]:
+def spec_form(errors: dict[str, str], after_key_settings: Callable[[], None] | None = None) -> dict[str, Any]:
     """Widgets for every RunSpec field, showing what `fill_form` and the person put there; returns the spec dict
-    they show (unchecked)."""
+    they show (unchecked). The run's own fields and the key settings (`configs.KEY_SETTINGS`) come first, then
+    `after_key_settings` (the page's seeds and estimate), then every other field in its section's group."""
     helps = section_help()
     edited: dict[str, Any] = {"spec_version": SPEC_VERSION}
     sections: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    schemas = dict(_fields())
     for dotted, schema in _fields():
-        sections.setdefault(dotted.split(".")[0] if "." in dotted else "run", []).append((dotted, schema))
+        if dotted not in KEY_SETTINGS:
+            sections.setdefault(dotted.split(".")[0] if "." in dotted else "run", []).append((dotted, schema))
+    for dotted, schema in sections.pop("run"):
+        edited[dotted] = _widget(dotted, schema, errors.get(dotted))
+    st.subheader("Key settings")
+    sections_shown = list(dict.fromkeys(dotted.split(".")[0] for dotted in KEY_SETTINGS))
+    columns = dict(zip(sections_shown, st.columns(len(sections_shown)), strict=True))  # one column per section
+    for dotted, label in KEY_SETTINGS.items():
+        with columns[dotted.split(".")[0]]:
+            set_path(edited, dotted, _widget(dotted, schemas[dotted], errors.get(dotted), label))
+    if after_key_settings is not None:
+        after_key_settings()
+    st.subheader("Every other setting, by stage")
     for section, fields in sections.items():
-        if section == "run":
-            for dotted, schema in fields:
-                edited[dotted] = _widget(dotted, schema, errors.get(dotted))
-            continue
         expanded = any(k.startswith(f"{section}.") for k in errors)
         with st.expander(f"{section.replace('_', ' ')} — {helps[section]}", expanded=expanded):
             for dotted, schema in fields:

@@ -19,5 +19,13 @@ VIEWS = (  # (file under app/, title, URL path)
 
 st.set_page_config(page_title="alignlab", layout="wide")
 require_login()
-pages = [st.Page(path, title=title, url_path=url, default=i == 0) for i, (path, title, url) in enumerate(VIEWS)]
-st.navigation(pages).run()
+pages = [st.Page(path, title=title, url_path=url) for path, title, url in VIEWS]
+
+
+def home() -> None:
+    """The root URL opens the first view under its own address (/ -> /runs, /?run=3 -> /runs?run=3): Streamlit
+    serves its default page only at the root, so a view that is the default would have no URL of its own."""
+    st.switch_page(pages[0], query_params=st.query_params.to_dict())
+
+
+st.navigation([st.Page(home, title="alignlab", url_path="home", default=True, visibility="hidden"), *pages]).run()

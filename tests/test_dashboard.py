@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.models import Run
-from db.session import read_session
+from db.session import read_session, write_session
 from pipeline.core.configs import preset, to_dict
+from pipeline.core.durations import human_duration
 from tests.test_queue import drain_queues
 from workers import commands, scheduler
 from workers.recorder import Recorder
@@ -47,14 +49,54 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
     assert '"train_sft" -> "dpo_sft"' in dag.proto.spec and '"eval_dpo_only" -> "compare"' in dag.proto.spec
     assert 'label="compare\\ncached"' in dag.proto.spec
     loads = at.dataframe[1].value
-    assert set(loads["device"]) == {"cpu"}
-    # a queued run (no worker drains it) can be cancelled from its page
+    assert set(loads["device"]) == {"cpu"} and not loads.isna().any().any()
+    assert "None" not in stages.astype(str).to_numpy() and not stages.isna().any().any()
+    with read_session(filled["engine"]) as s:  # durations as people read them, from the recorded times
+        stage = next(st for st in s.get(Run, filled["run_id"]).stages if st.node == "train_sft")
+        seconds = (stage.finished_at - stage.started_at).total_seconds()
+        beta = s.get(Run, filled["run_id"]).spec["dpo"]["beta"]
+    assert stages.set_index("stage").loc["train_sft", "time"] == human_duration(seconds)
+    key_settings = at.dataframe[2].value.set_index("setting")["value"]  # the run's key settings, from its spec
+    assert key_settings["DPO β"] == str(beta)
+    # a queued run (no worker drains it) can be cancelled from its page, after saying yes
     queued = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
     at = app(run=str(queued)).run()
     at.button(key="cancel").click().run()
+    assert not at.exception and any(f"Cancel run {queued}?" in w.value for w in at.warning)
+    at.button(key="cancel_keep").click().run()
+    with read_session(filled["engine"]) as s:
+        assert s.get(Run, queued).status == "queued"
+    at.button(key="cancel").click().run()
+    at.button(key="cancel_confirm").click().run()
     assert not at.exception
     with read_session(filled["engine"]) as s:
         assert s.get(Run, queued).status == "cancelled"
+    resume = next(c.value for c in at.caption if c.value.startswith("Resume re-enqueues"))
+    assert resume.startswith("Resume re-enqueues split, generate_sft,") and "compare;" in resume
+
+
+def test_runs_table_opens_a_clicked_row_filters_tags_by_part_and_clone_and_edit_fills_launch(filled):
+    other = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
+    commands.annotate(other, ["beta-sweep"], "")
+    at = app().run()
+    at.text_input(key="runs_tag").set_value("SWEEP").run()  # part of a tag, case folded
+    assert list(at.dataframe[0].value["id"]) == [other]
+    at.text_input(key="runs_tag").set_value("").run()
+    at.session_state["runs_df"] = {"selection": {"rows": [1], "columns": [], "cells": []}}  # a click on row 2
+    at.run()
+    assert at.query_params["run"] == [str(filled["run_id"])] or at.query_params["run"] == str(filled["run_id"])
+    assert at.subheader[0].value.startswith(f"Run {filled['run_id']} ·")
+    at.button(key="clone").click().run()
+    assert not at.exception and at.title[0].value == "Launch a run"
+    assert (
+        at.radio(key="launch_source").value == "earlier run"
+        and at.selectbox(key="launch_parent").value == filled["run_id"]
+    )
+    with read_session(filled["engine"]) as s:
+        spec = s.get(Run, filled["run_id"]).spec
+    assert at.text_input(key="form.run.name").value == spec["name"]
+    assert at.number_input(key="form.dpo.beta").value == spec["dpo"]["beta"]
+    assert at.multiselect(key="form.run.stages").value == spec["stages"]  # every stage: a clone, not a DPO rerun
 
 
 def test_tags_and_notes_are_saved(filled):
@@ -281,6 +323,36 @@ def test_relaunch_only_the_dpo_stages_of_an_earlier_run(filled):
             "eval_sft",
             "eval_sft_dpo",
         ]
+
+
+def test_launch_puts_key_settings_first_in_words_and_shows_changes_from_an_earlier_run_and_an_estimate(filled):
+    with write_session(filled["engine"]) as s:  # the earlier run computed every stage in 10 s
+        for stage in s.get(Run, filled["run_id"]).stages:
+            stage.status, stage.started_at = "succeeded", datetime(2026, 1, 1, 12, 0, 0)
+            stage.finished_at = stage.started_at + timedelta(seconds=10)
+        n_nodes = len(s.get(Run, filled["run_id"]).stages)
+    at = app().run()
+    at.switch_page("views/launch.py").run()
+    numbers = [n.label for n in at.number_input]
+    assert numbers[:6] == ["SFT learning rate", "SFT epochs", "DPO learning rate", "DPO epochs", "DPO β", "Seeds"]
+    assert "LoRA rank" in numbers and not [label for label in numbers if "_" in label or label != label.strip()]
+    (template,) = [t for t in at.text_area if t.label == "Prompt template"]
+    assert "\n" in template.value  # the line break shown as one, in a text area
+    assert at.text_input(key="form.base_model.revision").value == ""  # none, not "null"
+    eight_bit = at.selectbox(key="form.base_model.load_in_8bit")
+    assert [eight_bit.format_func(o) for o in eight_bit.options] == ["auto", "yes", "no"]
+    at.radio(key="launch_source").set_value("earlier run").run()
+    at.checkbox(key="launch_dpo_only").uncheck().run()
+    assert any(t.value == f"None: this launches run {filled['run_id']}'s config as it was." for t in at.text)
+    at.number_input(key="form.dpo.beta").set_value(0.33).run()
+    assert not at.exception
+    changes = at.dataframe[-1].value
+    assert changes.to_dict("records") == [{"setting": "dpo.beta", "that run": "0.1", "this launch": "0.33"}]
+    (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
+    assert estimate.startswith(f"Duration: about {human_duration(10.0 * n_nodes)}: the median of each stage")
+    at.selectbox(key="form.execution.default_queue").set_value("gpu-80gb").run()
+    (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
+    assert estimate.startswith("Duration: unknown: no earlier run of this model and preset has timed split on gpu-80gb")
 
 
 def test_compare_across_runs_sweeps_the_differing_setting(filled):

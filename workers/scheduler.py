@@ -210,6 +210,19 @@ class Replanned:
         return text
 
 
+def nodes_to_rerun(statuses: dict[str, str], among: set[str] | None = None) -> list[str]:
+    """What a resume (`among` None) or a retry (`among` = the stage and its dependents) re-enqueues, in DAG order:
+    the run's stages that are neither complete nor running. The Runs page says this before the button is pressed."""
+    return [
+        node.name
+        for node in plan()
+        if node.name in statuses
+        and not StageStatus(statuses[node.name]).done
+        and statuses[node.name] != StageStatus.running
+        and (among is None or node.name in among)
+    ]
+
+
 def _replan(run_id: int, connection: redis.Redis, engine: Engine | None, nodes_to_run: set[str] | None) -> Replanned:
     connection.delete(cancel_key(run_id))
     with write_session(engine) as session:
@@ -217,14 +230,8 @@ def _replan(run_id: int, connection: redis.Redis, engine: Engine | None, nodes_t
         spec = load_stored_spec(run.spec)  # its recorded values, migrated; never today's defaults
         by_node = {s.node: s for s in run.stages}
         running = [n for n, s in by_node.items() if s.status == StageStatus.running]
-        wanted = [
-            node
-            for node in plan()
-            if node.name in by_node
-            and not StageStatus(by_node[node.name].status).done
-            and node.name not in running
-            and (nodes_to_run is None or node.name in nodes_to_run)
-        ]
+        rerun = set(nodes_to_rerun({n: s.status for n, s in by_node.items()}, nodes_to_run))
+        wanted = [node for node in plan() if node.name in rerun]
         for node in wanted:
             stage_run = by_node[node.name]
             old = fetch_job(stage_run.rq_job_id, connection) if stage_run.rq_job_id else None

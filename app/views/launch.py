@@ -7,6 +7,7 @@ return, so what is shown is what is submitted."""
 
 import hashlib
 
+import pandas as pd
 import streamlit as st
 import yaml
 
@@ -17,16 +18,43 @@ from pipeline.core.configs import (
     SEED_SCOPES,
     RunSpec,
     canonical_json,
+    flatten,
     from_dict,
     load_stored_spec,
     preset,
     to_dict,
 )
+from pipeline.core.durations import estimate_run
 from pipeline.core.errors import AlignlabError, ConfigError
-from pipeline.core.registry import variant_stages_onward
+from pipeline.core.registry import selected_nodes, variant_stages_onward
 from workers import scheduler
 from workers.blobs import MAX_BLOB_BYTES, check_upload, put_blob
 from workers.queues import connect
+
+
+def changes(before: dict, after: dict) -> pd.DataFrame:
+    """The settings that differ between two specs, one row each, values as text."""
+    old, new = flatten(before), flatten(after)
+    return pd.DataFrame(
+        [
+            {"setting": dotted, "that run": str(old.get(dotted, "")), "this launch": str(new.get(dotted, ""))}
+            for dotted in dict.fromkeys([*old, *new])
+            if old.get(dotted) != new.get(dotted) and dotted != "spec_version"
+        ],
+        columns=["setting", "that run", "this launch"],
+    )
+
+
+def duration_estimate(edited: dict, seeds: int) -> str:
+    """From the times earlier runs of this model and preset recorded for each stage on its queue."""
+    try:
+        spec = from_dict(RunSpec, edited)
+    except ConfigError:
+        return "unknown until every field is valid"
+    nodes = [(n.name, spec.execution.queue_for(n.stage)) for n in selected_nodes(spec.stages)]
+    _, text = estimate_run(nodes, queries.recorded_durations(spec.base_model.name_or_path, spec.preset))
+    return text + (f", per run ({seeds} seeds launch {seeds} runs)" if seeds > 1 else "")
+
 
 st.title("Launch a run")
 errors = st.session_state.setdefault("launch_errors", {})
@@ -38,6 +66,7 @@ with source_col:
     sources = ["preset", "config file", "earlier run"] if runs else ["preset", "config file"]
     source = st.radio("Start from", sources, horizontal=True, key="launch_source")
     parent_id = None
+    base_of_parent = None  # an earlier run's config, to show what this launch changes
     base = None
     if source == "preset":
         chosen = st.selectbox(
@@ -72,7 +101,7 @@ with source_col:
             help="Its config fills the form; unchanged stages reuse its artifacts instead of running again.",
         )
         try:
-            base = to_dict(load_stored_spec(queries.run_detail(parent_id)["spec"]))  # its values, migrated
+            base = base_of_parent = to_dict(load_stored_spec(queries.run_detail(parent_id)["spec"]))  # migrated
         except ConfigError as exc:
             st.error(f"Run {parent_id}'s stored config cannot be used: {exc}")
             base = None
@@ -131,20 +160,39 @@ if dataset is not None:
             )
             blocking.append(f"the upload {dataset.name} was rejected")
 
-edited = spec_form(errors)
-seeds_col, scope_col = st.columns(2)
-n_seeds = seeds_col.number_input(
-    "Seeds", min_value=1, max_value=32, value=1, step=1, key="launch_seeds", help="N > 1 launches N runs as a group."
-)
-scope = scope_col.selectbox(
-    "A seed varies",
-    list(SEED_SCOPES),
-    key="launch_seed_scope",
-    help="training: SFT, DPO and evaluation seeds (the data is shared); everything: every stage's seed.",
-)
+
+def seeds_widgets() -> None:
+    seeds_col, scope_col = st.columns(2)
+    seeds_col.number_input(
+        "Seeds",
+        min_value=1,
+        max_value=32,
+        value=1,
+        step=1,
+        key="launch_seeds",
+        help="N > 1 launches N runs as a group.",
+    )
+    scope_col.selectbox(
+        "A seed varies",
+        list(SEED_SCOPES),
+        key="launch_seed_scope",
+        help="training: SFT, DPO and evaluation seeds (the data is shared); everything: every stage's seed.",
+    )
+
+
+edited = spec_form(errors, after_key_settings=seeds_widgets)
+n_seeds, scope = st.session_state["launch_seeds"], st.session_state["launch_seed_scope"]
 exported = yaml.safe_dump(edited, sort_keys=False)
 with st.expander("Config preview: exactly what Launch submits"):
     st.code(exported, language="yaml")
+if parent_id is not None and base is not None:
+    st.subheader(f"Changes from run {parent_id}")
+    changed = changes(base_of_parent, edited)
+    if changed.empty:
+        st.text(f"None: this launches run {parent_id}'s config as it was.")
+    else:
+        st.dataframe(changed, hide_index=True, key="launch_changes")
+st.text(f"Duration: {duration_estimate(edited, int(n_seeds))}")
 launch_col, preflight_col, export_col = st.columns(3)
 submitted = launch_col.button("Launch", type="primary", disabled=bool(blocking), key="launch")
 preflight = preflight_col.button(

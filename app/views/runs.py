@@ -1,17 +1,24 @@
 """Runs: the table of runs, and one run's stages, progress, curves, memory and errors, refreshed live."""
 
-import altair as alt
+from datetime import UTC, datetime
+
 import pandas as pd
 import streamlit as st
+import yaml
 
+from app.charts import curve_rows, training_curves
 from app.dag_view import dag_dot
 from db import queries
-from pipeline.core.configs import preset
+from pipeline.core.configs import KEY_SETTINGS, flatten, migrate_spec, preset
+from pipeline.core.durations import elapsed_seconds, human_duration, remaining_seconds
 from pipeline.core.errors import AlignlabError
+from pipeline.core.registry import dependents
 from workers import commands, scheduler
 from workers.queues import connect
 
 ACTIVE = ("queued", "running")
+CURVE_METRICS = ["loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]
+REFRESH_S = 2
 
 
 def launch_demo() -> None:
@@ -20,20 +27,30 @@ def launch_demo() -> None:
     except AlignlabError as exc:
         st.error(f"Could not queue the demo: {exc}")
         return
+    open_run(run_id)
+
+
+def open_run(run_id: int) -> None:
     st.query_params["run"] = str(run_id)
     st.rerun()
 
 
+def matches(row: dict, needle: str) -> bool:
+    """The tag filter: any tag or the group containing the text, case folded ("sweep" finds "beta-sweep")."""
+    needle = needle.strip().casefold()
+    return not needle or any(needle in str(t).casefold() for t in [*row["tags"], row["group"] or ""])
+
+
+@st.fragment(run_every=REFRESH_S)
 def runs_table() -> None:
-    st.title("Runs")
     status_col, tag_col = st.columns(2)
     status = status_col.selectbox(
         "Status", ["all", "queued", "running", "succeeded", "failed", "cancelled"], key="runs_status"
     )
-    tag = tag_col.text_input("Tag or group", key="runs_tag", help="Show only runs with this tag or in this group.")
-    rows = queries.list_runs(status=None if status == "all" else status)
-    if tag.strip():
-        rows = [r for r in rows if tag.strip() in r["tags"] or r["group"] == tag.strip()]
+    tag = tag_col.text_input(
+        "Tag or group", key="runs_tag", help="Show only runs with a tag or group containing this text."
+    )
+    rows = [r for r in queries.list_runs(status=None if status == "all" else status) if matches(r, tag)]
     if not rows and (status != "all" or tag.strip()):
         st.info("No run matches these filters.")
         return
@@ -56,38 +73,33 @@ def runs_table() -> None:
                 "preset": r["preset"],
                 "tags": ", ".join(r["tags"]),
                 "group": r["group"] or "",
-                "duration s": r["duration_s"],
-                "created": r["created_at"],
+                "duration": human_duration(r["duration_s"]),
+                "created": f"{r['created_at']:%Y-%m-%d %H:%M}",
             }
             for r in rows
         ]
     )
-    st.dataframe(
+    st.caption("Click a row to open its run.")
+    event = st.dataframe(
         frame,
         key="runs_df",
         hide_index=True,
         width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
     )
-    chosen = st.selectbox(
-        "Open run",
-        [r["id"] for r in rows],
-        key="open_run",
-        format_func=lambda i: f"{i}: {next(r['name'] for r in rows if r['id'] == i)}",
-    )
-    if st.button("Open", key="open"):
-        st.query_params["run"] = str(chosen)
-        st.rerun()
+    if event.selection.rows:
+        open_run(rows[event.selection.rows[0]]["id"])
 
 
-@st.fragment(run_every=2)
-def live_stages(run_id: int) -> None:
-    detail = queries.run_detail(run_id)
-    st.subheader(f"Run {run_id} · {detail['name']} · {detail['status']}")
-    if detail["error"]:
-        st.error(f"{detail['error']}")
-    stages = pd.DataFrame(
-        [
+def stage_rows(detail: dict, now: datetime) -> pd.DataFrame:
+    out = []
+    for s in detail["stages"]:
+        elapsed = elapsed_seconds(s["started_at"], s["finished_at"], now)
+        running = s["status"] == "running"
+        left = remaining_seconds(elapsed, s["progress_done"], s["progress_total"]) if running else None
+        out.append(
             {
                 "stage": s["node"],
                 "status": s["status"],
@@ -95,14 +107,55 @@ def live_stages(run_id: int) -> None:
                 "progress": 1.0
                 if s["status"] in queries.DONE
                 else (s["progress_done"] / s["progress_total"] if s["progress_total"] else 0.0),
-                "peak memory MiB": round(s["peak_memory_bytes"] / 2**20, 1) if s["peak_memory_bytes"] else None,
-                "device": s["device"],
-                "result from run": s["made_by_run"] if s["made_by_run"] not in (None, run_id) else "",
+                "time": human_duration(elapsed),
+                "left (estimate)": human_duration(left) if left is not None else ("unknown" if running else ""),
+                "peak memory": f"{s['peak_memory_bytes'] / 2**20:,.1f} MiB" if s["peak_memory_bytes"] else "",
+                "device": s["device"] or "",
+                "result from run": s["made_by_run"] if s["made_by_run"] not in (None, detail["id"]) else "",
                 "error": s["error"] or "",
             }
+        )
+    return pd.DataFrame(out)
+
+
+def load_rows(detail: dict) -> pd.DataFrame:
+    def cell(info: dict, key: str) -> str:
+        value = info.get(key)
+        if key == "load_seconds" and value is not None:
+            return human_duration(value)
+        if key == "parameter_count" and value is not None:
+            return f"{value / 1e6:,.1f} M"
+        return "" if value in (None, False) else str(value)
+
+    columns = {
+        "device": "device",
+        "dtype": "dtype",
+        "quantization": "quantization",
+        "fallback": "fallback",
+        "parameter_count": "parameters",
+        "load_seconds": "load time",
+    }
+    return pd.DataFrame(
+        [
+            {"stage": s["node"], **{title: cell(s["load_info"], key) for key, title in columns.items()}}
             for s in detail["stages"]
+            if s["load_info"]
         ]
     )
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_run(run_id: int, smoothing: float) -> None:
+    """Everything that changes while a run runs: status, stages, the DAG, logs, curves and how models were loaded."""
+    detail = queries.run_detail(run_id)
+    now = datetime.now(UTC)
+    started = [s["started_at"] for s in detail["stages"] if s["started_at"]]
+    st.subheader(f"Run {run_id} · {detail['name']} · {detail['status']}")
+    if started and detail["status"] in ACTIVE:
+        st.caption(f"running for {human_duration(elapsed_seconds(min(started), None, now))}")
+    if detail["error"]:
+        st.error(f"{detail['error']}")
+    stages = stage_rows(detail, now)
     st.graphviz_chart(dag_dot({s["node"]: s["status"] for s in detail["stages"]}), width="stretch")
     st.dataframe(
         stages,
@@ -116,9 +169,17 @@ def live_stages(run_id: int) -> None:
         if s["status"] == "running":
             st.progress(s["progress_done"] / max(1, s["progress_total"]), text=f"{s['node']}: {s['progress_message']}")
             st.code(s["log_tail"][-2000:] or "(no log yet)")
+    curves = curve_rows(queries.metric_curves(run_id, CURVE_METRICS), smoothing)
+    if not curves.empty:
+        st.subheader("Training curves")
+        st.altair_chart(training_curves(curves, smoothing), key="curves")
+    loads = load_rows(detail)
+    if not loads.empty:
+        st.subheader("How each model was loaded")
+        st.dataframe(loads, hide_index=True, key="loads_df")
     if detail["status"] not in ACTIVE and st.session_state.get(f"was_active_{run_id}"):
         st.session_state[f"was_active_{run_id}"] = False
-        st.rerun()  # refresh the parts outside the fragment once the run ends
+        st.rerun()  # the actions below the fragment change when the run ends
     st.session_state[f"was_active_{run_id}"] = detail["status"] in ACTIVE
 
 
@@ -126,10 +187,81 @@ def replan(run_id: int, what: str, call) -> None:
     """A resume or retry; what it re-enqueued and what it left running is said on the next render."""
     try:
         st.session_state["run_action_result"] = f"Run {run_id}: {call()}"
-    except (AlignlabError, KeyError) as exc:
+    except AlignlabError as exc:
         st.error(f"Could not {what}: {exc}")
     else:
         st.rerun()
+
+
+def cancel_with_confirmation(run_id: int, detail: dict) -> None:
+    asked = f"cancel_asked_{run_id}"
+    if not st.session_state.get(asked):
+        if st.button("Cancel run", key="cancel", help="Asks first."):
+            st.session_state[asked] = True
+            st.rerun()
+        return
+    unfinished = [s["node"] for s in detail["stages"] if s["status"] in ACTIVE]
+    st.warning(
+        f"Cancel run {run_id}? The running stage stops at its next step and {len(unfinished)} unfinished stages "
+        "are marked cancelled. Finished stages and checkpoints are kept: Resume continues from them."
+    )
+    yes, no = st.columns(2)
+    if yes.button("Yes, cancel the run", key="cancel_confirm", type="primary"):
+        st.session_state[asked] = False
+        commands.cancel(run_id, connect())
+        st.rerun()
+    if no.button("No, keep it", key="cancel_keep"):
+        st.session_state[asked] = False
+        st.rerun()
+
+
+def clone_and_edit(run_id: int) -> None:
+    """Launch, started from this run's config with every stage selected, to change and launch as a new run."""
+    st.session_state.update(launch_source="earlier run", launch_parent=run_id, launch_dpo_only=False)
+    st.switch_page("views/launch.py")
+
+
+def actions(run_id: int, detail: dict) -> None:
+    if detail["status"] in ACTIVE:
+        cancel_with_confirmation(run_id, detail)
+    statuses = {s["node"]: s["status"] for s in detail["stages"]}
+    if detail["status"] in ("failed", "cancelled"):
+        again = scheduler.nodes_to_rerun(statuses)
+        what = (
+            f"Resume re-enqueues {', '.join(again)}; the {len(statuses) - len(again)} finished stages are kept, "
+            "and a training stage continues from its last checkpoint."
+        )
+        st.caption(what)
+        if st.button("Resume run", key="resume", help=what):
+            replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
+    failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
+    if failed and detail["status"] not in ACTIVE:
+        node_col, button_col = st.columns([1, 3])
+        node = node_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
+        again = scheduler.nodes_to_rerun(statuses, {node} | dependents(node))
+        what = f"Retry re-enqueues {', '.join(again)} (this stage and what depends on it); the rest stays as it is."
+        if button_col.button(f"Retry {node} and what depends on it", key="retry", help=what):
+            replan(run_id, "retry", lambda: scheduler.retry(failed[node], connect()))
+        st.caption(what)
+    if "run_action_result" in st.session_state:
+        st.info(st.session_state.pop("run_action_result"))
+    if st.button("Clone and edit", key="clone", help="Opens Launch with this run's config, to change and launch."):
+        clone_and_edit(run_id)
+
+
+def config_block(detail: dict) -> None:
+    spec = migrate_spec(detail["spec"])
+    values = flatten(spec)
+    st.subheader("Config")
+    st.dataframe(
+        pd.DataFrame(
+            [{"setting": label, "value": str(values.get(dotted, ""))} for dotted, label in KEY_SETTINGS.items()]
+        ),
+        hide_index=True,
+        key="key_settings_df",
+    )
+    with st.expander("The whole config (YAML), exactly as the run was launched"):
+        st.code(yaml.safe_dump(spec, sort_keys=False), language="yaml")
 
 
 def run_page(run_id: int) -> None:
@@ -143,56 +275,17 @@ def run_page(run_id: int) -> None:
     if st.button("← all runs", key="back"):
         del st.query_params["run"]
         st.rerun()
-    live_stages(run_id)
+    smoothing = st.slider(
+        "Curve smoothing", 0.0, 0.95, 0.0, 0.05, key="smoothing", help="Exponential moving average, as TensorBoard's."
+    )
+    live_run(run_id, smoothing)
     for verdict in queries.previews(run_id, "preflight"):
         st.subheader("Preflight: " + ("GO" if verdict["go"] else "NO-GO"))
         for check in verdict["checklist"]:
             mark = "PASS" if check["passed"] else ("FAIL" if check["required"] else "INFO")
             st.text(f"{mark}  {check['item']}: {check['reason']}")
-    cancel_col, resume_col, retry_col, _ = st.columns([1, 1, 2, 2])
-    if detail["status"] in ACTIVE and cancel_col.button("Cancel run", key="cancel"):
-        commands.cancel(run_id, connect())
-        st.rerun()
-    if detail["status"] in ("failed", "cancelled") and resume_col.button("Resume run", key="resume"):
-        replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
-    failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
-    if failed and detail["status"] not in ACTIVE:
-        node = retry_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
-        if retry_col.button(f"Retry {node} and what depends on it", key="retry"):
-            replan(run_id, "retry", lambda: scheduler.retry(failed[node], connect()))
-    if "run_action_result" in st.session_state:
-        st.info(st.session_state.pop("run_action_result"))
-
-    curves = pd.DataFrame(
-        queries.metric_curves(
-            run_id, ["loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]
-        )
-    )
-    if not curves.empty:
-        st.subheader("Training curves")
-        chart = (
-            alt.Chart(curves)
-            .mark_line()
-            .encode(x="step:Q", y="value:Q", color="node:N", tooltip=["node", "step", "value"])
-            .properties(height=220)
-        )
-        st.altair_chart(chart.facet(facet="name:N", columns=2).resolve_scale(y="independent"), key="curves")
-
-    loads = [
-        dict(
-            stage=s["node"],
-            **{
-                k: (s["load_info"] or {}).get(k)
-                for k in ("device", "dtype", "quantization", "fallback", "parameter_count", "load_seconds")
-            },
-        )
-        for s in detail["stages"]
-        if s["load_info"]
-    ]
-    if loads:
-        st.subheader("How each model was loaded")
-        st.dataframe(pd.DataFrame(loads), hide_index=True, key="loads_df")
-
+    actions(run_id, detail)
+    config_block(detail)
     with st.form("annotate"):
         tags = st.text_input("Tags (comma-separated)", ", ".join(detail["tags"] or []), key="tags")
         notes = st.text_area("Notes", detail["notes"] or "", key="notes")
@@ -203,6 +296,7 @@ def run_page(run_id: int) -> None:
 
 selected = st.query_params.get("run")
 if selected is None:
+    st.title("Runs")
     runs_table()
 elif not selected.isdigit():
     st.error(f"'{selected}' is not a run id.")

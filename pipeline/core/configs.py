@@ -37,11 +37,39 @@ SPEC_VERSION = 3  # bump with a new entry in MIGRATIONS whenever the stored layo
 _BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
 
 
-def opt(default: Any = ..., help: str = "", *, factory: Callable[[], Any] | None = None, **checks: Any) -> Any:
-    """A field with help text and optional ge / le / gt / lt bounds."""
+def opt(
+    default: Any = ...,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    label: str | None = None,
+    multiline: bool = False,
+    **checks: Any,
+) -> Any:
+    """A field with help text, optional ge / le / gt / lt bounds, and how forms show it: a `label` written for people
+    where the field's name is not one ("LoRA rank" for lora_r), `multiline` for text whose line breaks matter."""
+    extra = {k: v for k, v in (("label", label), ("multiline", multiline)) if v}
     if factory is not None:
-        return Field(default_factory=factory, description=help, **checks)
-    return Field(default, description=help, **checks)
+        return Field(default_factory=factory, description=help, json_schema_extra=extra or None, **checks)
+    return Field(default, description=help, json_schema_extra=extra or None, **checks)
+
+
+def field_label(dotted: str, schema: dict[str, Any]) -> str:
+    """A field's label for people: its declared one, else its name in words ("max_new_tokens" -> "Max new tokens")."""
+    words = dotted.rsplit(".", 1)[-1].replace("_", " ")
+    return schema.get("label") or words[:1].upper() + words[1:]
+
+
+# what a researcher sets first and looks for first: Launch shows these at the top, a run's page names them
+KEY_SETTINGS: dict[str, str] = {
+    "base_model.name_or_path": "Base model",
+    "data.instructions": "Instructions",
+    "sft.learning_rate": "SFT learning rate",
+    "sft.num_epochs": "SFT epochs",
+    "dpo.learning_rate": "DPO learning rate",
+    "dpo.num_epochs": "DPO epochs",
+    "dpo.beta": "DPO β",
+}
 
 
 class Section(BaseModel):
@@ -70,22 +98,34 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name_or_path: str = opt(TINY_MODEL, "Hugging Face model id or local directory of the model.")
-    revision: str | None = opt(None, "Hub revision (branch, tag or commit) to pin; ignored for local paths.")
+    name_or_path: str = opt(
+        TINY_MODEL, "Hugging Face model id or local directory of the model.", label="Model (hub id or directory)"
+    )
+    revision: str | None = opt(
+        None, "Hub revision (branch, tag or commit) to pin; ignored for local paths.", label="Hub revision"
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
-        "auto", "Weights dtype. auto = bfloat16 on a GPU that supports it, else float16 on GPU, float32 on CPU."
+        "auto",
+        "Weights dtype. auto = bfloat16 on a GPU that supports it, else float16 on GPU, float32 on CPU.",
+        label="Weights dtype",
     )
     load_in_8bit: Literal["auto", True, False] = opt(
-        "auto", "8-bit weights via bitsandbytes. auto = only when the model would not fit in 16-bit on the device."
+        "auto",
+        "8-bit weights via bitsandbytes. auto = only when the model would not fit in 16-bit on the device.",
+        label="8-bit weights",
     )
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where to load: auto = cuda when available, else cpu.")
     trust_remote_code: bool = opt(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
-    adapter: str | None = opt(None, "LoRA adapter directory to load on top of the base model (PEFT).")
-    lora_r: int = opt(16, "LoRA rank.", ge=1, le=1024)
-    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", ge=1, le=4096)
-    lora_dropout: float = opt(0.05, "LoRA dropout.", ge=0.0, le=0.9)
+    adapter: str | None = opt(
+        None, "LoRA adapter directory to load on top of the base model (PEFT).", label="LoRA adapter to start from"
+    )
+    lora_r: int = opt(16, "LoRA rank.", label="LoRA rank", ge=1, le=1024)
+    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r).", label="LoRA alpha", ge=1, le=4096)
+    lora_dropout: float = opt(0.05, "LoRA dropout.", label="LoRA dropout", ge=0.0, le=0.9)
     lora_target_modules: str = opt(
-        "all-linear", "Modules LoRA adapts: all-linear, or a comma-separated list such as q_proj,v_proj."
+        "all-linear",
+        "Modules LoRA adapts: all-linear, or a comma-separated list such as q_proj,v_proj.",
+        label="LoRA target modules",
     )
 
     @field_validator("name_or_path")
@@ -100,6 +140,8 @@ class FormatConfig(Section):
     template: str = opt(
         "Instruction: {instruction}\nResponse:",
         "Prompt template with one {instruction} placeholder; completions follow it directly.",
+        label="Prompt template",
+        multiline=True,
     )
     chat_template: Literal["auto", "always", "never"] = opt(
         "auto", "Use the tokenizer's chat template: auto = when the tokenizer has one, always, or never."
@@ -128,7 +170,7 @@ class DataConfig(Section):
         "Instructions: 'demo' (shipped demo set), a JSONL file with an 'instruction' field, or a Hugging Face "
         "dataset id.",
     )
-    split: str = opt("train", "Dataset split when `instructions` is a Hugging Face dataset.")
+    split: str = opt("train", "Dataset split when `instructions` is a Hugging Face dataset.", label="Dataset split")
     instruction_field: str = opt("instruction", "Field that holds the instruction text.")
     max_instructions: int = opt(0, "Use at most this many instructions (0 = all).", ge=0)
 
@@ -137,9 +179,9 @@ class SamplingConfig(Section):
     """How a model generates: shared by SFT data generation, model-sampled negatives and evaluation."""
 
     max_new_tokens: int = opt(64, "Maximum new tokens per response.", ge=1, le=8192)
-    do_sample: bool = opt(True, "Sample (true) or greedy decoding (false).")
+    do_sample: bool = opt(True, "Sample (true) or greedy decoding (false).", label="Sample (off = greedy)")
     temperature: float = opt(0.7, "Sampling temperature (only when sampling).", ge=0.01, le=5.0)
-    top_p: float = opt(0.9, "Nucleus sampling probability mass (only when sampling).", ge=0.01, le=1.0)
+    top_p: float = opt(0.9, "Nucleus sampling probability mass (only when sampling).", ge=0.01, le=1.0, label="Top-p")
 
 
 class GenerationConfig(Section):
@@ -213,7 +255,11 @@ class NegativesConfig(Section):
 
 class SplitConfig(Section):
     heldout_fraction: float = opt(
-        0.2, "Share of prompts held out for evaluation, chosen before any stage trains.", ge=0.01, le=0.9
+        0.2,
+        "Share of prompts held out for evaluation, chosen before any stage trains.",
+        ge=0.01,
+        le=0.9,
+        label="Held-out share of prompts",
     )
     seed: int = opt(0, "Random seed of the split.", ge=0)
     split_field: str = opt(
@@ -226,13 +272,14 @@ class SplitConfig(Section):
         "A field with the reference answer, when the data has one: evaluation scores correctness against it "
         "(exact match, token F1). Empty or absent = no correctness metric.",
     )
-    ngram: int = opt(8, "Word n-gram length of the decontamination check.", ge=3, le=50)
+    ngram: int = opt(8, "Word n-gram length of the decontamination check.", ge=3, le=50, label="N-gram length")
     max_ngram_overlap: float = opt(
         0.8,
         "A held-out text counts as contaminated when this share of its n-grams (or the whole text) occurs in a "
         "training input.",
         ge=0.0,
         le=1.0,
+        label="Max n-gram overlap",
     )
     max_contaminated_fraction: float = opt(
         0.0, "Fail a training stage when more than this share of held-out texts is contaminated.", ge=0.0, le=1.0
@@ -249,13 +296,17 @@ class TrainingConfig(Section):
     """What SFT and DPO training share; each adds its own fields and its learning-rate default."""
 
     learning_rate: float = opt(2e-4, "Peak learning rate.", ge=1e-9, le=1.0)
-    num_epochs: float = opt(1.0, "Training epochs.", ge=0.01, le=100.0)
-    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1 = run all epochs).", ge=-1)
+    num_epochs: float = opt(1.0, "Training epochs.", label="Epochs", ge=0.01, le=100.0)
+    max_steps: int = opt(
+        -1, "Stop after this many optimizer steps (-1 = run all epochs).", label="Max optimizer steps", ge=-1
+    )
     batch_size: int = opt(4, "Per-device batch size (examples; pairs for DPO).", ge=1, le=4096)
-    grad_accumulation: int = opt(1, "Gradient accumulation steps.", ge=1, le=4096)
-    max_length: int = opt(512, "Maximum tokens of prompt + response.", ge=8, le=131072)
-    use_lora: bool = opt(True, "Train a LoRA adapter (true) or all weights (false).")
-    warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", ge=0.0, le=0.5)
+    grad_accumulation: int = opt(1, "Gradient accumulation steps.", label="Gradient accumulation steps", ge=1, le=4096)
+    max_length: int = opt(
+        512, "Maximum tokens of prompt + response.", label="Max tokens (prompt + response)", ge=8, le=131072
+    )
+    use_lora: bool = opt(True, "Train a LoRA adapter (true) or all weights (false).", label="Train a LoRA adapter")
+    warmup_ratio: float = opt(0.0, "Share of steps for linear warm-up.", label="Warm-up share of steps", ge=0.0, le=0.5)
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", ge=1)
     activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
     seed: int = opt(0, "Random seed.", ge=0)
@@ -276,7 +327,9 @@ class SFTConfig(TrainingConfig):
 
 class DPOConfig(TrainingConfig):
     learning_rate: float = opt(5e-5, "Peak learning rate.", ge=1e-9, le=1.0)
-    beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference model.", ge=1e-4, le=10.0)
+    beta: float = opt(
+        0.1, "DPO beta: strength of the pull towards the reference model.", label="β (beta)", ge=1e-4, le=10.0
+    )
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "aot", "apo_zero", "apo_down"] = (
         opt("sigmoid", "DPO loss.")
     )

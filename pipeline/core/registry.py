@@ -28,6 +28,7 @@ class Node:
     stage: str
     role: str | None = None  # train_dpo: init ("sft" / "base"); evaluate: the method
     deps: tuple[tuple[str, str], ...] = ()  # (input name, node name)
+    makes: str | None = None  # the method (configs.METHODS) whose model this node trains
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -41,6 +42,7 @@ class NodeSpec:
     name: str
     role: str | None = None
     inputs: tuple[tuple[str, str], ...] = ()
+    makes: str | None = None  # the method whose model this node trains (train_sft: "sft", dpo_sft: "sft_dpo")
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,15 @@ class Stage:
     cli: str = ""  # CLI subcommand; defaults to the stage's name
     variants: bool = False  # runs once per init with one config, the comparison's subject (train_dpo)
     measures: bool = False  # computes the registered metrics: their names are part of its artifact key
+    label: str = ""  # how pages title its curves and steps ("SFT", "DPO"); defaults to its name
 
     @property
     def command(self) -> str:
         return self.cli or self.name
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ")
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -134,7 +141,7 @@ def plan() -> list[Node]:
     nodes: list[Node] = []
     for declared, node in iter_nodes():
         deps = tuple((n.name, n.name) for n in nodes) if declared.reads_all else node.inputs
-        nodes.append(Node(node.name, declared.name, node.role, deps))
+        nodes.append(Node(node.name, declared.name, node.role, deps, node.makes))
     return nodes
 
 
@@ -207,8 +214,9 @@ for _stage in (
         "pipeline.stages.train_sft",
         "Supervised fine-tuning on the train prompts' SFT records.",
         ("base_model", "format", "sft", "validation"),
-        (NodeSpec("train_sft", inputs=(("sft", "generate_sft"),)),),
+        (NodeSpec("train_sft", inputs=(("sft", "generate_sft"),), makes="sft"),),
         timeout_s=12 * HOUR,
+        label="SFT",
     ),
     Stage(
         "generate_negatives",
@@ -235,12 +243,13 @@ for _stage in (
         "DPO from the SFT model and from the base model, with one and the same DPO config.",
         ("base_model", "format", "dpo", "negatives", "validation"),
         (
-            NodeSpec("dpo_sft", "sft", (("pairs", "pairs"), ("sft_model", "train_sft"))),
-            NodeSpec("dpo_base", "base", (("pairs", "pairs"),)),
+            NodeSpec("dpo_sft", "sft", (("pairs", "pairs"), ("sft_model", "train_sft")), makes="sft_dpo"),
+            NodeSpec("dpo_base", "base", (("pairs", "pairs"),), makes="dpo_only"),
         ),
         role_argument="init",
         timeout_s=12 * HOUR,
         variants=True,
+        label="DPO",
     ),
     Stage(
         "evaluate",

@@ -1,0 +1,54 @@
+"""Durations as people read them, and a stage's elapsed time and estimate of what is left. Pure Python."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime
+
+
+def human_duration(seconds: float | None) -> str:
+    """'0.4 s', '5.4 s', '16 min 53 s', '2 h 03 min'; '' when there is no duration (never 'None')."""
+    if seconds is None:
+        return ""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs} s"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC datetimes
+
+
+def elapsed_seconds(started_at: datetime | None, finished_at: datetime | None, now: datetime) -> float | None:
+    """How long a stage ran (finished) or has been running (not yet finished); None before it started."""
+    if started_at is None:
+        return None
+    return ((_aware(finished_at) if finished_at else _aware(now)) - _aware(started_at)).total_seconds()
+
+
+def remaining_seconds(elapsed: float | None, done: int, total: int) -> float | None:
+    """What is left at the rate so far (elapsed per unit of progress); None while nothing is done to judge by."""
+    if elapsed is None or total <= 0 or done <= 0 or done > total:
+        return None
+    return elapsed * (total - done) / done
+
+
+def estimate_run(nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]) -> tuple[float | None, str]:
+    """A run's duration from earlier runs: the median recorded time of each (node, queue) it will run, summed, with
+    its basis in words; None and what has no basis when any node has never been timed on its queue."""
+    missing = [f"{node} on {queue}" for node, queue in nodes if not recorded.get((node, queue))]
+    if missing:
+        return None, "unknown: no earlier run of this model and preset has timed " + ", ".join(missing)
+    counts = [len(recorded[n]) for n in nodes]
+    total = sum(statistics.median(recorded[n]) for n in nodes)
+    basis = f"from {min(counts)}" + (f" to {max(counts)}" if max(counts) != min(counts) else "")
+    return total, (
+        f"about {human_duration(total)}: the median of each stage's time in {basis} earlier runs of this model and "
+        "preset on the same queues, if nothing is reused"
+    )

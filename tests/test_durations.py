@@ -1,0 +1,37 @@
+"""Durations, elapsed time and what is left, as the Runs page shows them (pipeline.core.durations)."""
+
+from datetime import UTC, datetime, timedelta
+
+from pipeline.core.durations import elapsed_seconds, estimate_run, human_duration, remaining_seconds
+
+
+def test_durations_read_as_people_write_them():
+    assert human_duration(1012.7037) == "16 min 53 s"
+    assert human_duration(5.43) == "5.4 s"
+    assert human_duration(59.96) == "60.0 s"
+    assert human_duration(60.4) == "1 min 0 s"
+    assert human_duration(7385) == "2 h 03 min"
+    assert human_duration(None) == ""
+
+
+def test_elapsed_runs_to_now_until_the_stage_finishes_and_naive_times_are_utc():
+    start = datetime(2026, 1, 1, 12, 0, 0)  # naive, as SQLite returns it
+    now = datetime(2026, 1, 1, 12, 2, 30, tzinfo=UTC)
+    assert elapsed_seconds(start, None, now) == 150
+    assert elapsed_seconds(start, start + timedelta(seconds=42), now) == 42
+    assert elapsed_seconds(None, None, now) is None
+
+
+def test_remaining_is_the_rate_so_far_and_unknown_before_any_progress():
+    assert remaining_seconds(100.0, 25, 100) == 300.0
+    assert remaining_seconds(100.0, 0, 100) is None
+    assert remaining_seconds(None, 5, 10) is None
+    assert remaining_seconds(10.0, 10, 10) == 0.0
+
+
+def test_a_run_estimate_sums_each_stage_median_and_says_when_it_has_no_basis():
+    recorded = {("train_sft", "gpu"): [10.0, 30.0, 20.0], ("compare", "cpu"): [2.0]}
+    total, basis = estimate_run([("train_sft", "gpu"), ("compare", "cpu")], recorded)
+    assert total == 22.0 and basis.startswith("about 22.0 s") and "from 1 to 3 earlier runs" in basis
+    total, basis = estimate_run([("train_sft", "gpu-80gb"), ("compare", "cpu")], recorded)
+    assert total is None and basis == "unknown: no earlier run of this model and preset has timed train_sft on gpu-80gb"
