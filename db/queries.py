@@ -23,6 +23,7 @@ from db.models import (
 from db.session import read_session
 from pipeline.core.configs import changes_result, flatten, migrate_spec
 from pipeline.core.metrics import sample_flags
+from pipeline.core.registry import plan
 from pipeline.core.text import same_text
 
 DONE = ("succeeded", "cached")
@@ -274,6 +275,9 @@ def sweep(run_ids: list[int], metric: str, engine: Engine | None = None) -> list
 
 
 def validation_reports(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Each hand-off's report once: a file that several stages read and checked alike (the pairs, read by both DPO
+    variants and four evaluations) is one report, with the stages that checked it (`checked_by`), in DAG order.
+    The stage that made a file checks more than its readers do (make_pairs: the type mix), so that is its own."""
     with read_session(engine) as s:
         rows = s.execute(
             select(ValidationReportRow, StageRun.node)
@@ -281,15 +285,32 @@ def validation_reports(run_id: int, engine: Engine | None = None) -> list[dict[s
             .where(ValidationReportRow.run_id == run_id)
             .order_by(ValidationReportRow.id)
         ).all()
-        return [{"node": node, **r.report} for r, node in rows]
+    order = {node.name: i for i, node in enumerate(plan())}
+    reports: dict[str, dict[str, Any]] = {}
+    for row, node in sorted(rows, key=lambda r: (order.get(r[1], len(order)), r[0].id)):
+        same = json.dumps(row.report, sort_keys=True, default=str)
+        reports.setdefault(same, {**row.report, "checked_by": []})["checked_by"].append(node)
+    return list(reports.values())
 
 
 def previews(run_id: int, kind: str, engine: Engine | None = None) -> list[Any]:
+    """The rows of a run's preview of `kind`, from the one stage run that made that data."""
     with read_session(engine) as s:
+        maker = s.scalar(select(func.min(Preview.stage_run_id)).where(Preview.run_id == run_id, Preview.kind == kind))
         chunks = s.scalars(
-            select(Preview.rows).where(Preview.run_id == run_id, Preview.kind == kind).order_by(Preview.id)
+            select(Preview.rows).where(Preview.stage_run_id == maker, Preview.kind == kind).order_by(Preview.id)
         ).all()
     return [row for chunk in chunks for row in chunk]
+
+
+def records_total(run_id: int, kind: str, engine: Engine | None = None) -> int | None:
+    """How many records of `kind` the file holds, as the stage that made it counted them (its metric of that name);
+    None when it did not say."""
+    with read_session(engine) as s:
+        maker = s.scalar(select(func.min(Preview.stage_run_id)).where(Preview.run_id == run_id, Preview.kind == kind))
+        metrics = s.scalar(select(StageRun.metrics).where(StageRun.id == maker)) if maker else None
+    total = (metrics or {}).get(kind)
+    return total if isinstance(total, int) else None
 
 
 def blind_queue(run_id: int, a: str, b: str, reviewer: str, engine: Engine | None = None) -> dict[str, Any]:

@@ -50,6 +50,18 @@ def default_store(home: str | Path | None = None) -> ArtifactStore:
     return ArtifactStore(Path(home or alignlab_home()) / "artifacts")
 
 
+def at_final_path(value: Any, work: str, final: str) -> Any:
+    """What a stage reports while it writes its artifact (a validation report's source, an issue's location) names
+    the artifact's directory, where the files will be once the work directory is renamed into it."""
+    if isinstance(value, str):
+        return value.replace(work, final)
+    if isinstance(value, dict):
+        return {k: at_final_path(v, work, final) for k, v in value.items()}
+    if isinstance(value, list):
+        return [at_final_path(v, work, final) for v in value]
+    return value
+
+
 def run_node(
     spec: RunSpec,
     store: ArtifactStore,
@@ -90,7 +102,11 @@ def run_node(
         else:
             argument = registry.stage(node.stage).role_argument
             kwargs = {argument: node.role} if node.role and argument else {}
-            result = stage_module(node.stage).run(spec, inputs, writer.dir, on_progress, **kwargs)
+            work, final = str(writer.dir), str(store.path(key))
+            result = stage_module(node.stage).run(
+                spec, inputs, writer.dir, lambda event: on_progress(at_final_path(event, work, final)), **kwargs
+            )
+            result.reports = at_final_path(result.reports, work, final)
             result.key = key
             write_json(writer.dir / RESULT_FILE, result.to_dict())
             writer.meta.update(checks=result.checks, load_info=result.load_info, seconds=result.seconds)

@@ -126,6 +126,13 @@ def log_in(page, url):
     wait_for_run(page)
 
 
+def confirm_cancel(page):
+    button(page, "Cancel run").click()
+    wait_for_run(page)
+    button(page, "Yes, cancel the run").click()
+    wait_for_run(page)
+
+
 def name_field(page):
     return page.get_by_test_id("stTextInput").filter(has_text="name").first.locator("input")
 
@@ -168,9 +175,13 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         assert db_row(stack, Run.status, Run.notes, where=Run.id == 1) == ("queued", "")  # nothing acted
 
         # With it: the actions on the parked run
-        log_in(page, url + "/?run=1")
+        log_in(page, url + "/runs?run=1")  # the Runs page has an address of its own
         expect(page.get_by_text("parked", exact=False).first).to_be_visible(timeout=60_000)
         button(page, "Cancel run").click()
+        wait_for_run(page)
+        expect(page.get_by_text("Cancel run 1?", exact=False)).to_be_visible(timeout=60_000)  # asks first
+        assert db_row(stack, Run.status, where=Run.id == 1) == ("queued",)
+        button(page, "Yes, cancel the run").click()
         wait_for_run(page)
         expect(button(page, "Resume run")).to_be_visible(timeout=60_000)
         assert db_row(stack, Run.status, where=Run.id == 1) == ("cancelled",)
@@ -178,8 +189,7 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         wait_for_run(page)
         expect(page.get_by_text("re-enqueued", exact=False)).to_be_visible(timeout=60_000)
         assert db_row(stack, Run.status, where=Run.id == 1) == ("queued",)
-        button(page, "Cancel run").click()
-        wait_for_run(page)
+        confirm_cancel(page)
         page.get_by_test_id("stButton").filter(has_text="what depends on it").locator("button").click()
         wait_for_run(page)
         expect(page.get_by_text("re-enqueued", exact=False)).to_be_visible(timeout=60_000)
@@ -189,8 +199,7 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         wait_for_run(page)
         expect(page.get_by_text("Saved")).to_be_visible(timeout=60_000)
         assert db_row(stack, Run.notes, where=Run.id == 1) == ("parked on purpose",)
-        button(page, "Cancel run").click()  # leave the worker free for the run below
-        wait_for_run(page)
+        confirm_cancel(page)  # leave the worker free for the run below
 
         # Launch: the tiny-ci preset, a name of our own, then Launch
         navigate(page, "Launch")
@@ -205,8 +214,11 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         button(page, "Launch").click()
         wait_for_run(page)
 
-        # Runs: we land on the run's page; its live fragment refreshes until the run succeeds
-        expect(page).to_have_url(f"{url}/?run=2", timeout=60_000)
+        # Runs: we land on the run's page; its live fragment refreshes until the run succeeds, curves included
+        expect(page).to_have_url(f"{url}/runs?run=2", timeout=60_000)
+        expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        header = page.get_by_text(re.compile(r"^Run 2 · browser-run · ")).first.text_content()
+        assert header.endswith("running"), f"the curves appeared only once the run had ended: {header}"
         expect(page.get_by_text("Run 2 · browser-run · succeeded")).to_be_visible(timeout=RUN_TIMEOUT_MS)
         wait_for_run(page)
         expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=60_000)
@@ -214,9 +226,16 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         button(page, "← all runs").click()
         wait_for_run(page)
         page.screenshot(path=str(shots / "runs.png"), full_page=True, animations="disabled")
+        table = page.get_by_test_id("stDataFrame").first.bounding_box()  # a click on the first row opens its run
+        page.mouse.click(table["x"] + 200, table["y"] + 35 + 17)
+        wait_for_run(page)
+        expect(page).to_have_url(f"{url}/runs?run=2", timeout=60_000)
+        expect(page.get_by_text("Run 2 · browser-run · succeeded")).to_be_visible(timeout=60_000)
 
         navigate(page, "Compare")
         expect(page.get_by_text("Did SFT before DPO help?")).to_be_visible(timeout=60_000)
+        # tiny-ci has fewer than 20 held-out prompts: its intervals carry a label, never look like real ones
+        expect(page.get_by_text(re.compile(r"too few to trust|all \d+ equal|no estimate")).first).to_be_visible()
         expect(page.get_by_text("GO", exact=False).first).to_be_visible()
         page.screenshot(path=str(shots / "compare.png"), full_page=True, animations="disabled")
 

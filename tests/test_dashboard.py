@@ -260,15 +260,24 @@ def test_samples_render_model_output_as_text_never_markdown(filled):
     assert not any("203.0.113.7" in m for m in markdown)
 
 
-def test_data_page_reports_records_and_mask_viewer(filled):
+def test_data_page_reports_records_and_mask_viewer(filled, dag_run):
     at = app().run()
     at.switch_page("views/data.py").run()
     assert not at.exception
-    labels = [e.label for e in at.expander]
-    assert any("split · instructions · passed" in label for label in labels)
-    assert any("pairs · pairs · passed" in label for label in labels)
+    labels = [e.label for e in at.expander if " rows valid · " in e.label]
+    assert any(label.startswith("instructions · passed") for label in labels)
+    made, read = [label for label in labels if label.startswith("pairs · ")]  # once as made, once as read by all
+    assert made.endswith("checked by pairs")
+    assert read.endswith("checked by dpo_sft, dpo_base, eval_base, eval_sft, eval_sft_dpo, eval_dpo_only")
+    files = [t.value for t in at.text if t.value.startswith("File: ")]
+    assert files and not [f for f in files if ".partial" in f]  # where the file is, not where it was written
+    paths = [Path(p) for f in files if "/artifacts/" in f for p in f.removeprefix("File: ").split(" + ")]
+    assert paths and all(p.exists() for p in paths)
     records = at.dataframe[-1].value
     assert {"prompt", "completion"} <= set(records.columns) and len(records) > 0
+    made = dag_run.results["generate_sft"]
+    lines = (Path(made.out_dir) / made.outputs["sft"]).read_text().splitlines()
+    assert f"The first {len(records)} of {len(lines)} rows" in [c.value for c in at.caption]
     assert any("trained of" in c.value for c in at.caption)
     assert any("rows per length bucket" in c.value for c in at.caption)  # length histograms of the hand-offs
 

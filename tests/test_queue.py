@@ -150,6 +150,9 @@ def test_submitted_dag_runs_on_a_worker_and_lands_in_the_database(
         assert methods == {"base", "sft", "sft_dpo", "dpo_only"}
         kinds = set(s.scalars(select(Preview.kind).where(Preview.run_id == run_id)))
         assert {"sft_records", "negatives", "train_pairs", "mask_examples", "differences", "verdict"} <= kinds
+        for kind in ("sft_records", "negatives", "train_pairs", "heldout_pairs"):  # previewed by its maker alone
+            makers = set(s.scalars(select(Preview.stage_run_id).where(Preview.run_id == run_id, Preview.kind == kind)))
+            assert len(makers) == 1, f"{kind} previewed by {len(makers)} stage runs"
     # a second drain of the same stream records nothing twice
     before = recorder.recorded
     recorder._pending_checked = False
@@ -278,7 +281,7 @@ def test_uploaded_dataset_travels_as_a_blob_and_is_materialized_once(
     with read_session(engine) as s:
         stage_run = next(x for x in s.get(Run, run_id).stages if x.node == "generate_sft")
         assert stage_run.status == "succeeded", stage_run.error
-        assert stage_run.metrics["records"] + stage_run.metrics["dropped"] == 12
+        assert stage_run.metrics["sft_records"] + stage_run.metrics["dropped"] == 12
     assert (alignlab_home / "blobs" / f"{reference[5:]}.jsonl").read_bytes() == data
     with pytest.raises(DataError, match="upload limit"):
         put_blob(redis_conn, b"x" * (MAX_BLOB_BYTES + 1), "huge.jsonl")

@@ -54,10 +54,11 @@ if not reports:
 for n, report in enumerate(reports):
     verdict = "passed" if report["passed"] else "FAILED"
     with st.expander(
-        f"{report['node']} · {report['kind']} · {verdict} · {report['rows_valid']}/{report['rows_read']} "
-        f"rows valid · {report['n_errors']} errors · {report['n_warnings']} warnings",
+        f"{report['kind']} · {verdict} · {report['rows_valid']}/{report['rows_read']} rows valid · "
+        f"{report['n_errors']} errors · {report['n_warnings']} warnings · checked by {', '.join(report['checked_by'])}",
         expanded=not report["passed"],
     ):
+        st.text(f"File: {report['source']}")
         issues = pd.DataFrame(report["issues"])
         if not issues.empty:
             codes = st.multiselect("Codes", sorted(issues["code"].unique()), key=f"codes_{n}")
@@ -80,7 +81,11 @@ for n, report in enumerate(reports):
 st.header("Records")
 kind = st.selectbox("Show", ["sft_records", "negatives", "train_pairs", "heldout_pairs"], key="records_kind")
 records = queries.previews(run_id, kind)
-st.caption(f"{len(records)} rows (a bounded preview sent by the stage)")
+total = queries.records_total(run_id, kind)
+if records:
+    st.caption(f"The first {len(records)} of {total} rows" if total is not None else f"{len(records)} rows (a preview)")
+else:
+    st.caption("No rows yet: the stage that makes them has not finished.")
 if records:
     frame = pd.DataFrame(records)
     if "negative_type" in frame:

@@ -39,7 +39,9 @@ def remaining_seconds(elapsed: float | None, done: int, total: int) -> float | N
     return elapsed * (total - done) / done
 
 
-def estimate_run(nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]) -> tuple[float | None, str]:
+def estimate_run(
+    nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]
+) -> tuple[float | None, str]:
     """A run's duration from earlier runs: the median recorded time of each (node, queue) it will run, summed, with
     its basis in words; None and what has no basis when any node has never been timed on its queue."""
     missing = [f"{node} on {queue}" for node, queue in nodes if not recorded.get((node, queue))]

@@ -33,6 +33,7 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)  # name -> {"passed": bool, "detail": ...}
     reports: list[dict[str, Any]] = field(default_factory=list)  # ValidationReport dicts
+    # bounded previews of the data this stage made, by kind; `metrics[kind]`, where present, counts the whole file
     previews: dict[str, list[Any]] = field(default_factory=dict)
     load_info: dict[str, Any] | None = None
     seconds: float = 0.0

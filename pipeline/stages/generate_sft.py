@@ -174,7 +174,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         stage=STAGE,
         outputs={"sft": OUTPUT},
         metrics={
-            "records": len(records),
+            "sft_records": len(records),
             "dropped": len(pending) + len(leaked),
             "heldout_dropped_as_contaminated": len(leaked),
             "acceptance_rate": len(records) / len(instructions),

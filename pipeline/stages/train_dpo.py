@@ -20,7 +20,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.negative_types import REGISTRY
 from pipeline.core.registry import stage_of_module
 from pipeline.models import load_model, loaded, release_memory
-from pipeline.stages import PREVIEW_ROWS, Progress, ProgressFn, StageResult, read_json, write_json
+from pipeline.stages import Progress, ProgressFn, StageResult, read_json, write_json
 from pipeline.stages.pairs import HELDOUT, TRAIN
 from pipeline.stages.split import pairs_decontamination
 from pipeline.training import (
@@ -220,10 +220,7 @@ def run(
             },
         },
         reports=[report.to_dict(), decontamination.to_dict()],
-        previews={
-            "effective_config": [read_json(out_dir / EFFECTIVE_CONFIG)],
-            "train_pairs": splits["train"][:PREVIEW_ROWS],
-        },
+        previews={"effective_config": [read_json(out_dir / EFFECTIVE_CONFIG)]},  # its pairs: make_pairs' preview
         load_info=info.to_dict(),
         seconds=progress.elapsed(),
     )
