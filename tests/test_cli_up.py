@@ -1,6 +1,7 @@
 """`alignlab up` on its embedded defaults, and the queue CLI against it."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,13 @@ def test_up_runs_a_submitted_run_on_embedded_redis_and_leaves_no_orphan(tiny_mod
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "redis: embedded" in out.stdout and "run 1 succeeded" in out.stdout and "alignlab stopped" in out.stdout
     assert "dashboard: http://127.0.0.1:" in out.stdout
+    # one line per stage change, with the time since start; library logs and progress bars in files
+    lines = out.stdout.splitlines()
+    (sft,) = [line for line in lines if re.fullmatch(r"\d\d:\d\d train_sft succeeded \(\d+\.\d s\)", line)]
+    assert len([line for line in lines if " generate_sft succeeded" in line]) == 1
+    assert not [line for line in lines if "INFO" in line or "rq.worker" in line or "it/s]" in line]
+    assert f"logs: {home / 'logs'}/" in out.stdout
+    assert "Job OK" in (home / "logs" / "worker.log").read_text()  # RQ's own lines, kept where they can be read
     assert redis_servers_in(home / "redis") == []  # the owner shut its server down
     assert (home / "redis" / "appendonly.aof").exists()
     # the database it left behind answers the CLI
@@ -116,7 +124,7 @@ def test_up_restarts_a_dead_recorder_and_stops_every_process_it_started(tiny_mod
         return value
 
     try:
-        wait_for(lambda: "train_sft:running" in log_path.read_text(), "train_sft to run")
+        wait_for(lambda: re.search(r"\d\d:\d\d train_sft running", log_path.read_text()), "train_sft to run")
         worker = wait_for(lambda: children("-m workers --queues"), "the worker")[0]
         horses = wait_for(
             lambda: [p for p in worker.children() if os.getpgid(p.pid) == p.pid], "the job's process (work horse)"
@@ -137,3 +145,20 @@ def test_up_restarts_a_dead_recorder_and_stops_every_process_it_started(tiny_mod
     assert "recorder: exited with code -9" in text and "alignlab stopped (restarts: recorder 1)" in text
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]  # the job's process too, not an orphan
+
+
+def test_up_says_each_stage_change_once_with_the_time_since_start():
+    from workers.cli import stage_changes
+
+    def summary(status, *stages):
+        keys = ("node", "status", "seconds", "error")
+        return {"id": 7, "status": status, "stages": [dict(zip(keys, s, strict=True)) for s in stages]}
+
+    seen = {}
+    assert stage_changes(seen, summary("queued", ("split", "queued", None, None)), 0.2) == ["00:00 split queued"]
+    assert stage_changes(seen, summary("queued", ("split", "queued", None, None)), 1.0) == []
+    assert stage_changes(seen, summary("failed", ("split", "failed", 5.43, "boom")), 61.0) == [
+        "01:01 split failed (5.4 s): boom",
+        "01:01 run 7 failed",
+    ]
+    assert stage_changes(seen, summary("failed", ("split", "failed", 5.43, "boom")), 62.0) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.cli import add_spec_arguments, build_parser, spec_from_args
 from pipeline.core.errors import AlignlabError
+from pipeline.core.home import alignlab_home
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +93,26 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def stage_changes(seen: dict[str, str], summary: dict, since_s: float) -> list[str]:
+    """One line per stage (and run) whose status changed since `seen` (updated), with the time since start:
+    `00:41 train_sft succeeded (5.4 s)`; the run's own line once it ends."""
+    from pipeline.core.durations import human_duration
+
+    clock = f"{int(since_s) // 60:02d}:{int(since_s) % 60:02d}"
+    lines = []
+    for stage in summary["stages"]:
+        if seen.get(stage["node"]) == stage["status"]:
+            continue
+        seen[stage["node"]] = stage["status"]
+        took = f" ({human_duration(stage['seconds'])})" if stage["seconds"] is not None else ""
+        error = f": {stage['error']}" if stage["error"] and stage["status"] == "failed" else ""
+        lines.append(f"{clock} {stage['node']} {stage['status']}{took}{error}")
+    if seen.get("") != summary["status"] and summary["status"] not in ("queued", "running"):
+        lines.append(f"{clock} run {summary['id']} {summary['status']}")
+    seen[""] = summary["status"]
+    return lines
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL), migrations, recorder, one worker and the dashboard, supervised: a child
     that dies is restarted with backoff; Ctrl-C or SIGTERM stops everything, running jobs included."""
@@ -103,7 +124,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.home:
         os.environ["ALIGNLAB_HOME"] = str(args.home)
     owner = None
-    supervisor = Supervisor(ROOT)
+    logs = alignlab_home() / "logs"
+    supervisor = Supervisor(ROOT, log_dir=logs)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     try:
@@ -115,6 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("redis: REDIS_URL")
         upgrade()
         print(f"database: {database_url()}")
+        print(f"logs: {logs}/ (recorder.log, worker.log, dashboard.log: library output and progress bars)")
         supervisor.start("recorder", [sys.executable, "-m", "workers.recorder"])
         supervisor.start("worker", [sys.executable, "-m", "workers", "--queues", args.queues])
         supervisor.start(
@@ -143,7 +166,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             run_id = submit(spec_from_args(args), connect(), _engine())
             print(f"run {run_id} submitted; `alignlab status {run_id}` shows it")
         print("alignlab is up; Ctrl-C stops everything", flush=True)
-        last_status = None
+        started, seen = time.monotonic(), {}
         while not stopping["now"]:
             time.sleep(1)
             supervisor.poll()
@@ -152,10 +175,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 from workers.commands import run_summary
 
                 summary = run_summary(run_id)
-                line = " ".join(f"{s['node']}:{s['status']}" for s in summary["stages"])
-                if line != last_status:
-                    print(f"run {run_id} {summary['status']}: {line}", flush=True)
-                    last_status = line
+                for line in stage_changes(seen, summary, time.monotonic() - started):
+                    print(line, flush=True)
                 if args.exit_when_done and RunStatus(summary["status"]).final:
                     return 0 if summary["status"] == "succeeded" else 1
     except KeyboardInterrupt:
@@ -184,7 +205,6 @@ def _redis_check():
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     """Go / no-go on this machine for a config: environment checks, then the whole DAG at tiny scale."""
-    from pipeline.core.home import alignlab_home
     from pipeline.preflight import dag_check, environment_checks, verdict
 
     spec = spec_from_args(args)

@@ -76,6 +76,9 @@ def run_summary(run_id: int, engine: Engine | None = None) -> dict[str, Any]:
                     "attempt": s.attempt,
                     "error": s.error,
                     "progress": f"{s.progress_done}/{s.progress_total}",
+                    "seconds": (s.finished_at - s.started_at).total_seconds()
+                    if s.started_at and s.finished_at
+                    else None,
                 }
                 for s in run.stages
             ],

@@ -37,17 +37,30 @@ class Child:
 class Supervisor:
     """Starts children, restarts the ones that exit, and stops the whole tree."""
 
-    def __init__(self, cwd: Path, out=None):
+    def __init__(self, cwd: Path, out=None, log_dir: Path | None = None):
+        """`log_dir`: each child's stdout and stderr go to `<log_dir>/<name>.log` (appended), not the terminal."""
         self.cwd = cwd
         self.children: dict[str, Child] = {}
         self.out = out or sys.stdout
+        self.log_dir = log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir is not None else None
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     def start(self, name: str, argv: list[str]) -> Child:
         child = self.children.setdefault(name, Child(name, argv))
-        child.proc = subprocess.Popen(argv, cwd=self.cwd, start_new_session=True)
+        log = self.log_path(name)
+        sink = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child holds it; closed below)
+        try:
+            child.proc = subprocess.Popen(argv, cwd=self.cwd, start_new_session=True, stdout=sink, stderr=sink)
+        finally:
+            if sink is not None:
+                sink.close()  # the child has its own descriptor
         child.started_at, child.restart_at = time.monotonic(), None
         return child
 
@@ -68,9 +81,10 @@ class Supervisor:
             if now - child.started_at > STABLE_AFTER_S:
                 child.backoff_s = BACKOFF_START_S
             child.restart_at = now + child.backoff_s
+            log = self.log_path(child.name)
             self._say(
                 f"{child.name}: exited with code {code}; restarting in {child.backoff_s:.0f} s "
-                f"({child.restarts} restarts so far)"
+                f"({child.restarts} restarts so far)" + (f"; its output: {log}" if log else "")
             )
             child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
 
