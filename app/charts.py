@@ -10,6 +10,7 @@ from pipeline.core.registry import plan, stage
 
 # one colour per method, far apart (the two DPO variants especially), in METHODS order
 METHOD_COLOURS = dict(zip(METHOD_LABELS.values(), ("#7f7f7f", "#2ca02c", "#d62728", "#1f77b4"), strict=True))
+CURVE_METRICS = ["loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]
 LEGEND = alt.Legend(orient="bottom", labelLimit=0, title=None)
 
 
@@ -52,6 +53,8 @@ def training_curves(frame: pd.DataFrame, smoothing: float = 0.0, colour: str = "
         detail="node:N",
         tooltip=list(dict.fromkeys([colour, "method", "step", "value", "smoothed"])),
     )
+    if colour != "method":  # runs by colour, each run's methods by dash
+        base = base.encode(strokeDash=alt.StrokeDash("method:N", legend=LEGEND))
     line = base.mark_line().encode(y=alt.Y("smoothed:Q", title=None))
     layers = line if smoothing <= 0 else alt.layer(base.mark_line(opacity=0.25).encode(y="value:Q"), line)
     return (

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from db.models import Run
+from db.models import Run, Sample
 from db.session import read_session, write_session
 from pipeline.core.configs import preset, to_dict
 from pipeline.core.durations import human_duration
@@ -374,15 +374,35 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
     drain_queues(filled["conn"])
     Recorder(filled["conn"], filled["engine"]).drain()
 
-    at = app().run()
-    at.switch_page("views/compare.py").run()
-    at.multiselect(key="compare_runs").set_value([filled["run_id"], second]).run()
-    assert not at.exception
+    at = app().run()  # chosen on the Runs page
+    at.multiselect(key="runs_to_compare").set_value([filled["run_id"], second]).run()
+    at.button(key="compare_chosen").click().run()
+    assert not at.exception and at.title[0].value == "Compare methods"
+    assert at.multiselect(key="compare_runs").value == [filled["run_id"], second]
+    (differences,) = [d.value for d in at.dataframe if list(d.value.columns)[:1] == ["setting"]]
+    assert differences.set_index("setting").loc["dpo.beta"].tolist() == ["0.1", "0.3"]  # only what differs
+    assert "sft.learning_rate" not in differences["setting"].tolist()
     assert at.selectbox(key="sweep_field").value == "dpo.beta"
     (sweep,) = [d.value for d in at.dataframe if "runs" in d.value.columns]
     assert sorted(set(sweep["dpo.beta"])) == [0.1, 0.3] and set(sweep["runs"]) == {1}
-    specs = [c for c in at.get("vega_lite_chart")]
-    assert len(specs) >= 3  # methods, per negative type, sweep
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(specs) >= 4  # methods, curves of both runs overlaid, per negative type, sweep
+    (overlay,) = [spec for spec in specs if '"strokeDash"' in spec]  # runs by colour, methods by dash
+    assert '"field":"run"' in overlay.replace(" ", "")
+    # Samples: the same prompt's outputs from the second run, under the first run's
+    at.switch_page("views/samples.py").run()
+    at.selectbox(key="samples_run").set_value(filled["run_id"]).run()
+    at.selectbox(key="samples_beside").set_value(second).run()
+    assert not at.exception
+    prompt = at.tabs[0].text[0].value
+    with read_session(filled["engine"]) as s:
+        theirs = {
+            x.method: x.generation
+            for x in s.scalars(select(Sample).where(Sample.run_id == second, Sample.prompt == prompt))
+        }
+    assert theirs and any(h.value.startswith("The same prompt in run ") for h in at.subheader)
+    shown = [t.value for t in at.tabs[0].text]
+    assert all((g or "(empty)") in shown for g in theirs.values())
 
 
 def test_samples_filters_flagged_and_disagreeing_prompts(filled):

@@ -4,6 +4,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app.charts import CURVE_METRICS, curve_rows, training_curves
 from db import queries
 from pipeline.core.intervals import cannot_separate, readable_rows
 from pipeline.core.metrics import METRICS
@@ -51,7 +52,9 @@ if not choices:
     st.info("No evaluated run yet: a run needs its evaluate and compare stages. Launch one from the Launch page.")
     st.stop()
 labels = dict(choices)
-run_ids = st.multiselect("Runs", list(labels), default=[choices[0][0]], format_func=labels.get, key="compare_runs")
+if "compare_runs" not in st.session_state:  # the newest run, unless the Runs page sent a choice
+    st.session_state["compare_runs"] = [choices[0][0]]
+run_ids = st.multiselect("Runs", list(labels), format_func=labels.get, key="compare_runs")
 if not run_ids:
     st.stop()
 
@@ -97,6 +100,19 @@ if len(run_ids) > 1:
     st.header("Across runs")
     differences = queries.spec_differences(run_ids)
     varying = sorted({field for fields in differences.values() for field in fields})
+    if varying:
+        st.subheader("Settings that differ")
+        st.dataframe(
+            pd.DataFrame(
+                [{"setting": f, **{labels[i]: str(differences[i].get(f, "")) for i in run_ids}} for f in varying]
+            ),
+            hide_index=True,
+            key="differences_table",
+        )
+    overlaid = [{**row, "run": labels[i]} for i in run_ids for row in queries.metric_curves(i, CURVE_METRICS)]
+    if overlaid:
+        st.subheader("Training curves of these runs")
+        st.altair_chart(training_curves(curve_rows(overlaid), colour="run"), key="overlay_chart")
     if varying and all(field.endswith(".seed") for field in varying):
         st.subheader("Seed group: these runs differ only in their seeds")
         group = seed_group_statistics(queries.per_prompt_values(run_ids))

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app.charts import curve_rows, training_curves
+from app.charts import CURVE_METRICS, curve_rows, training_curves
 from app.dag_view import dag_dot
 from db import queries
 from pipeline.core.configs import KEY_SETTINGS, flatten, migrate_spec, preset
@@ -17,7 +17,6 @@ from workers import commands, scheduler
 from workers.queues import connect
 
 ACTIVE = ("queued", "running")
-CURVE_METRICS = ["loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"]
 REFRESH_S = 2
 
 
@@ -91,6 +90,18 @@ def runs_table() -> None:
     )
     if event.selection.rows:
         open_run(rows[event.selection.rows[0]]["id"])
+    evaluated = {run_id: name for run_id, name in queries.run_choices()}
+    chosen_col, go_col = st.columns([3, 1])
+    chosen = chosen_col.multiselect(
+        "Compare runs",
+        [r["id"] for r in rows if r["id"] in evaluated],
+        format_func=lambda i: evaluated[i],
+        key="runs_to_compare",
+        help="Runs with evaluations: Compare shows their settings that differ, metrics along them and curves.",
+    )
+    if go_col.button("Compare these runs", key="compare_chosen", disabled=not chosen):
+        st.session_state["compare_runs"] = chosen
+        st.switch_page("views/compare.py")
 
 
 def stage_rows(detail: dict, now: datetime) -> pd.DataFrame:

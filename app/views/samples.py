@@ -39,6 +39,18 @@ GUIDELINES = (
     "export. Keys: A, B, T (tie), S (skip)."
 )
 
+
+def outputs(row: dict, methods: list[str]) -> None:
+    """One column per method, in METHODS order: its output as text, and its flags."""
+    for column, method in zip(st.columns(len(methods)), methods, strict=True):
+        sample = row["methods"][method]
+        with column:
+            st.subheader(METHOD_LABELS[method])
+            st.text(sample["generation"] or "(empty)")
+            if sample["flags"]:
+                st.warning("flags: " + ", ".join(sample["flags"]))
+
+
 side_by_side, blind = st.tabs(["Side by side", "Blind A/B"])
 with side_by_side:
     index = st.number_input("Prompt", min_value=1, max_value=len(rows), value=1, step=1, key="prompt_index") - 1
@@ -50,13 +62,22 @@ with side_by_side:
     )
     st.text(row["reference"] or "(none)")
     methods = [m for m in METHODS if m in row["methods"]]
-    for column, method in zip(st.columns(len(methods)), methods, strict=True):
-        sample = row["methods"][method]
-        with column:
-            st.subheader(METHOD_LABELS[method])
-            st.text(sample["generation"] or "(empty)")
-            if sample["flags"]:
-                st.warning("flags: " + ", ".join(sample["flags"]))
+    outputs(row, methods)
+    others = [i for i in labels if i != run_id]
+    beside = st.selectbox(
+        "Beside another run",
+        [None, *others],
+        format_func=lambda i: "(none)" if i is None else labels[i],
+        key="samples_beside",
+        help="The same prompt's outputs from a second run (another β, seed or learning rate), under this run's.",
+    )
+    if beside is not None:
+        match = next((r for r in queries.samples_side_by_side(beside) if r["prompt"] == row["prompt"]), None)
+        st.subheader(f"The same prompt in run {labels[beside]}")
+        if match is None:
+            st.info(f"Run {labels[beside]} has no output for this prompt (its held-out prompts differ).")
+        else:
+            outputs(match, [m for m in METHODS if m in match["methods"]])
     shown = sample_metrics()
     stats = pd.DataFrame(
         {METHOD_LABELS[method]: [row["methods"][method]["stats"].get(m.name) for m in shown] for method in methods},
