@@ -1,7 +1,8 @@
 """Dashboard page render time on a big store: 1,000 runs, 200,000 metric points, evaluations and samples.
 
 Each page is rendered by Streamlit's AppTest (the page script, its queries and its charts, server side), warm, as a
-user clicking around would see it; p50/p95 per page over repeated renders."""
+user clicking around would see it; p50/p95 per page over repeated renders. Then the same store behind a real
+Streamlit server, loaded in Chromium: the time from navigation to the page's main content visible."""
 
 from __future__ import annotations
 
@@ -179,8 +180,81 @@ def render_times(url: str, pages: dict[str, dict], renders: int) -> dict[str, li
     return times
 
 
+CHROMIUM = "/usr/bin/chromium"
+# what a person sees when the page has arrived: its main content, per page (path, text)
+BROWSER_PAGES = {
+    "runs table": ("/runs", "Click a row to open its run."),
+    "run page": ("/runs?run={runs}", "Run {runs} · run-{runs} · succeeded"),
+    "launch": ("/launch", "Key settings"),
+    "data": ("/data", "Validation reports"),
+    "compare": ("/compare", "Compare methods"),
+    "samples": ("/samples", "Samples"),
+}
+
+
+def browser_times(url: str, runs: int, loads: int) -> dict[str, list[float]] | str:
+    """Seconds from navigation (a fresh load of the page's URL in Chromium) to its main content visible, against a
+    real Streamlit server on the same store; a reason instead when there is no Chromium to drive."""
+    import importlib.util
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    if not Path(CHROMIUM).exists() or importlib.util.find_spec("playwright") is None:
+        return f"not measured: {CHROMIUM} or playwright missing"
+    from playwright.sync_api import expect, sync_playwright
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", MAIN, "--server.address", "127.0.0.1", "--server.port", str(port)]
+        + ["--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    return "not measured: the Streamlit server did not start"
+                time.sleep(0.2)
+        times: dict[str, list[float]] = {}
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for label, (path, text) in BROWSER_PAGES.items():
+                path, text = path.format(runs=runs), text.format(runs=runs)
+                page.goto(base + path, timeout=120_000)  # warm: the server has run this page once
+                expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=120_000)
+                samples = []
+                for _ in range(loads):
+                    started = time.perf_counter()
+                    page.goto(base + path, wait_until="commit", timeout=120_000)
+                    expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=120_000)
+                    samples.append(time.perf_counter() - started)
+                times[label] = samples
+            browser.close()
+        return times
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def p95(values: list[float]) -> float:
+    return sorted(values)[max(0, int(round(0.95 * len(values))) - 1)]
+
+
 def dashboard(quick: bool = False) -> dict:
-    runs, points, renders = (20, 4_000, 3) if quick else (1_000, 200_000, 20)
+    runs, points, renders, loads = (20, 4_000, 3, 2) if quick else (1_000, 200_000, 20, 20)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         started = time.perf_counter()
@@ -195,24 +269,37 @@ def dashboard(quick: bool = False) -> dict:
             "samples": {"page": "views/samples.py"},
         }
         times = render_times(url, pages, renders)
-    per_page = {
-        label: {
-            "p50_s": statistics.median(t),
-            "p95_s": sorted(t)[max(0, int(round(0.95 * len(t))) - 1)],
-        }
-        for label, t in times.items()
-    }
+        in_browser = browser_times(url, runs, loads)
+    per_page = {label: {"p50_s": statistics.median(t), "p95_s": p95(t)} for label, t in times.items()}
     worst = max(v["p95_s"] for v in per_page.values())
     slowest = max(per_page, key=lambda k: per_page[k]["p95_s"])
+    summary = (
+        f"{size['runs']:,} runs, {size['metric_points']:,} metric points: server side, worst page p95 "
+        f"{worst * 1000:.0f} ms ({slowest}); "
+        + ", ".join(f"{k} {v['p95_s'] * 1000:.0f}" for k, v in per_page.items())
+        + " ms p95"
+    )
+    browser: dict | str = in_browser
+    met = worst <= 1.0
+    if isinstance(in_browser, dict):
+        browser = {label: {"p50_s": statistics.median(t), "p95_s": p95(t)} for label, t in in_browser.items()}
+        worst_browser = max(v["p95_s"] for v in browser.values())
+        met = met and worst_browser <= 2.0
+        summary += (
+            f"; in Chromium, navigation to main content visible, worst p95 {worst_browser:.2f} s ("
+            + ", ".join(f"{k} {v['p95_s']:.2f}" for k, v in browser.items())
+            + " s)"
+        )
+    else:
+        summary += f"; Chromium {in_browser}"
     return {
         **size,
         "fill_s": fill_s,
         "renders_per_page": renders,
         "pages": per_page,
-        "goal": "p95 ≤ 1 s per page",
-        "met": worst <= 1.0,
-        "summary": f"{size['runs']:,} runs, {size['metric_points']:,} metric points: worst page p95 "
-        f"{worst * 1000:.0f} ms ({slowest}); "
-        + ", ".join(f"{k} {v['p95_s'] * 1000:.0f}" for k, v in per_page.items())
-        + " ms p95",
+        "browser_loads_per_page": loads,
+        "browser": browser,
+        "goal": "p95 ≤ 1 s per page server side; p95 ≤ 2 s in Chromium from navigation to main content visible",
+        "met": met,
+        "summary": summary,
     }

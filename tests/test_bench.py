@@ -17,6 +17,9 @@ def test_bench_quick_writes_json_and_markdown(redis_server_url, tmp_path):
     data = json.loads((tmp_path / "results-quick.json").read_text())
     assert set(data["results"]) == {"queue_latency", "recorder", "dashboard"}
     assert data["results"]["dashboard"]["runs"] == 20 and set(data["results"]["dashboard"]["pages"]) >= {"compare"}
+    browser = data["results"]["dashboard"]["browser"]  # measured in Chromium, every page
+    assert isinstance(browser, dict) and set(browser) == set(data["results"]["dashboard"]["pages"])
+    assert all(0 < page["p50_s"] <= page["p95_s"] for page in browser.values())
     assert data["results"]["recorder"]["events"] == 2000
     assert data["results"]["queue_latency"]["n"] == 5
     assert data["machine"]["cpu_count"] >= 1
