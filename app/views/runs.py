@@ -207,7 +207,7 @@ def replan(run_id: int, what: str, call) -> None:
 def cancel_with_confirmation(run_id: int, detail: dict) -> None:
     asked = f"cancel_asked_{run_id}"
     if not st.session_state.get(asked):
-        if st.button("Cancel run", key="cancel", help="Asks first."):
+        if st.button("Cancel run", key="cancel"):  # asks first, below
             st.session_state[asked] = True
             st.rerun()
         return
@@ -243,7 +243,7 @@ def actions(run_id: int, detail: dict) -> None:
             "and a training stage continues from its last checkpoint."
         )
         st.caption(what)
-        if st.button("Resume run", key="resume", help=what):
+        if st.button("Resume run", key="resume"):  # what it does is the caption above
             replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
     failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
     if failed and detail["status"] not in ACTIVE:
