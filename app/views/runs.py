@@ -251,7 +251,7 @@ def actions(run_id: int, detail: dict) -> None:
         node = node_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
         again = scheduler.nodes_to_rerun(statuses, {node} | dependents(node))
         what = f"Retry re-enqueues {', '.join(again)} (this stage and what depends on it); the rest stays as it is."
-        if button_col.button(f"Retry {node} and what depends on it", key="retry", help=what):
+        if button_col.button(f"Retry {node} and what depends on it", key="retry"):
             replan(run_id, "retry", lambda: scheduler.retry(failed[node], connect()))
         st.caption(what)
     if "run_action_result" in st.session_state:
