@@ -85,11 +85,12 @@ def runs_table() -> None:
         hide_index=True,
         width="stretch",
         on_select="rerun",
-        selection_mode="single-row",
+        selection_mode=["single-row", "single-cell"],  # a click on any cell of a row, or on its row marker
         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
     )
-    if event.selection.rows:
-        open_run(rows[event.selection.rows[0]]["id"])
+    clicked = event.selection.rows or [row for row, _ in event.selection.cells]
+    if clicked:
+        open_run(rows[clicked[0]]["id"])
     evaluated = {run_id: name for run_id, name in queries.run_choices()}
     chosen_col, go_col = st.columns([3, 1])
     chosen = chosen_col.multiselect(
