@@ -231,11 +231,16 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         wait_for_run(page)
         expect(page).to_have_url(f"{url}/runs?run=2", timeout=60_000)
         expect(page.get_by_text("Run 2 · browser-run · succeeded")).to_be_visible(timeout=60_000)
+        button(page, "← all runs").click()  # and back: the earlier click does not open the run again
+        wait_for_run(page)
+        expect(page.get_by_text("Click a row to open its run.")).to_be_visible(timeout=60_000)
+        expect(page).to_have_url(f"{url}/runs", timeout=60_000)
 
         navigate(page, "Compare")
         expect(page.get_by_text("Did SFT before DPO help?")).to_be_visible(timeout=60_000)
         # tiny-ci has fewer than 20 held-out prompts: its intervals carry a label, never look like real ones
-        expect(page.get_by_text(re.compile(r"too few to trust|all \d+ equal|no estimate")).first).to_be_visible()
+        label = re.compile(r"too few to trust|all \d+ equal|no estimate")
+        expect(page.get_by_test_id("stVegaLiteChart").locator("svg text").filter(has_text=label).first).to_be_visible()
         expect(page.get_by_text("GO", exact=False).first).to_be_visible()
         page.screenshot(path=str(shots / "compare.png"), full_page=True, animations="disabled")
 
