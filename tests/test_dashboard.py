@@ -379,7 +379,11 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
     at.button(key="compare_chosen").click().run()
     assert not at.exception and at.title[0].value == "Compare methods"
     assert at.multiselect(key="compare_runs").value == [filled["run_id"], second]
-    (differences,) = [d.value for d in at.dataframe if list(d.value.columns)[:1] == ["setting"]]
+    (differences,) = [  # setting | first run | second run
+        d.value
+        for d in at.dataframe
+        if [str(c).split(":")[0] for c in d.value.columns] == ["setting", str(filled["run_id"]), str(second)]
+    ]
     assert differences.set_index("setting").loc["dpo.beta"].tolist() == ["0.1", "0.3"]  # only what differs
     assert "sft.learning_rate" not in differences["setting"].tolist()
     assert at.selectbox(key="sweep_field").value == "dpo.beta"
