@@ -391,8 +391,9 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
     assert sorted(set(sweep["dpo.beta"])) == [0.1, 0.3] and set(sweep["runs"]) == {1}
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert len(specs) >= 4  # methods, curves of both runs overlaid, per negative type, sweep
-    (overlay,) = [spec for spec in specs if '"strokeDash"' in spec]  # runs by colour, methods by dash
-    assert '"field":"run"' in overlay.replace(" ", "")
+    compact = [spec.replace(" ", "") for spec in specs]
+    (overlay,) = [spec for spec in compact if '"color":{"field":"run"' in spec]  # runs by colour
+    assert '"strokeDash":{"field":"method"' in overlay  # each run's methods by dash
     # Samples: the same prompt's outputs from the second run, under the first run's
     at.switch_page("views/samples.py").run()
     at.selectbox(key="samples_run").set_value(filled["run_id"]).run()
