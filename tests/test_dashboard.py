@@ -392,8 +392,8 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert len(specs) >= 4  # methods, curves of both runs overlaid, per negative type, sweep
     compact = [spec.replace(" ", "") for spec in specs]
-    (overlay,) = [spec for spec in compact if '"color":{"field":"run"' in spec]  # runs by colour
-    assert '"strokeDash":{"field":"method"' in overlay  # each run's methods by dash
+    overlays = [s for s in compact if '"color":{"field":"run"' in s and '"strokeDash":{"field":"method"' in s]
+    assert len(overlays) == 1 and '"x":{"field":"step"' in overlays[0]  # runs by colour, methods by dash, by step
     # Samples: the same prompt's outputs from the second run, under the first run's
     at.switch_page("views/samples.py").run()
     at.selectbox(key="samples_run").set_value(filled["run_id"]).run()
