@@ -155,10 +155,14 @@ def test_up_says_each_stage_change_once_with_the_time_since_start():
         return {"id": 7, "status": status, "stages": [dict(zip(keys, s, strict=True)) for s in stages]}
 
     seen = {}
-    assert stage_changes(seen, summary("queued", ("split", "queued", None, None)), 0.2) == ["00:00 split queued"]
-    assert stage_changes(seen, summary("queued", ("split", "queued", None, None)), 1.0) == []
-    assert stage_changes(seen, summary("failed", ("split", "failed", 5.43, "boom")), 61.0) == [
+    plan = summary("queued", ("split", "queued", None, None), ("compare", "queued", None, None))
+    assert stage_changes(seen, plan, 0.2) == ["00:00 queued: split, compare"]  # the plan in one line
+    assert stage_changes(seen, plan, 1.0) == []
+    failed = summary("failed", ("split", "failed", 5.43, "boom"), ("compare", "cancelled", None, None))
+    assert stage_changes(seen, failed, 61.0) == [
         "01:01 split failed (5.4 s): boom",
+        "01:01 compare cancelled",
         "01:01 run 7 failed",
     ]
-    assert stage_changes(seen, summary("failed", ("split", "failed", 5.43, "boom")), 62.0) == []
+    assert stage_changes(seen, failed, 62.0) == []
+    assert stage_changes(seen, summary("queued", ("split", "queued", None, None)), 70.0) == ["01:10 split queued"]

@@ -99,14 +99,20 @@ def stage_changes(seen: dict[str, str], summary: dict, since_s: float) -> list[s
     from pipeline.core.durations import human_duration
 
     clock = f"{int(since_s) // 60:02d}:{int(since_s) % 60:02d}"
-    lines = []
+    lines, queued = [], []
     for stage in summary["stages"]:
         if seen.get(stage["node"]) == stage["status"]:
             continue
+        first = stage["node"] not in seen
         seen[stage["node"]] = stage["status"]
+        if first and stage["status"] == "queued":  # the initial plan: one line for all of it
+            queued.append(stage["node"])
+            continue
         took = f" ({human_duration(stage['seconds'])})" if stage["seconds"] is not None else ""
         error = f": {stage['error']}" if stage["error"] and stage["status"] == "failed" else ""
         lines.append(f"{clock} {stage['node']} {stage['status']}{took}{error}")
+    if queued:
+        lines.insert(0, f"{clock} queued: {', '.join(queued)}")
     if seen.get("") != summary["status"] and summary["status"] not in ("queued", "running"):
         lines.append(f"{clock} run {summary['id']} {summary['status']}")
     seen[""] = summary["status"]
