@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from streamlit.runtime.media_file_storage import MediaFileKind
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from app.forms import _edited_as_text, _fields, _key
+from app.forms import _edited_as_text, _fields, _key, _optional_text
 from db.models import Run
 from db.session import read_session
 from pipeline.core.configs import SPEC_VERSION, preset, set_path, to_dict
@@ -26,7 +26,9 @@ def shown(at) -> dict:
     spec: dict = {"spec_version": SPEC_VERSION}  # the layout version is no widget
     for dotted, schema in _fields():
         value = at.get_by_key(_key(dotted)).value
-        if _edited_as_text(schema):
+        if _optional_text(schema):  # an empty field is none
+            value = value.strip() or None
+        elif _edited_as_text(schema):
             value = yaml.safe_load(value)
         set_path(spec, dotted, value)
     return spec
