@@ -174,8 +174,9 @@ def count_parameters(resolved: str, config: ModelConfig) -> int:
     return sum(p.numel() for p in skeleton.parameters())
 
 
-def decide_8bit(config: ModelConfig, device: str, parameter_count: int) -> tuple[bool, str | None, str | None]:
-    """(load in 8-bit?, fallback reason, note). `auto` = only when 16-bit would not fit on the device."""
+def decide_8bit(config: ModelConfig, device: str, parameter_count: int | None) -> tuple[bool, str | None, str | None]:
+    """(load in 8-bit?, fallback reason, note). `auto` = only when 16-bit would not fit on the device (the only
+    case that reads `parameter_count`)."""
     wanted = config.load_in_8bit
     note = None
     if wanted == "auto":
@@ -211,10 +212,12 @@ def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[An
     device = choose_device(config)
     dtype_name, fallback = choose_dtype(config, device)
     notes: list[str] = []
-    try:
-        parameter_count = count_parameters(resolved, config)
-    except Exception as exc:
-        raise ModelLoadError(f"model {config.name_or_path!r}: could not read its config ({exc})") from exc
+    parameter_count = None
+    if config.load_in_8bit == "auto":  # only then is the size needed before the weights are read
+        try:
+            parameter_count = count_parameters(resolved, config)
+        except Exception as exc:
+            raise ModelLoadError(f"model {config.name_or_path!r}: could not read its config ({exc})") from exc
     use_8bit, bnb_fallback, note = decide_8bit(config, device, parameter_count)
     if note:
         notes.append(note)
@@ -242,6 +245,8 @@ def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[An
         model.to(device)
     elif device == "cpu":
         release_checkpoint_pages(model)
+    if parameter_count is None:  # counted as `count_parameters` counts: a tied weight once
+        parameter_count = sum(p.numel() for p in model.parameters())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         notes.append("tokenizer had no pad token; using its eos token for padding")
