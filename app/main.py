@@ -15,6 +15,7 @@ VIEWS = (  # (file under app/, title, URL path)
     ("views/data.py", "Data", "data"),
     ("views/compare.py", "Compare", "compare"),
     ("views/samples.py", "Samples", "samples"),
+    ("views/workers.py", "Workers", "workers"),
 )
 
 st.set_page_config(page_title="alignlab", layout="wide")

@@ -402,3 +402,18 @@ def run_choices(engine: Engine | None = None) -> list[tuple[int, str]]:
             .order_by(Run.id.desc())
         ).all()
     return [(i, f"{i}: {name} ({status})") for i, name, status in rows]
+
+
+def stage_runs_by_job(job_ids: list[str], engine: Engine | None = None) -> dict[str, dict[str, Any]]:
+    """RQ job id -> {run_id, node, status, error} of the stage run that job ran: a worker's job and its fate."""
+    if not job_ids:
+        return {}
+    with read_session(engine) as s:
+        rows = s.execute(
+            select(StageRun.rq_job_id, StageRun.run_id, StageRun.node, StageRun.status, StageRun.error).where(
+                StageRun.rq_job_id.in_(job_ids)
+            )
+        ).all()
+    return {
+        job: {"run_id": run, "node": node, "status": status, "error": error} for job, run, node, status, error in rows
+    }

@@ -68,6 +68,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if summary["status"] != "failed" else 1
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from workers.fleet import fleet_table
+    from workers.queues import connect
+
+    rows = fleet_table(connect())
+    if not rows:
+        print("no worker has reported in the last day (start one: python -m workers, or alignlab up)")
+        return 0
+    columns = ("worker", "state", "host", "queues", "device", "memory", "job", "last heartbeat", "jobs done")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from workers.commands import cancel
     from workers.queues import connect
@@ -260,6 +276,9 @@ def build_full_parser() -> argparse.ArgumentParser:
     runs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     runs.add_argument("--limit", type=int, default=50)
     runs.set_defaults(func=cmd_runs)
+
+    workers = sub.add_parser("workers", help="List the workers: device, memory, job, heartbeat; lost ones too.")
+    workers.set_defaults(func=cmd_workers)
 
     for name, func, text in (
         ("status", cmd_status, "Show a run's stages."),

@@ -13,6 +13,7 @@ import threading
 from rq import Worker
 
 from pipeline.core.registry import STAGES
+from workers.fleet import WORKER_TTL_S
 from workers.queues import ALLOWED_JOBS, SERIALIZER, AllowlistJob, connect, queue
 
 MAINTENANCE_INTERVAL_S = 60
@@ -60,6 +61,27 @@ class PreemptibleWorker(Worker):
         finally:
             gc.unfreeze()  # the parent's own garbage is collected as usual between jobs
 
+    def register_birth(self):
+        super().register_birth()
+        self._publish("started")
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        self._publish("heartbeat")
+
+    def register_death(self):
+        self._publish("stopped")
+        super().register_death()
+
+    def _publish(self, state: str) -> None:
+        """This worker's facts for the Workers page (`workers.fleet`); a failure to publish never stops work."""
+        from workers.fleet import publish
+
+        try:
+            publish(self.connection, self, state)
+        except Exception:  # noqa: BLE001 - Redis away or nvidia-smi odd: the next heartbeat publishes again
+            self.log.warning("could not publish this worker's facts", exc_info=True)
+
     def request_stop(self, signum, frame):
         from workers.events import preempt_key
 
@@ -80,6 +102,7 @@ def make_worker(
         job_class=AllowlistJob,
         name=name or f"{socket.gethostname()}-{os.getpid()}",
         maintenance_interval=MAINTENANCE_INTERVAL_S,
+        worker_ttl=WORKER_TTL_S,  # an idle worker heartbeats every 15 s: a silent one is seen lost within a minute
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S,
     )
 
