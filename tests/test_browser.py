@@ -40,7 +40,18 @@ CHROMIUM_ARGS = [
 RUN_TIMEOUT_MS = 480_000
 HOST = "127.0.0.2"  # loopback range, so the test talks to nothing else; not a login-exempt address
 PASSWORD = "correct horse battery staple"
-PAGE_URLS = ("/", "/runs", "/runs?run=1", "/?run=1", "/launch", "/data", "/compare", "/samples", "/nonexistent")
+PAGE_URLS = (
+    "/",
+    "/runs",
+    "/runs?run=1",
+    "/?run=1",
+    "/launch",
+    "/data",
+    "/compare",
+    "/samples",
+    "/workers",
+    "/nonexistent",
+)
 
 
 @pytest.fixture
@@ -290,3 +301,52 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
     assert judgement.reviewer == "browser" and judgement.winner == judgement.method_b  # "B" is the right one
     assert {p.name for p in shots.glob("*.png")} >= {"login.png", "runs.png", "run.png", "compare.png", "blind.png"}
     assert "Collecting usage statistics" not in stack["log"].read_text()
+
+
+def test_the_workers_page_lists_three_workers_and_marks_a_killed_one_lost(stack, tmp_path):
+    """`alignlab up`'s worker and two more on the same Redis; one SIGKILLed (no goodbye) is shown lost, live, and
+    `alignlab workers` says the same."""
+    from playwright.sync_api import expect, sync_playwright
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["ALIGNLAB_HOME"] = str(stack["home"])
+    log = open(tmp_path / "extra-workers.log", "w")  # noqa: SIM115 - closed below
+    extra = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "workers", "--queues", "fleet-test", "--no-preload", "--name", name],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("extra-1", "extra-2")
+    }
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            log_in(page, stack["url"])
+            navigate(page, "Workers")
+            expect(page.get_by_text("3 workers: 3 idle", exact=True)).to_be_visible(timeout=180_000)
+            table = page.get_by_test_id("stDataFrame")
+            for name in ("extra-1", "extra-2"):
+                expect(table.get_by_text(name, exact=True)).to_have_count(1, timeout=60_000)
+
+            extra["extra-1"].kill()  # SIGKILL: no clean shutdown, no last word to Redis
+            extra["extra-1"].wait(30)
+            # lost after three missed heartbeats (45 s); the bound here is only a generous wait
+            expect(page.get_by_text("3 workers: 2 idle, 1 lost", exact=True)).to_be_visible(timeout=240_000)
+            expect(page.get_by_text("Lost: extra-1", exact=False)).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "workers.png"), full_page=True, animations="disabled")
+            browser.close()
+        listed = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "workers"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        states = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:]}
+        assert states["extra-1"] == "lost" and states["extra-2"] == "idle", listed.stdout
+    finally:
+        for proc in extra.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        log.close()
