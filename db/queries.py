@@ -113,6 +113,8 @@ def run_detail(run_id: int, engine: Engine | None = None) -> dict[str, Any] | No
                         "started_at",
                         "finished_at",
                         "worker",
+                        "charged_seconds",
+                        "cost",
                     )
                 }
                 | {"made_by_run": made_by.get(st.artifact_key)}

@@ -13,6 +13,7 @@ from db.models import Run, Sample
 from db.session import read_session, write_session
 from pipeline.core.configs import preset, to_dict
 from pipeline.core.durations import human_duration
+from pipeline.core.prices import prices_path, set_price
 from tests.test_queue import drain_queues
 from workers import commands, scheduler
 from workers.recorder import Recorder
@@ -56,6 +57,10 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
         seconds = (stage.finished_at - stage.started_at).total_seconds()
         beta = s.get(Run, filled["run_id"]).spec["dpo"]["beta"]
     assert stages.set_index("stage").loc["train_sft", "time"] == human_duration(seconds)
+    # the ledger: every stage charged when it ended; with no price table its cost is unknown, never free
+    assert set(stages["cost"]) == {"no price"}
+    (cost,) = [t.value for t in at.text if t.value.startswith("Cost:")]
+    assert cost.startswith("Cost: at least 0.00 USD; unknown for queue cpu, gpu (no price when those stages ended")
     key_settings = at.dataframe[2].value.set_index("setting")["value"]  # the run's key settings, from its spec
     assert key_settings["DPO β"] == str(beta)
     # a queued run (no worker drains it) can be cancelled from its page, after saying yes
@@ -340,6 +345,16 @@ def test_launch_puts_key_settings_first_in_words_and_shows_changes_from_an_earli
             stage.status, stage.started_at = "succeeded", datetime(2026, 1, 1, 12, 0, 0)
             stage.finished_at = stage.started_at + timedelta(seconds=10)
         n_nodes = len(s.get(Run, filled["run_id"]).stages)
+        on_gpu = sum(stage.queue == "gpu" for stage in s.get(Run, filled["run_id"]).stages)
+    prices = set_price("cpu", 0.0)
+    prices = set_price("gpu", 0.60)
+    try:
+        _launch_form_checks(filled, n_nodes, prices.money(on_gpu * 10.0 / 3600 * 0.60))
+    finally:
+        prices_path().unlink()
+
+
+def _launch_form_checks(filled, n_nodes: int, cost: str) -> None:
     at = app().run()
     at.switch_page("views/launch.py").run()
     numbers = [n.label for n in at.number_input]
@@ -359,6 +374,8 @@ def test_launch_puts_key_settings_first_in_words_and_shows_changes_from_an_earli
     assert changes.to_dict("records") == [{"setting": "dpo.beta", "that run": "0.1", "this launch": "0.33"}]
     (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
     assert estimate.startswith(f"Duration: about {human_duration(10.0 * n_nodes)}: the median of each stage")
+    (forecast,) = [t.value for t in at.text if t.value.startswith("Cost:")]
+    assert forecast.startswith(f"Cost: about {cost} at today's prices (gpu 0.60 USD/h, cpu 0.00 USD/h), from 1")
     at.selectbox(key="form.execution.default_queue").set_value("gpu-80gb").run()
     (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
     assert estimate.startswith("Duration: unknown: no earlier run of this model and preset has timed split on gpu-80gb")

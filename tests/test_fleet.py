@@ -99,4 +99,3 @@ def test_a_silent_worker_is_lost_and_its_job_fate_comes_from_the_database(redis_
     assert rows["pod-gone"]["jobs done"] == "–"  # RQ's counters went with its worker key
     assert rows["pod-stopped"]["state"] == "stopped" and rows["pod-stopped"]["job"] == "–"
     assert list(rows) == ["pod-gone", "pod-stopped"]  # lost before stopped
-

@@ -84,6 +84,21 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prices(args: argparse.Namespace) -> int:
+    from pipeline.core.configs import QUEUE_NAMES
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.prices import load_prices, prices_path, set_price
+
+    if args.action == "set" and (args.queue is None or args.price is None):
+        raise ConfigError("usage: alignlab prices set QUEUE PRICE_PER_HOUR, e.g. alignlab prices set gpu 0.79")
+    prices = set_price(args.queue, args.price) if args.action == "set" else load_prices()
+    print(f"prices per hour ({prices_path()}):")
+    for queue in QUEUE_NAMES:
+        price = prices.price(queue)
+        print(f"  {queue:<10} {prices.money(price) if price is not None else 'no price: costs unknown'}")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from workers.commands import cancel
     from workers.queues import connect
@@ -279,6 +294,12 @@ def build_full_parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="List the workers: device, memory, job, heartbeat; lost ones too.")
     workers.set_defaults(func=cmd_workers)
+
+    prices = sub.add_parser("prices", help="Show or set the price per hour of each GPU class (queue).")
+    prices.add_argument("action", nargs="?", choices=("show", "set"), default="show")
+    prices.add_argument("queue", nargs="?", help="With set: the queue (GPU class).")
+    prices.add_argument("price", nargs="?", type=float, help="With set: its price per hour, e.g. 0.79.")
+    prices.set_defaults(func=cmd_prices)
 
     for name, func, text in (
         ("status", cmd_status, "Show a run's stages."),

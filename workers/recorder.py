@@ -163,7 +163,29 @@ def _evaluation(session: Session, stage_run: StageRun, payload: dict[str, Any], 
     session.add_all(Evaluation(run_id=stage_run.run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
 
 
+def _charge(stage_run: StageRun, when: datetime) -> None:
+    """Add the attempt that ends now to the stage run's ledger: its wall time, and its cost at the price its queue
+    has now (`ALIGNLAB_HOME/prices.yaml`). Attempts add up; a queue without a price leaves the cost unknown (None)
+    rather than counting it as free."""
+    if stage_run.started_at is None:
+        return
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.prices import load_prices
+
+    seconds = max(0.0, (when - stage_run.started_at).total_seconds())
+    first = stage_run.charged_seconds is None
+    stage_run.charged_seconds = (stage_run.charged_seconds or 0.0) + seconds
+    try:
+        cost = load_prices().cost(seconds, stage_run.queue)
+    except ConfigError as exc:  # a broken price file: the run is recorded, the cost is not guessed
+        log.warning("no cost for stage run %s: %s", stage_run.id, exc)
+        cost = None
+    every_attempt_priced = first or stage_run.cost is not None
+    stage_run.cost = (stage_run.cost or 0.0) + cost if cost is not None and every_attempt_priced else None
+
+
 def _finished(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    _charge(stage_run, when)
     if stage_run.status != StageStatus.cancelled:
         stage_run.status = payload["status"]
     stage_run.finished_at = when
@@ -187,12 +209,14 @@ def _finished(session: Session, stage_run: StageRun, payload: dict[str, Any], wh
 
 
 def _preempted(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    _charge(stage_run, when)
     if stage_run.status != StageStatus.cancelled:
         stage_run.status = StageStatus.queued.value
     _append_log(stage_run, f"preempted: {payload.get('reason')}; requeued")
 
 
 def _failed(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    _charge(stage_run, when)
     cancelled = payload.get("cancelled") or stage_run.status == StageStatus.cancelled
     stage_run.status = StageStatus.cancelled.value if cancelled else StageStatus.failed.value
     stage_run.error = payload.get("error")

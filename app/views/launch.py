@@ -24,8 +24,9 @@ from pipeline.core.configs import (
     preset,
     to_dict,
 )
-from pipeline.core.durations import estimate_run
+from pipeline.core.durations import estimate_cost, estimate_run
 from pipeline.core.errors import AlignlabError, ConfigError
+from pipeline.core.prices import load_prices
 from pipeline.core.registry import selected_nodes, variant_stages_onward
 from workers import scheduler
 from workers.blobs import MAX_BLOB_BYTES, check_upload, put_blob
@@ -45,15 +46,22 @@ def changes(before: dict, after: dict) -> pd.DataFrame:
     )
 
 
-def duration_estimate(edited: dict, seeds: int) -> str:
-    """From the times earlier runs of this model and preset recorded for each stage on its queue."""
+def run_forecast(edited: dict, seeds: int) -> tuple[str, str]:
+    """(duration, cost) of the run from the times earlier runs of this model and preset recorded for each stage on
+    its queue, the cost at today's price per hour of each queue."""
     try:
         spec = from_dict(RunSpec, edited)
     except ConfigError:
-        return "unknown until every field is valid"
+        return "unknown until every field is valid", "unknown until every field is valid"
     nodes = [(n.name, spec.execution.queue_for(n.stage)) for n in selected_nodes(spec.stages)]
-    _, text = estimate_run(nodes, queries.recorded_durations(spec.base_model.name_or_path, spec.preset))
-    return text + (f", per run ({seeds} seeds launch {seeds} runs)" if seeds > 1 else "")
+    recorded = queries.recorded_durations(spec.base_model.name_or_path, spec.preset)
+    _, duration = estimate_run(nodes, recorded)
+    try:
+        _, cost = estimate_cost(nodes, recorded, load_prices())
+    except ConfigError as exc:
+        cost = f"unknown: {exc}"
+    per_run = f", per run ({seeds} seeds launch {seeds} runs)" if seeds > 1 else ""
+    return duration + per_run, cost + per_run
 
 
 st.title("Launch a run")
@@ -192,7 +200,9 @@ if parent_id is not None and base is not None:
         st.text(f"None: this launches run {parent_id}'s config as it was.")
     else:
         st.dataframe(changed, hide_index=True, key="launch_changes")
-st.text(f"Duration: {duration_estimate(edited, int(n_seeds))}")
+duration, cost = run_forecast(edited, int(n_seeds))
+st.text(f"Duration: {duration}")
+st.text(f"Cost: {cost}")
 launch_col, preflight_col, export_col = st.columns(3)
 submitted = launch_col.button("Launch", type="primary", disabled=bool(blocking), key="launch")
 preflight = preflight_col.button(

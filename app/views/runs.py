@@ -11,7 +11,8 @@ from app.dag_view import dag_dot
 from db import queries
 from pipeline.core.configs import KEY_SETTINGS, flatten, migrate_spec, preset
 from pipeline.core.durations import elapsed_seconds, human_duration, remaining_seconds
-from pipeline.core.errors import AlignlabError
+from pipeline.core.errors import AlignlabError, ConfigError
+from pipeline.core.prices import Prices, ledger_text, load_prices
 from pipeline.core.registry import dependents
 from workers import commands, scheduler
 from workers.queues import connect
@@ -105,7 +106,7 @@ def runs_table() -> None:
         st.switch_page("views/compare.py")
 
 
-def stage_rows(detail: dict, now: datetime) -> pd.DataFrame:
+def stage_rows(detail: dict, now: datetime, prices: Prices) -> pd.DataFrame:
     out = []
     for s in detail["stages"]:
         elapsed = elapsed_seconds(s["started_at"], s["finished_at"], now)
@@ -123,6 +124,9 @@ def stage_rows(detail: dict, now: datetime) -> pd.DataFrame:
                 "left (estimate)": human_duration(left) if left is not None else ("unknown" if running else ""),
                 "peak memory": f"{s['peak_memory_bytes'] / 2**20:,.1f} MiB" if s["peak_memory_bytes"] else "",
                 "device": s["device"] or "",
+                "cost": ""
+                if s["charged_seconds"] is None
+                else ("no price" if s["cost"] is None else prices.money(s["cost"])),
                 "result from run": s["made_by_run"] if s["made_by_run"] not in (None, detail["id"]) else "",
                 "error": s["error"] or "",
             }
@@ -167,7 +171,13 @@ def live_run(run_id: int, smoothing: float) -> None:
         st.caption(f"running for {human_duration(elapsed_seconds(min(started), None, now))}")
     if detail["error"]:
         st.error(f"{detail['error']}")
-    stages = stage_rows(detail, now)
+    try:
+        prices = load_prices()
+    except ConfigError as exc:
+        st.error(str(exc))
+        prices = Prices()
+    stages = stage_rows(detail, now, prices)
+    st.text(f"Cost: {ledger_text(detail['stages'], prices)}")
     st.graphviz_chart(dag_dot({s["node"]: s["status"] for s in detail["stages"]}), width="stretch")
     st.dataframe(
         stages,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import statistics
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.core.prices import Prices
 
 
 def human_duration(seconds: float | None) -> str:
@@ -39,18 +43,47 @@ def remaining_seconds(elapsed: float | None, done: int, total: int) -> float | N
     return elapsed * (total - done) / done
 
 
+def _recorded_basis(
+    nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]
+) -> tuple[dict[tuple[str, str], float] | None, str]:
+    """The median recorded seconds of each (node, queue), and the basis in words ("from 1 to 3"); None and what has
+    no basis when any node has never been timed on its queue."""
+    missing = [f"{node} on {queue}" for node, queue in nodes if not recorded.get((node, queue))]
+    if missing:
+        return None, "unknown: no earlier run of this model and preset has timed " + ", ".join(missing)
+    counts = [len(recorded[n]) for n in nodes]
+    basis = f"from {min(counts)}" + (f" to {max(counts)}" if max(counts) != min(counts) else "")
+    return {n: statistics.median(recorded[n]) for n in nodes}, basis
+
+
 def estimate_run(
     nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]
 ) -> tuple[float | None, str]:
     """A run's duration from earlier runs: the median recorded time of each (node, queue) it will run, summed, with
     its basis in words; None and what has no basis when any node has never been timed on its queue."""
-    missing = [f"{node} on {queue}" for node, queue in nodes if not recorded.get((node, queue))]
-    if missing:
-        return None, "unknown: no earlier run of this model and preset has timed " + ", ".join(missing)
-    counts = [len(recorded[n]) for n in nodes]
-    total = sum(statistics.median(recorded[n]) for n in nodes)
-    basis = f"from {min(counts)}" + (f" to {max(counts)}" if max(counts) != min(counts) else "")
+    medians, basis = _recorded_basis(nodes, recorded)
+    if medians is None:
+        return None, basis
+    total = sum(medians.values())
     return total, (
         f"about {human_duration(total)}: the median of each stage's time in {basis} earlier runs of this model and "
         "preset on the same queues, if nothing is reused"
     )
+
+
+def estimate_cost(
+    nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]], prices: Prices
+) -> tuple[float | None, str]:
+    """A run's cost: each node's median recorded time on its queue at that queue's price today, summed; None and
+    why when a node has no recorded time or its queue no price."""
+    medians, basis = _recorded_basis(nodes, recorded)
+    if medians is None:
+        return None, basis
+    queues = list(dict.fromkeys(queue for _, queue in nodes))
+    unpriced = [queue for queue in queues if prices.price(queue) is None]
+    if unpriced:
+        names = ", ".join(unpriced)
+        return None, f"unknown: queue {names} has no price (alignlab prices set {unpriced[0]} PRICE_PER_HOUR)"
+    total = sum(prices.cost(seconds, queue) for (_, queue), seconds in medians.items())
+    rates = ", ".join(f"{queue} {prices.money(prices.price(queue))}/h" for queue in queues)
+    return total, f"about {prices.money(total)} at today's prices ({rates}), {basis} earlier runs"
