@@ -62,6 +62,19 @@ def set_field(section: str, name: str, value: Any) -> None:
     st.session_state[_key(f"{section}.{name}")] = value
 
 
+def _value(schema: dict[str, Any], raw: Any) -> Any:
+    """The spec value a field's widget state stands for: an empty optional text is none, YAML text is parsed (a
+    string the model then refuses, with its field, when it does not parse)."""
+    if _optional_text(schema):
+        return (raw or "").strip() or None
+    if _edited_as_text(schema):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
+    return raw
+
+
 def _widget(dotted: str, schema: dict[str, Any], error: str | None, label: str | None = None) -> Any:
     key = _key(dotted)
     label = label or field_label(dotted, schema)
@@ -69,36 +82,40 @@ def _widget(dotted: str, schema: dict[str, Any], error: str | None, label: str |
     choices = _choices(schema)
     kind = schema.get("type")
     if kind == "boolean":
-        result = st.checkbox(label, help=help_text, key=key)
+        raw = st.checkbox(label, help=help_text, key=key)
     elif kind == "array" and choices:
-        result = st.multiselect(label, list(choices), help=help_text, key=key)
+        raw = st.multiselect(label, list(choices), help=help_text, key=key)
     elif choices:
-        result = st.selectbox(label, list(choices), format_func=_choice_text, help=help_text, key=key)
+        raw = st.selectbox(label, list(choices), format_func=_choice_text, help=help_text, key=key)
     elif kind == "integer":
-        result = st.number_input(label, step=1, help=help_text, key=key)
+        raw = st.number_input(label, step=1, help=help_text, key=key)
     elif kind == "number":
-        result = st.number_input(label, format="%g", help=help_text, key=key)
+        raw = st.number_input(label, format="%g", help=help_text, key=key)
     elif kind == "string" and schema.get("multiline"):  # its line breaks shown as line breaks
-        result = st.text_area(label, help=help_text, key=key, height="content")
+        raw = st.text_area(label, help=help_text, key=key, height="content")
     elif kind == "string":
-        result = st.text_input(label, help=help_text, key=key)
+        raw = st.text_input(label, help=help_text, key=key)
     elif _optional_text(schema):
-        result = st.text_input(label, help=help_text, key=key, placeholder="none").strip() or None
-    else:  # mappings, lists of sections: edited as YAML, parsed and checked by the model
-        text = st.text_input(label, help=help_text, key=key)
-        try:
-            result = yaml.safe_load(text)
-        except yaml.YAMLError:
-            result = text
+        raw = st.text_input(label, help=help_text, key=key, placeholder="none")
+    else:  # mappings, lists of sections: edited as YAML
+        raw = st.text_input(label, help=help_text, key=key)
     if error:
         st.error(error)
-    return result
+    return _value(schema, raw)
+
+
+GROUP_KEY = "form_group"
 
 
 def spec_form(errors: dict[str, str], after_key_settings: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Widgets for every RunSpec field, showing what `fill_form` and the person put there; returns the spec dict
-    they show (unchecked). The run's own fields and the key settings (`configs.KEY_SETTINGS`) come first, then
-    `after_key_settings` (the page's seeds and estimate), then every other field in its section's group."""
+    """Widgets for the RunSpec's fields, showing what `fill_form` and the person put there; returns the spec dict
+    the form holds (unchecked). The run's own fields and the key settings (`configs.KEY_SETTINGS`) come first, then
+    `after_key_settings` (the page's seeds and estimate), then one group of the other fields at a time (the one
+    chosen, and any group with an error): a browser draws a few widgets, not seventy. The groups not shown keep
+    their values in session state, and the spec returned holds every field either way."""
+    for key in [_key(dotted) for dotted, _ in _fields()]:
+        if key in st.session_state:  # a widget not drawn in a run loses its state; a value set here keeps it
+            st.session_state[key] = st.session_state[key]
     helps = section_help()
     edited: dict[str, Any] = {"spec_version": SPEC_VERSION}
     sections: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -117,11 +134,22 @@ def spec_form(errors: dict[str, str], after_key_settings: Callable[[], None] | N
     if after_key_settings is not None:
         after_key_settings()
     st.subheader("Every other setting, by stage")
+    chosen = st.selectbox(
+        "Group",
+        list(sections),
+        format_func=lambda section: f"{section.replace('_', ' ')} — {helps[section]}",
+        key=GROUP_KEY,
+        help="One group at a time; the others keep their values. A group with an error is shown as well.",
+    )
     for section, fields in sections.items():
-        expanded = any(k.startswith(f"{section}.") for k in errors)
-        with st.expander(f"{section.replace('_', ' ')} — {helps[section]}", expanded=expanded):
-            for dotted, schema in fields:
+        drawn = section == chosen or any(k.startswith(f"{section}.") for k in errors)
+        if drawn and section != chosen:
+            st.text(f"{section.replace('_', ' ')} (a field there needs fixing)")
+        for dotted, schema in fields:
+            if drawn:
                 set_path(edited, dotted, _widget(dotted, schema, errors.get(dotted)))
+            else:
+                set_path(edited, dotted, _value(schema, st.session_state[_key(dotted)]))
     return edited
 
 

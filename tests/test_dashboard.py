@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
+from app.forms import GROUP_KEY
 from db.models import Run, Sample
 from db.session import read_session, write_session
-from pipeline.core.configs import preset, to_dict
+from pipeline.core.configs import KEY_SETTINGS, field_table, preset, to_dict
 from pipeline.core.durations import human_duration
 from pipeline.core.prices import prices_path, set_price
 from tests.test_queue import drain_queues
@@ -118,6 +119,7 @@ def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
     at = app().run()
     at.switch_page("views/launch.py").run()
     assert not at.exception
+    at.selectbox(key=GROUP_KEY).set_value("generation").run()
     at.number_input(key="form.generation.sampling.temperature").set_value(0.0)
     at.button[[b.label for b in at.button].index("Launch")].click().run()
     assert any("SamplingConfig.temperature (at generation.sampling.temperature)" in e.value for e in at.error)
@@ -359,12 +361,20 @@ def _launch_form_checks(filled, n_nodes: int, cost: str) -> None:
     at.switch_page("views/launch.py").run()
     numbers = [n.label for n in at.number_input]
     assert numbers[:6] == ["SFT learning rate", "SFT epochs", "DPO learning rate", "DPO epochs", "DPO β", "Seeds"]
-    assert "LoRA rank" in numbers and not [label for label in numbers if "_" in label or label != label.strip()]
-    (template,) = [t for t in at.text_area if t.label == "Prompt template"]
-    assert "\n" in template.value  # the line break shown as one, in a text area
+    groups = list(dict.fromkeys(d.split(".")[0] for d, _ in field_table() if "." in d and d not in KEY_SETTINGS))
+    assert len(at.selectbox(key=GROUP_KEY).options) == len(groups)
+    for group in groups:  # one group drawn at a time: every group's labels are written for people
+        at.selectbox(key=GROUP_KEY).set_value(group).run()
+        labels = [n.label for n in at.number_input] + [t.label for t in at.text_input]
+        assert not [label for label in labels if "_" in label or label != label.strip()], group
+    at.selectbox(key=GROUP_KEY).set_value("base_model").run()
+    assert "LoRA rank" in [n.label for n in at.number_input]
     assert at.text_input(key="form.base_model.revision").value == ""  # none, not "null"
     eight_bit = at.selectbox(key="form.base_model.load_in_8bit")
     assert [eight_bit.format_func(o) for o in eight_bit.options] == ["auto", "yes", "no"]
+    at.selectbox(key=GROUP_KEY).set_value("format").run()
+    (template,) = [t for t in at.text_area if t.label == "Prompt template"]
+    assert "\n" in template.value  # the line break shown as one, in a text area
     at.radio(key="launch_source").set_value("earlier run").run()
     at.checkbox(key="launch_dpo_only").uncheck().run()
     assert any(t.value == f"None: this launches run {filled['run_id']}'s config as it was." for t in at.text)
@@ -376,6 +386,7 @@ def _launch_form_checks(filled, n_nodes: int, cost: str) -> None:
     assert estimate.startswith(f"Duration: about {human_duration(10.0 * n_nodes)}: the median of each stage")
     (forecast,) = [t.value for t in at.text if t.value.startswith("Cost:")]
     assert forecast.startswith(f"Cost: about {cost} at today's prices (gpu 0.60 USD/h, cpu 0.00 USD/h), from 1")
+    at.selectbox(key=GROUP_KEY).set_value("execution").run()
     at.selectbox(key="form.execution.default_queue").set_value("gpu-80gb").run()
     (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
     assert estimate.startswith("Duration: unknown: no earlier run of this model and preset has timed split on gpu-80gb")

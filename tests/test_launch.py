@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from streamlit.runtime.media_file_storage import MediaFileKind
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from app.forms import _edited_as_text, _fields, _key, _optional_text
+from app.forms import GROUP_KEY, _edited_as_text, _fields, _key, _optional_text
 from db.models import Run
 from db.session import read_session
 from pipeline.core.configs import SPEC_VERSION, preset, set_path, to_dict
@@ -21,11 +21,30 @@ def launch_page():
     return at
 
 
+def _widget_values(at) -> dict:
+    """Every field's widget value, group by group: the form draws one group of settings at a time (what it shows
+    first, then each group chosen in turn), and the group chosen before is chosen again at the end."""
+    values: dict = {}
+    before = at.selectbox(key=GROUP_KEY).value
+    for group in [None, *at.selectbox(key=GROUP_KEY).options]:
+        if group is not None:
+            at.selectbox(key=GROUP_KEY).set_value(group.split(" — ")[0].replace(" ", "_")).run()
+        for dotted, _ in _fields():
+            if dotted not in values:
+                try:
+                    values[dotted] = at.get_by_key(_key(dotted)).value
+                except KeyError:  # in a group not drawn now
+                    pass
+    at.selectbox(key=GROUP_KEY).set_value(before).run()
+    return values
+
+
 def shown(at) -> dict:
     """The spec as the widgets show it, read widget by widget."""
     spec: dict = {"spec_version": SPEC_VERSION}  # the layout version is no widget
+    values = _widget_values(at)
     for dotted, schema in _fields():
-        value = at.get_by_key(_key(dotted)).value
+        value = values[dotted]
         if _optional_text(schema):  # an empty field is none
             value = value.strip() or None
         elif _edited_as_text(schema):
@@ -125,6 +144,7 @@ def test_a_rejected_config_file_disables_launch(filled):
 
 def test_a_field_error_is_summarised_at_the_button(filled):
     at = launch_page()
+    at.selectbox(key=GROUP_KEY).set_value("generation").run()
     at.number_input(key="form.generation.sampling.temperature").set_value(0.0).run()
     at.button(key="launch").click().run()
     assert not at.exception
