@@ -40,13 +40,13 @@ def test_workers_publish_their_facts_and_a_clean_stop_is_not_a_loss(redis_conn, 
     env = {**os.environ, "REDIS_URL": redis_server_url, "DATABASE_URL": str(engine.url)}
     names = ["fleet-a", "fleet-b", "fleet-c"]
     with open(tmp_path / "workers.log", "w") as log:
-        procs = {name: _start_worker(name, "fleet-test,cpu", env, log) for name in names}
+        procs = {name: _start_worker(name, "fleet-test", env, log) for name in names}  # a queue no other test uses
         try:
             _until(lambda: set(_states(redis_conn)) == set(names), "three workers registered")
             views = {view.name: view for view in fleet.fleet(redis_conn)}
             for view in views.values():
                 assert view.state == "idle"
-                assert view.queues == ["fleet-test", "cpu"]
+                assert view.queues == ["fleet-test"]
                 assert view.device == "cpu" and view.device_name == f"CPU, {os.cpu_count()} cores"
                 assert 0 < view.memory_free_mib <= view.memory_total_mib
                 assert view.alignlab and view.torch

@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0004"
+    assert current(db_url) == "0005"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
