@@ -70,7 +70,7 @@ def test_resume_enqueues_the_recorded_values(redis_conn, engine):
 
 
 def test_relaunch_fills_the_form_with_the_recorded_values(redis_conn, db_url, engine, monkeypatch):
-    from app.forms import _key
+    from app.forms import GROUP_KEY, _key
     from tests.test_launch import launch_page, shown
 
     monkeypatch.setenv("DATABASE_URL", db_url)
@@ -80,5 +80,6 @@ def test_relaunch_fills_the_form_with_the_recorded_values(redis_conn, db_url, en
     at.selectbox(key="launch_parent").set_value(run_id).run()
     at.checkbox(key="launch_dpo_only").uncheck().run()
     assert not at.exception
+    at.selectbox(key=GROUP_KEY).set_value("eval").run()  # the form draws one group of settings at a time
     assert at.get_by_key(_key("eval.sampling.temperature")).value == 0.5
     assert_recorded_values(shown(at))
