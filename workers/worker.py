@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from rq import Worker
 
@@ -17,6 +18,8 @@ from workers.fleet import WORKER_TTL_S
 from workers.queues import ALLOWED_JOBS, SERIALIZER, AllowlistJob, connect, queue
 
 MAINTENANCE_INTERVAL_S = 60
+# the facts for the Workers page are refreshed at most this often (well inside fleet.LOST_AFTER_S)
+PUBLISH_EVERY_S = 5
 # The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
 JOB_MONITORING_INTERVAL_S = 10
 
@@ -66,8 +69,11 @@ class PreemptibleWorker(Worker):
         self._publish("started")
 
     def heartbeat(self, timeout=None, pipeline=None):
+        """RQ's heartbeat, and this worker's facts at most every PUBLISH_EVERY_S: RQ also beats before every
+        dequeue, and the facts cost an `nvidia-smi` call on a GPU host, which must not be paid per job."""
         super().heartbeat(timeout, pipeline)
-        self._publish("heartbeat")
+        if time.monotonic() - getattr(self, "_published_at", float("-inf")) >= PUBLISH_EVERY_S:
+            self._publish("heartbeat")
 
     def register_death(self):
         self._publish("stopped")
@@ -77,6 +83,7 @@ class PreemptibleWorker(Worker):
         """This worker's facts for the Workers page (`workers.fleet`); a failure to publish never stops work."""
         from workers.fleet import publish
 
+        self._published_at = time.monotonic()
         try:
             publish(self.connection, self, state)
         except Exception:  # noqa: BLE001 - Redis away or nvidia-smi odd: the next heartbeat publishes again

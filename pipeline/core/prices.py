@@ -1,6 +1,6 @@
 """What an hour on each GPU class (queue) costs: the user's own price table, `ALIGNLAB_HOME/prices.yaml`.
 
-RunPod's prices are the user's to enter (`alignlab prices set gpu 0.79`, or the Workers page). The recorder charges
+RunPod's prices are the user's to enter (`alignlab prices set gpu 0.79`, or the file itself). The recorder charges
 each stage attempt at the price in force when it ends (the ledger), and Launch forecasts a run's cost from earlier
 runs' recorded times at today's prices.
 """
