@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hmac
 import os
+from urllib.parse import urlsplit
 
 import streamlit as st
 
 from workers.queues import LOOPBACK_HOSTS
 
 PASSWORD_ENV = "ALIGNLAB_DASHBOARD_PASSWORD"
+# the page (last URL path segment) and query parameters a visitor asked for before logging in
+REQUESTED_KEY = "requested_before_login"
 
 
 def on_loopback() -> bool:
@@ -41,10 +44,24 @@ def _check_password(expected: str) -> None:
     st.session_state["login_failed"] = not st.session_state["authenticated"]
 
 
+def _remember_requested_page() -> None:
+    """Keep the deep link the visitor came by: the login's own reruns run without st.navigation, so Streamlit
+    forgets the page and would land on the default one after the password."""
+    if REQUESTED_KEY not in st.session_state:
+        path = urlsplit(st.context.url or "").path.rstrip("/")
+        st.session_state[REQUESTED_KEY] = (path.rpartition("/")[2], st.query_params.to_dict())
+
+
+def requested_page() -> tuple[str, dict[str, str]] | None:
+    """(URL path, query parameters) asked for before the login, once; None when there was no login."""
+    return st.session_state.pop(REQUESTED_KEY, None)
+
+
 def require_login() -> None:
     """Stop the script unless the visitor may see the dashboard."""
     if on_loopback() or st.session_state.get("authenticated"):
         return
+    _remember_requested_page()
     if _oidc_configured():
         if st.user.is_logged_in:
             return

@@ -128,8 +128,12 @@ def button(page, label):
 
 
 def log_in(page, url):
-    """A fresh session on `url` (a password login lasts one browser session): type the password, see the page."""
-    page.goto(url, timeout=60_000)
+    """A fresh session on `url`, or a reload of the page when None (a password login lasts one browser session):
+    type the password, see the page."""
+    if url is None:
+        page.reload(timeout=60_000)
+    else:
+        page.goto(url, timeout=60_000)
     wait_for_run(page)
     field = page.get_by_test_id("stTextInput").filter(has_text="Password").locator("input")
     field.fill(PASSWORD)
@@ -146,6 +150,10 @@ def confirm_cancel(page):
 
 def name_field(page):
     return page.get_by_test_id("stTextInput").filter(has_text="name").first.locator("input")
+
+
+def number_field(page, label):
+    return page.get_by_test_id("stNumberInput").filter(has_text=label).locator("input")
 
 
 def db_row(stack, *columns, where=None):
@@ -271,6 +279,19 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
         expect(page.get_by_text("Win rates from judgements")).to_be_visible(timeout=60_000)
         page.screenshot(path=str(shots / "blind.png"), full_page=True, animations="disabled")
 
+        # A reload is a new session: the login again lands on the page asked for (not Runs), and the reviewer's
+        # queue continues where it stopped
+        log_in(page, None)
+        expect(page).to_have_url(f"{url}/samples", timeout=60_000)
+        expect(page.get_by_text("Reference (SFT data)")).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="Blind A/B").click()
+        page.get_by_test_id("stTextInput").filter(has_text="Reviewer").locator("input").fill("browser")
+        page.get_by_test_id("stTextInput").filter(has_text="Reviewer").locator("input").press("Enter")
+        wait_for_run(page)
+        page.get_by_role("tab", name="Blind A/B").click()
+        expect(page.get_by_text("1 of ", exact=False).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("0 of ", exact=False)).to_have_count(0)
+
         # Launch from an earlier run and from a file: the fields, the preview and the export show that spec
         navigate(page, "Launch")
         page.get_by_test_id("stRadio").filter(has_text="Start from").get_by_text("earlier run", exact=True).click()
@@ -294,9 +315,39 @@ def test_every_page_and_action_needs_the_login_then_launch_watch_compare_and_jud
             page.get_by_test_id("stDownloadButton").locator("button").click()
         exported = yaml.safe_load(Path(download.value.path()).read_text())
         assert exported == preview and preview["name"] == "from-a-file" and preview["dpo"]["beta"] == 0.33
+
+        # A β sweep: run 2 again with another β, from the earlier run; Compare draws the metric along β
+        page.get_by_test_id("stRadio").filter(has_text="Start from").get_by_text("earlier run", exact=True).click()
+        wait_for_run(page)
+        page.get_by_test_id("stSelectbox").filter(has_text="Run").first.click()
+        page.get_by_role("option", name="2: browser-run (succeeded)").click()
+        wait_for_run(page)
+        for field, value in ((name_field(page), "browser-beta"), (number_field(page, "DPO β"), "0.3")):
+            field.fill(value)
+            field.press("Enter")
+            wait_for_run(page)
+        preview = yaml.safe_load(page.get_by_test_id("stCode").first.text_content())
+        assert preview["name"] == "browser-beta" and preview["dpo"]["beta"] == 0.3
+        button(page, "Launch").click()
+        wait_for_run(page)
+        expect(page).to_have_url(f"{url}/runs?run=3", timeout=60_000)
+        expect(page.get_by_text("Run 3 · browser-beta · succeeded")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        navigate(page, "Compare")
+        page.get_by_test_id("stMultiSelect").filter(has_text="Runs").click()
+        page.get_by_role("option", name="2: browser-run (succeeded)").click()
+        page.keyboard.press("Escape")
+        wait_for_run(page)
+        along_beta = page.locator("svg text").filter(has_text=re.compile(r"^dpo\.beta$"))  # the x axis's title
+        sweep = page.get_by_test_id("stVegaLiteChart").filter(has=along_beta)
+        expect(sweep).to_have_count(1, timeout=60_000)
+        # a point per (run, method): 2 runs x the 4 methods; a chart whose field Vega-Lite cannot read draws none
+        expect(sweep.locator("g.mark-symbol.role-mark path")).to_have_count(8, timeout=60_000)  # legend symbols aside
+        sweep.scroll_into_view_if_needed()
+        sweep.screenshot(path=str(shots / "sweep.png"), animations="disabled")
         browser.close()
 
     assert tuple(db_row(stack, Run.name, Run.status, where=Run.id == 2)) == ("browser-run", "succeeded")
+    assert tuple(db_row(stack, Run.name, Run.status, where=Run.id == 3)) == ("browser-beta", "succeeded")
     judgement = db_row(stack, Judgement.reviewer, Judgement.method_b, Judgement.winner, where=Judgement.run_id == 2)
     assert judgement.reviewer == "browser" and judgement.winner == judgement.method_b  # "B" is the right one
     assert {p.name for p in shots.glob("*.png")} >= {"login.png", "runs.png", "run.png", "compare.png", "blind.png"}
