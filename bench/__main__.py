@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import dashboard_bench, gpu_bench, queue_bench, real_model_bench, training_bench
+from bench import dashboard_bench, gpu_bench, memory_bench, queue_bench, real_model_bench, training_bench
 
 BENCHMARKS = {
     "generation": training_bench.generation,
@@ -33,6 +33,8 @@ BENCHMARKS = {
     "real_generation": training_bench.real_generation,
     "real_eval_memory": training_bench.real_eval_memory,
     "real_cache": training_bench.real_cache,
+    "memory_plan": memory_bench.memory_plan,
+    "soak": queue_bench.soak,
 }
 RESULTS = Path(__file__).parent / "results"
 MET = {True: "yes", False: "no", None: "not measurable here"}

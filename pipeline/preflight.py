@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.configs import RunSpec, preflight_spec
+from pipeline.core.errors import ConfigError
 
-BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
-TRAINING_MEMORY_FACTOR = 2.0  # LoRA training: weights + activations + optimizer state of the adapter, roughly
-MEMORY_HEADROOM_BYTES = 2 * 2**30
 DISK_COPIES = 4  # base in the HF cache, the merged SFT→DPO init, checkpoints, adapters and samples
 DISK_HEADROOM_BYTES = 5 * 2**30
 
@@ -56,7 +54,8 @@ def _bitsandbytes(spec: RunSpec, cuda: bool) -> Check:
     return Check("bitsandbytes usable for 8-bit", True, f"{bnb.__version__}: an 8-bit layer ran on {device}")
 
 
-def _model(spec: RunSpec) -> tuple[Check, int | None]:
+def _model(spec: RunSpec) -> tuple[Check, str | None, int | None]:
+    """(the check, the model's resolved location, its parameter count)."""
     from pipeline.models import count_parameters, resolve_model
 
     name = spec.base_model.name_or_path
@@ -64,41 +63,44 @@ def _model(spec: RunSpec) -> tuple[Check, int | None]:
         resolved = resolve_model(name)
         params = count_parameters(resolved, spec.base_model)
     except Exception as exc:  # noqa: BLE001 - unreachable hub, bad path, gated model without a token
-        return Check("model reachable", False, f"{name}: {exc}"), None
-    return Check("model reachable", True, f"{name} → {resolved}: {params / 1e6:,.1f}M parameters"), params
+        return Check("model reachable", False, f"{name}: {exc}"), None, None
+    return Check("model reachable", True, f"{name} → {resolved}: {params / 1e6:,.1f}M parameters"), resolved, params
 
 
-def _needs(spec: RunSpec, params: int) -> tuple[int, int]:
-    eight_bit = spec.base_model.load_in_8bit is True
-    per_param = 1 if eight_bit else BYTES_PER_PARAM.get(spec.base_model.dtype, 2)
-    weights = params * per_param
-    return int(weights * TRAINING_MEMORY_FACTOR + MEMORY_HEADROOM_BYTES), int(
-        params * 2 * DISK_COPIES + DISK_HEADROOM_BYTES
-    )
-
-
-def _memory(spec: RunSpec, params: int | None, cuda: bool) -> Check:
+def _memory(spec: RunSpec, resolved: str | None, cuda: bool, home: Path) -> Check:
+    """The largest stage's planned peak (pipeline.core.memory_plan) against what this machine has free."""
+    from pipeline.core.memory_plan import planned_peaks, read_shape, size_text, terms_text
     from pipeline.models import free_memory_bytes
 
+    item = "memory for the largest stage"
     device = "cuda" if cuda else "cpu"
     free = free_memory_bytes(device)
-    if params is None:
-        return Check("memory for the model", False, "unknown: the model could not be inspected")
-    need, _ = _needs(spec, params)
+    if resolved is None:
+        return Check(item, False, "unknown: the model could not be inspected")
+    try:
+        shape = read_shape(resolved, home, spec.base_model.revision)
+    except ConfigError as exc:
+        return Check(item, False, f"unknown: {exc}")
+    if shape is None:
+        return Check(item, False, f"unknown: no config.json for {resolved} on this machine")
+    peaks = planned_peaks(shape, spec, device)
+    if not peaks:
+        return Check(item, True, "no selected stage loads a model")
+    largest = max(peaks, key=lambda p: p.total)
     return Check(
-        "memory for the model",
-        free >= need,
-        f"~{need / 2**30:.1f} GiB needed to train (weights × {TRAINING_MEMORY_FACTOR:g} + 2 GiB), "
-        f"{free / 2**30:.1f} GiB free on {device}",
+        item,
+        free >= largest.total,
+        f"~{size_text(largest.total)} planned for {largest.node} ({terms_text(largest.terms)}), "
+        f"{size_text(free)} free on {device}",
     )
 
 
-def _disk(spec: RunSpec, params: int | None, home: Path) -> Check:
+def _disk(params: int | None, home: Path) -> Check:
     home.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(home).free
     if params is None:
         return Check("free disk", free > DISK_HEADROOM_BYTES, f"{free / 2**30:.1f} GiB free under {home}")
-    _, need = _needs(spec, params)
+    need = int(params * 2 * DISK_COPIES + DISK_HEADROOM_BYTES)
     return Check(
         "free disk",
         free >= need,
@@ -115,8 +117,8 @@ def environment_checks(spec: RunSpec, home: Path, redis_check: Any = None) -> li
     gpu = _gpu()
     if spec.base_model.device == "cpu":
         gpu.required, gpu.reason = False, gpu.reason + " (the config asks for the CPU)"
-    model, params = _model(spec)
-    checks = [gpu, _bitsandbytes(spec, cuda), model, _memory(spec, params, cuda), _disk(spec, params, home)]
+    model, resolved, params = _model(spec)
+    checks = [gpu, _bitsandbytes(spec, cuda), model, _memory(spec, resolved, cuda, home), _disk(params, home)]
     if redis_check is not None:
         checks.append(redis_check())
     return checks

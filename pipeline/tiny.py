@@ -17,11 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import FormatConfig
+from pipeline.core.configs import FormatConfig, tiny_dir_name
 from pipeline.core.home import alignlab_home
 
 DEMO_INSTRUCTIONS = "demo_instructions.jsonl"
-TINY_VERSION = "v2"  # v2: pretrained without the demo's held-out rows (a v1 model under ALIGNLAB_HOME is not reused)
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
@@ -163,7 +162,7 @@ def _pretrain(model: Any, tokenizer: Any, corpus: list[str], steps: int, seed: i
 
 def tiny_dir(root: str | Path | None = None, seed: int = 0) -> Path:
     root = Path(root) if root else alignlab_home() / "models"
-    return root / f"alignlab-tiny-{TINY_VERSION}-seed{seed}"
+    return root / tiny_dir_name(seed)
 
 
 def is_built(root: str | Path | None = None, seed: int = 0) -> bool:

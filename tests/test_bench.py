@@ -90,3 +90,28 @@ def test_the_plain_sft_script_trains_on_the_records_the_stage_trains_on(monkeypa
     with pytest.raises(Captured) as trained:
         training_bench.plain_sft(preset("tiny-ci"), tmp_path / "sft.jsonl", tmp_path / "plain")
     assert trained.value.args[0] == [{"prompt": "Name a tree.", "completion": " An oak."}]
+
+
+def test_the_memory_plan_bench_sets_every_loading_stage_beside_its_measurement(tiny_model_dir, tmp_path):
+    """`bench memory_plan --quick`: tiny-ci queued through `alignlab up`; every node that loads a model, its plan
+    and its measured peak RSS delta (how close they are is the bench's result, not asserted here)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "memory_plan", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "results-quick.json").read_text())["results"]["memory_plan"]["presets"]
+    nodes = {n["node"]: n for n in result["nodes"]}
+    loading = ["generate_sft", "train_sft", "negatives", "dpo_sft", "dpo_base"]
+    assert list(nodes) == loading + ["eval_base", "eval_sft", "eval_sft_dpo", "eval_dpo_only"]
+    assert all(n["measured_mib"] > 0 and n["planned_mib"] > 0 for n in nodes.values())
+    assert all(abs(n["ratio"] - n["planned_mib"] / n["measured_mib"]) < 0.01 for n in nodes.values())
+    assert 0 < result["lengths"]["generation"] < result["lengths"]["sft"] <= tiny_ci_max_length()
+
+
+def tiny_ci_max_length() -> int:
+    from pipeline.core.configs import preset
+
+    return preset("tiny-ci").sft.max_length

@@ -365,3 +365,21 @@ def test_a_stage_whose_job_is_not_enqueued_yet_is_not_called_lost(redis_conn, en
     with read_session(engine) as s:
         stage = s.get(StageRun, stage_id)
         assert stage.status == "failed" and "gone from Redis" in stage.error
+
+
+def test_a_preloaded_worker_keys_artifacts_by_the_code_it_loaded_not_by_files_edited_since(monkeypatch):
+    """The worker's forked jobs run the modules it imported at start; a source file changed on disk while it runs
+    (a `git pull` on the pod mid-run) once gave later jobs another code version, so they looked for their inputs
+    under keys no earlier job of the run had written ("needs pairs, train_sft first")."""
+    from pathlib import Path
+
+    from pipeline import artifacts
+    from workers.worker import preload
+
+    artifacts.code_version.cache_clear()
+    preload()
+    monkeypatch.setattr(Path, "read_bytes", lambda self: b"edited on disk after the worker started")
+    seen_by_a_job = artifacts.code_version()
+    monkeypatch.undo()
+    artifacts.code_version.cache_clear()
+    assert seen_by_a_job == artifacts.code_version()  # the source as loaded

@@ -267,6 +267,17 @@ def test_negative_registry_types_are_documented_and_typed(tiny_ci_spec):
     assert REGISTRY["model_sample"](records[0], ctx(0)) is None  # no sample generated for it
 
 
+def test_every_stage_that_loads_a_model_reports_its_peak_and_its_release(dag_run, tiny_ci_spec):
+    """The load facts are read once the model's block has ended: read inside it, the peak and the memory after the
+    release are still empty (generate_negatives once reported its load so)."""
+    assert "model_sample" in tiny_ci_spec.negatives.types
+    loads = {node: r.load_info for node, r in dag_run.results.items() if r.load_info}
+    assert {"generate_sft", "negatives", "train_sft", "dpo_sft", "dpo_base", "eval_base"} <= set(loads)
+    for node, info in loads.items():
+        assert info["peak_memory_bytes"] >= info["memory_before_bytes"] > 0, node
+        assert info["memory_after_release_bytes"] > 0, node
+
+
 def test_pairs_split_by_prompt_never_leaks(dag_run, tiny_ci_spec):
     out = Path(dag_run.results["pairs"].out_dir)
     train = {r["prompt"] for r in read_jsonl(out / "train.jsonl")}

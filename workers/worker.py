@@ -149,6 +149,13 @@ def preload() -> None:
 
     get_checkpoint_conversion_mapping("llama")  # builds (and caches) the mapping of every model type at once
 
+    from pipeline.artifacts import code_version
+
+    # the version of the code this worker has loaded, hashed once, here: its forked jobs run these modules, so a
+    # source file edited on disk while the worker runs (a `git pull` on the pod mid-run) must not give a job keys
+    # its upstream jobs, which ran the same loaded code, did not write
+    code_version()
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description="alignlab GPU worker (one job at a time)")

@@ -26,6 +26,8 @@ from pipeline.core.configs import (
 )
 from pipeline.core.durations import estimate_cost, estimate_run
 from pipeline.core.errors import AlignlabError, ConfigError
+from pipeline.core.home import alignlab_home
+from pipeline.core.memory_plan import fit_warnings, fitting_queues, plan_rows, read_shape
 from pipeline.core.prices import load_prices
 from pipeline.core.registry import selected_nodes, variant_stages_onward
 from workers import scheduler
@@ -62,6 +64,37 @@ def run_forecast(edited: dict, seeds: int) -> tuple[str, str]:
         cost = f"unknown: {exc}"
     per_run = f", per run ({seeds} seeds launch {seeds} runs)" if seeds > 1 else ""
     return duration + per_run, cost + per_run
+
+
+def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], dict[str, str]]:
+    """(what the plan rests on, a row per stage that loads a model, a warning per stage its class cannot hold, the
+    queues that would hold them) from the model's config.json on this host (pipeline.core.memory_plan); no table
+    when the model is not here."""
+    try:
+        spec = from_dict(RunSpec, edited)
+        model = spec.base_model
+        shape = read_shape(model.name_or_path, alignlab_home(), model.revision)
+    except ConfigError as exc:
+        return f"Memory: unknown: {exc}", None, [], {}
+    if shape is None:
+        return (
+            f"Memory: unknown: {model.name_or_path}'s config.json is not on this host (not fetched, not a local "
+            "directory, not in the Hugging Face cache); the worker's preflight plans it where the model is.",
+            None,
+            [],
+            {},
+        )
+    basis = (
+        f"Memory planned per stage from {shape.source} ({shape.parameters / 1e6:,.1f}M parameters), at the configured "
+        "maximum lengths: the worst case a batch can reach."
+    )
+    queues = {**spec.execution.queues, **fitting_queues(shape, spec)}
+    return basis, pd.DataFrame(plan_rows(shape, spec)), fit_warnings(shape, spec), queues
+
+
+def queue_where_they_fit(queues: dict[str, str]) -> None:
+    """The button's callback (before the widgets are drawn): the stages' queues, as the form edits them."""
+    set_field("execution", "queues", yaml.safe_dump(queues, default_flow_style=True).strip())
 
 
 st.title("Launch a run")
@@ -203,6 +236,21 @@ if parent_id is not None and base is not None:
 duration, cost = run_forecast(edited, int(n_seeds))
 st.text(f"Duration: {duration}")
 st.text(f"Cost: {cost}")
+memory_basis, memory_table, memory_warnings, queues_that_fit = memory_forecast(edited)
+for warning in memory_warnings:
+    st.warning(f"Will not fit: {warning}")
+if queues_that_fit != edited["execution"]["queues"]:
+    st.button(
+        "Queue each stage on a GPU class that holds it",
+        on_click=queue_where_they_fit,
+        args=(queues_that_fit,),
+        key="launch_fit_queues",
+        help="Sets execution.queues from the memory plan; the preview shows the result before anything is queued.",
+    )
+with st.expander("Memory plan" + (f" ({len(memory_warnings)} stage(s) will not fit)" if memory_warnings else "")):
+    st.text(memory_basis)
+    if memory_table is not None:
+        st.dataframe(memory_table, hide_index=True, key="launch_memory_plan")
 launch_col, preflight_col, export_col = st.columns(3)
 submitted = launch_col.button("Launch", type="primary", disabled=bool(blocking), key="launch")
 preflight = preflight_col.button(

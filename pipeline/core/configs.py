@@ -28,9 +28,21 @@ METHOD_LABELS: dict[str, str] = {"base": "base", "sft": "SFT", "sft_dpo": "SFTâ†
 METHODS: tuple[str, ...] = tuple(METHOD_LABELS)  # in the order tables and columns show them
 PRIMARY_PAIR = ("sft_dpo", "dpo_only")  # the comparison that answers "did SFT before DPO help?"
 UNTRAINED = "base"  # the one method no training seed touches
-QUEUE_NAMES: tuple[str, ...] = ("gpu", "gpu-80gb", "cpu")
+# the queues (resource classes) and the memory of one device of each in GiB, what the memory planner fits stages
+# into (pipeline.core.memory_plan): `gpu` is a 24 GB card (RTX 4090 / A5000 / L4 class), `gpu-80gb` an A100/H100;
+# `cpu` has no planned limit
+QUEUE_MEMORY_GIB: dict[str, int | None] = {"gpu": 24, "gpu-80gb": 80, "cpu": None}
+QUEUE_NAMES: tuple[str, ...] = tuple(QUEUE_MEMORY_GIB)
 QueueName = Literal["gpu", "gpu-80gb", "cpu"]
 TINY_MODEL = "alignlab-tiny"  # resolved by pipeline.models to the offline tiny model built under ALIGNLAB_HOME
+TINY_VERSION = "v2"  # v2: pretrained without the demo's held-out rows (a v1 model under ALIGNLAB_HOME is not reused)
+
+
+def tiny_dir_name(seed: int = 0) -> str:
+    """The tiny model's directory under ALIGNLAB_HOME/models."""
+    return f"{TINY_MODEL}-{TINY_VERSION}-seed{seed}"
+
+
 SPEC_VERSION = 3  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 

@@ -11,7 +11,7 @@ This module imports nothing but the standard library: the dashboard and the sche
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,10 @@ class Stage:
     variants: bool = False  # runs once per init with one config, the comparison's subject (train_dpo)
     measures: bool = False  # computes the registered metrics: their names are part of its artifact key
     label: str = ""  # how pages title its curves and steps ("SFT", "DPO"); defaults to its name
+    # the model it holds and what it does with it, for the memory planner (pipeline.core.memory_plan): (workload,
+    # the RunSpec section that sizes it); workload = "generate", "train" or "score"; None = it loads no model
+    memory: tuple[str, str] | None = None
+    loads_model: Callable[[Any], bool] | None = None  # the model is loaded only for specs where this holds
 
     @property
     def command(self) -> str:
@@ -208,6 +212,7 @@ for _stage in (
         ("base_model", "format", "generation", "validation"),
         (NodeSpec("generate_sft", inputs=(("split", "split"),)),),
         timeout_s=4 * HOUR,
+        memory=("generate", "generation"),
     ),
     Stage(
         "train_sft",
@@ -217,6 +222,7 @@ for _stage in (
         (NodeSpec("train_sft", inputs=(("sft", "generate_sft"),), makes="sft"),),
         timeout_s=12 * HOUR,
         label="SFT",
+        memory=("train", "sft"),
     ),
     Stage(
         "generate_negatives",
@@ -226,6 +232,8 @@ for _stage in (
         (NodeSpec("negatives", inputs=(("sft", "generate_sft"),)),),
         timeout_s=4 * HOUR,
         cli="negatives",
+        memory=("generate", "negatives"),
+        loads_model=lambda spec: "model_sample" in spec.negatives.types,  # the one type a model writes
     ),
     Stage(
         "make_pairs",
@@ -250,6 +258,7 @@ for _stage in (
         timeout_s=12 * HOUR,
         variants=True,
         label="DPO",
+        memory=("train", "dpo"),
     ),
     Stage(
         "evaluate",
@@ -266,6 +275,7 @@ for _stage in (
         timeout_s=4 * HOUR,
         emits=("samples",),
         measures=True,
+        memory=("score", "eval"),
     ),
     Stage(
         "compare",

@@ -41,7 +41,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     records, sft_report = load_and_validate_sft(inputs["sft"] / SFT_RECORDS, spec.validation)
     progress.emit("validation", report=sft_report.to_dict())
     samples: dict[int, str] = {}
-    load_info = None
+    info = None
     if "model_sample" in config.types:
         with loaded(spec.base_model) as m:
             outputs = generator(m, spec.format).generate(
@@ -55,7 +55,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
                 text, _ = clean_response(output.text, instruction_of(record), spec.format, spec.generation)
                 if text and normalize_text(text) != normalize_text(record["completion"]):
                     samples[index] = text
-            load_info = m.info.to_dict()
+            info = m.info  # read once the block has ended: its peak memory and release are filled in on exit
 
     weights = config.normalized_weights()
     rng = random.Random(config.seed)
@@ -102,6 +102,6 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         metrics={"negatives": len(rows), "by_type": report.stats["negative_types"], "model_samples": len(samples)},
         reports=[sft_report.to_dict(), report.to_dict()],
         previews={"negatives": rows[:PREVIEW_ROWS]},
-        load_info=load_info,
+        load_info=info.to_dict() if info is not None else None,
         seconds=progress.elapsed(),
     )
