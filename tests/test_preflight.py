@@ -39,7 +39,8 @@ def test_preflight_runs_the_checks_and_the_tiny_dag_and_records_a_go(
     assert items["whole DAG at tiny scale"]["passed"] and "12 stages" in items["whole DAG at tiny scale"]["reason"]
     assert items["GPU, driver and CUDA visible"]["required"] is False  # the config asks for the CPU
     memory = items["memory for the largest stage"]  # the planner's largest stage, against free memory
-    largest = r"~[\d.,]+ [MG]iB planned for (generate_sft|train_sft|negatives|dpo_sft|dpo_base|eval_\w+) \(weights 12 MiB"
+    loading = "generate_sft|train_sft|negatives|dpo_sft|dpo_base|eval_base|eval_sft|eval_sft_dpo|eval_dpo_only"
+    largest = rf"~[\d.,]+ [MG]iB planned for ({loading}) \(weights 12 MiB"
     assert memory["passed"] and re.match(largest, memory["reason"]), memory["reason"]
     assert "GO" in out.stdout.splitlines()[-2] and "recorded as run 1" in out.stdout
 
