@@ -219,3 +219,10 @@ def test_launch_shows_the_plan_and_warns_when_a_stage_will_not_fit(filled, align
     plan = shown_plan(at).set_index("stage")
     assert plan.loc["train_sft", "queue"] == "gpu-80gb" and plan.loc["train_sft", "fits its class"] == "yes"
     assert not [b for b in at.button if b.key == "launch_fit_queues"]
+
+    at.text_input(key="form.base_model.name_or_path").set_value("someone/not-on-this-host").run()
+    assert not at.exception
+    assert any(t.value.startswith("Memory: unknown: someone/not-on-this-host's config.json is not on") for t in at.text)
+    assert not [frame for frame in at.dataframe if "planned peak" in frame.value.columns]
+    assert not [b for b in at.button if b.key == "launch_fit_queues"]
+    assert not [w for w in at.warning if w.value.startswith("Will not fit")]

@@ -66,23 +66,23 @@ def run_forecast(edited: dict, seeds: int) -> tuple[str, str]:
     return duration + per_run, cost + per_run
 
 
-def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], dict[str, str]]:
+def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], dict[str, str] | None]:
     """(what the plan rests on, a row per stage that loads a model, a warning per stage its class cannot hold, the
     queues that would hold them) from the model's config.json on this host (pipeline.core.memory_plan); no table
-    when the model is not here."""
+    when the model is not here, no queues when there is no plan."""
     try:
         spec = from_dict(RunSpec, edited)
         model = spec.base_model
         shape = read_shape(model.name_or_path, alignlab_home(), model.revision)
     except ConfigError as exc:
-        return f"Memory: unknown: {exc}", None, [], {}
+        return f"Memory: unknown: {exc}", None, [], None
     if shape is None:
         return (
             f"Memory: unknown: {model.name_or_path}'s config.json is not on this host (not fetched, not a local "
             "directory, not in the Hugging Face cache); the worker's preflight plans it where the model is.",
             None,
             [],
-            {},
+            None,
         )
     basis = (
         f"Memory planned per stage from {shape.source} ({shape.parameters / 1e6:,.1f}M parameters), at the configured "
@@ -239,7 +239,7 @@ st.text(f"Cost: {cost}")
 memory_basis, memory_table, memory_warnings, queues_that_fit = memory_forecast(edited)
 for warning in memory_warnings:
     st.warning(f"Will not fit: {warning}")
-if queues_that_fit != edited["execution"]["queues"]:
+if queues_that_fit is not None and queues_that_fit != edited["execution"]["queues"]:
     st.button(
         "Queue each stage on a GPU class that holds it",
         on_click=queue_where_they_fit,
