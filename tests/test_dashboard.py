@@ -380,7 +380,7 @@ def _launch_form_checks(filled, n_nodes: int, cost: str) -> None:
     assert any(t.value == f"None: this launches run {filled['run_id']}'s config as it was." for t in at.text)
     at.number_input(key="form.dpo.beta").set_value(0.33).run()
     assert not at.exception
-    changes = at.dataframe[-1].value
+    (changes,) = [frame.value for frame in at.dataframe if "that run" in frame.value.columns]  # beside the plan
     assert changes.to_dict("records") == [{"setting": "dpo.beta", "that run": "0.1", "this launch": "0.33"}]
     (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
     assert estimate.startswith(f"Duration: about {human_duration(10.0 * n_nodes)}: the median of each stage")

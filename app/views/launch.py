@@ -92,8 +92,11 @@ def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], 
     return basis, pd.DataFrame(plan_rows(shape, spec)), fit_warnings(shape, spec), queues
 
 
+FIT_QUEUES_KEY = "launch_fit_queues_chosen"
+
+
 def queue_where_they_fit(queues: dict[str, str]) -> None:
-    """The button's callback (before the widgets are drawn): the stages' queues, as the form edits them."""
+    """The stages' queues, as the form edits them; called before the widgets are drawn."""
     set_field("execution", "queues", yaml.safe_dump(queues, default_flow_style=True).strip())
 
 
@@ -221,6 +224,8 @@ def seeds_widgets() -> None:
     )
 
 
+if FIT_QUEUES_KEY in st.session_state:  # the memory plan's button, clicked in the run before
+    queue_where_they_fit(st.session_state.pop(FIT_QUEUES_KEY))
 edited = spec_form(errors, after_key_settings=seeds_widgets)
 n_seeds, scope = st.session_state["launch_seeds"], st.session_state["launch_seed_scope"]
 exported = yaml.safe_dump(edited, sort_keys=False)
@@ -239,14 +244,17 @@ st.text(f"Cost: {cost}")
 memory_basis, memory_table, memory_warnings, queues_that_fit = memory_forecast(edited)
 for warning in memory_warnings:
     st.warning(f"Will not fit: {warning}")
-if queues_that_fit is not None and queues_that_fit != edited["execution"]["queues"]:
-    st.button(
+if (
+    queues_that_fit is not None
+    and queues_that_fit != edited["execution"]["queues"]
+    and st.button(
         "Queue each stage on a GPU class that holds it",
-        on_click=queue_where_they_fit,
-        args=(queues_that_fit,),
         key="launch_fit_queues",
         help="Sets execution.queues from the memory plan; the preview shows the result before anything is queued.",
     )
+):  # no widget callback (it would run before the login gate): applied at the top of the next run
+    st.session_state[FIT_QUEUES_KEY] = queues_that_fit
+    st.rerun()
 with st.expander("Memory plan" + (f" ({len(memory_warnings)} stage(s) will not fit)" if memory_warnings else "")):
     st.text(memory_basis)
     if memory_table is not None:
