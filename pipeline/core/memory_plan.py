@@ -182,12 +182,22 @@ class Peak:
 
     node: str
     stage: str
+    queue: str
     device: str
     terms: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.terms.values())
+
+    @property
+    def limit_gib(self) -> int | None:
+        """The memory of its GPU class's card; None on the CPU (no planned limit)."""
+        return QUEUE_MEMORY_GIB.get(self.queue) if self.device == "cuda" else None
+
+    @property
+    def fits(self) -> bool:
+        return self.limit_gib is None or self.total <= self.limit_gib * GIB
 
 
 def _weight_bytes(shape: ModelShape, spec: RunSpec, device: str) -> tuple[int, int]:
@@ -286,11 +296,11 @@ def planned_peaks(
     for a model configured there (`base_model.device: cpu`) or a node on the `cpu` queue, a GPU otherwise."""
     peaks = []
     for node in selected_nodes(spec.stages):
-        on_cpu = spec.base_model.device == "cpu" or spec.execution.queue_for(node.stage) == "cpu"
-        on = device or ("cpu" if on_cpu else "cuda")
+        queue = spec.execution.queue_for(node.stage)
+        on = device or ("cpu" if spec.base_model.device == "cpu" or queue == "cpu" else "cuda")
         terms = stage_peak(shape, spec, node.stage, on, lengths)
         if terms is not None:
-            peaks.append(Peak(node.name, node.stage, on, terms))
+            peaks.append(Peak(node.name, node.stage, queue, on, terms))
     return peaks
 
 
@@ -304,8 +314,7 @@ def fitting_queues(shape: ModelShape, spec: RunSpec) -> dict[str, str]:
     """Stage -> the smallest GPU class that holds it, for each GPU stage its own class cannot hold but another can."""
     needs: dict[str, int] = {}
     for peak in planned_peaks(shape, spec):
-        gib = QUEUE_MEMORY_GIB.get(spec.execution.queue_for(peak.stage))
-        if peak.device == "cuda" and gib is not None and peak.total > gib * GIB:
+        if not peak.fits:
             needs[peak.stage] = max(needs.get(peak.stage, 0), peak.total)
     return {stage: queue for stage, peak in needs.items() if (queue := fitting_queue(peak)) is not None}
 
@@ -314,9 +323,7 @@ def fit_warnings(shape: ModelShape, spec: RunSpec) -> list[str]:
     """One line per node whose planned peak does not fit the memory of the GPU class it is queued on."""
     warnings = []
     for peak in planned_peaks(shape, spec):
-        queue = spec.execution.queue_for(peak.stage)
-        gib = QUEUE_MEMORY_GIB.get(queue)
-        if gib is None or peak.device == "cpu" or peak.total <= gib * GIB:
+        if peak.fits:
             continue
         better = fitting_queue(peak.total)
         advice = (
@@ -325,7 +332,7 @@ def fit_warnings(shape: ModelShape, spec: RunSpec) -> list[str]:
             else "no GPU class holds it: use 8-bit, LoRA, shorter sequences or a smaller batch"
         )
         warnings.append(
-            f"{peak.node}: needs ~{peak.total / GIB:.1f} GiB, more than {queue}'s {gib} GiB; {advice} "
+            f"{peak.node}: needs ~{peak.total / GIB:.1f} GiB, more than {peak.queue}'s {peak.limit_gib} GiB; {advice} "
             f"(execution.queues.{peak.stage})"
         )
     return warnings
@@ -345,16 +352,14 @@ def plan_rows(shape: ModelShape, spec: RunSpec) -> list[dict[str, str]]:
     """One row per node that loads a model: its queue, planned peak, whether its class holds it, what it is made of."""
     rows = []
     for peak in planned_peaks(shape, spec):
-        queue = spec.execution.queue_for(peak.stage)
-        gib = QUEUE_MEMORY_GIB.get(queue)
-        if gib is None or peak.device == "cpu":
+        if peak.limit_gib is None:
             fits = "on the CPU: no planned limit"
         else:
-            fits = "yes" if peak.total <= gib * GIB else f"no: {queue} has {gib} GiB"
+            fits = "yes" if peak.fits else f"no: {peak.queue} has {peak.limit_gib} GiB"
         rows.append(
             {
                 "stage": peak.node,
-                "queue": queue,
+                "queue": peak.queue,
                 "planned peak": size_text(peak.total),
                 "fits its class": fits,
                 "made of": terms_text(peak.terms),
