@@ -230,6 +230,50 @@ class Judgement(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class JudgeVerdict(Base):
+    """One judged item: a prompt's answers of two methods, judged in both orders by a pairwise judge (outcome,
+    each order's slot and probability) or scored one by one by a reward model (score_a, score_b)."""
+
+    __tablename__ = "judge_verdicts"
+    __table_args__ = (
+        UniqueConstraint("stage_run_id", "judge", "method_a", "method_b", "prompt_id", name="uq_judge_verdict_item"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    stage_run_id: Mapped[int] = mapped_column(ForeignKey("stage_runs.id", ondelete="CASCADE"), index=True)
+    judge: Mapped[str] = mapped_column(String(300))
+    method_a: Mapped[str] = mapped_column(String(30))
+    method_b: Mapped[str] = mapped_column(String(30))
+    prompt_id: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(10))  # a / b / tie / unparsed; None for a reward model
+    a_first_choice: Mapped[str | None] = mapped_column(String(1))  # slot chosen with a shown first ("1" / "2")
+    b_first_choice: Mapped[str | None] = mapped_column(String(1))  # slot chosen with b shown first
+    p_a_first: Mapped[float | None] = mapped_column(Float)  # P(judge prefers a), a shown first (local judges)
+    p_a_second: Mapped[float | None] = mapped_column(Float)  # P(judge prefers a), a shown second
+    score_a: Mapped[float | None] = mapped_column(Float)  # reward model scores
+    score_b: Mapped[float | None] = mapped_column(Float)
+    length_a: Mapped[int] = mapped_column(Integer)  # characters of each answer (the length control's input)
+    length_b: Mapped[int] = mapped_column(Integer)
+    answers: Mapped[list[Any] | None] = mapped_column(JSON)  # an endpoint's raw answers in the two orders
+
+
+class JudgeFigure(Base):
+    """One figure of one judged comparison (win_rate, lc_win_rate, position_bias, reward_difference, counts...)."""
+
+    __tablename__ = "judge_figures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    stage_run_id: Mapped[int] = mapped_column(ForeignKey("stage_runs.id", ondelete="CASCADE"), index=True)
+    judge: Mapped[str] = mapped_column(String(300))
+    method_a: Mapped[str] = mapped_column(String(30))
+    method_b: Mapped[str] = mapped_column(String(30))
+    statistic: Mapped[str] = mapped_column(String(50))
+    value: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class RecordedEvent(Base):
     """Event ids already applied: the recorder's idempotency (a redelivered event is skipped)."""
 

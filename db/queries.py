@@ -11,7 +11,9 @@ from sqlalchemy import Engine, func, select
 from db.models import (
     Artifact,
     Evaluation,
+    JudgeFigure,
     Judgement,
+    JudgeVerdict,
     Metric,
     Preview,
     Run,
@@ -393,6 +395,83 @@ def judgements_as_pairs(run_id: int, engine: Engine | None = None) -> list[dict[
             }
         )
     return pairs
+
+
+JUDGE_FIGURE_FIELDS = ("judge", "method_a", "method_b", "statistic", "value", "ci_low", "ci_high", "n")
+VERDICT_FIELDS = (
+    "judge",
+    "method_a",
+    "method_b",
+    "prompt_id",
+    "outcome",
+    "a_first_choice",
+    "b_first_choice",
+    "p_a_first",
+    "p_a_second",
+    "score_a",
+    "score_b",
+    "length_a",
+    "length_b",
+    "answers",
+)
+
+
+def judge_figures(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The judge stage's figures of each comparison (win rates, position bias, reward differences), as stored."""
+    with read_session(engine) as s:
+        rows = s.scalars(select(JudgeFigure).where(JudgeFigure.run_id == run_id).order_by(JudgeFigure.id)).all()
+        return [{f: getattr(r, f) for f in JUDGE_FIGURE_FIELDS} for r in rows]
+
+
+def judge_verdicts(run_id: int, prompt_id: str | None = None, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The judge stage's judged items of a run (of one prompt when given), in the order they were stored."""
+    with read_session(engine) as s:
+        query = select(JudgeVerdict).where(JudgeVerdict.run_id == run_id).order_by(JudgeVerdict.id)
+        if prompt_id is not None:
+            query = query.where(JudgeVerdict.prompt_id == prompt_id)
+        return [{f: getattr(r, f) for f in VERDICT_FIELDS} for r in s.scalars(query)]
+
+
+def judge_says(verdict: JudgeVerdict) -> str | None:
+    """The judge's verdict as a method name or "tie" (a reward model: the higher score); None when unparsed."""
+    if verdict.outcome is None:  # a reward model
+        if verdict.score_a is None or verdict.score_b is None:
+            return None
+        if verdict.score_a == verdict.score_b:
+            return "tie"
+        return verdict.method_a if verdict.score_a > verdict.score_b else verdict.method_b
+    return {"a": verdict.method_a, "b": verdict.method_b, "tie": "tie"}.get(verdict.outcome)
+
+
+def judge_beside_people(run_id: int, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """Every item both the judge and a reviewer judged (same run, prompt and method pair): what each said, as a
+    method name or "tie", with the prompt and both outputs. The agreement statistics come from
+    `pipeline.core.judging.agreement`: the store reads, it does not estimate."""
+    with read_session(engine) as s:
+        people = defaultdict(list)
+        for j, left, right in _judged(s, run_id):
+            people[(j.prompt_id, j.pair)].append((j, {left.method: left, right.method: right}))
+        rows = []
+        for verdict in s.scalars(select(JudgeVerdict).where(JudgeVerdict.run_id == run_id).order_by(JudgeVerdict.id)):
+            said = judge_says(verdict)
+            if said is None:
+                continue
+            for j, outputs in people.get((verdict.prompt_id, judged_pair(verdict.method_a, verdict.method_b)), []):
+                rows.append(
+                    {
+                        "judge": verdict.judge,
+                        "method_a": verdict.method_a,
+                        "method_b": verdict.method_b,
+                        "prompt_id": verdict.prompt_id,
+                        "prompt": outputs[verdict.method_a].prompt,
+                        "judge_says": said,
+                        "reviewer": j.reviewer,
+                        "reviewer_says": j.winner,
+                        "output_a": outputs[verdict.method_a].generation,
+                        "output_b": outputs[verdict.method_b].generation,
+                    }
+                )
+        return rows
 
 
 def run_choices(engine: Engine | None = None) -> list[tuple[int, str]]:

@@ -202,10 +202,18 @@ def decide_8bit(config: ModelConfig, device: str, parameter_count: int | None) -
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[Any, Any, LoadInfo]:
-    """Load model + tokenizer as `config` says; returns them with a `LoadInfo` of how it was done."""
+# what a loaded model is for -> the transformers Auto class that builds it
+HEADS = {"causal_lm": "AutoModelForCausalLM", "sequence_classification": "AutoModelForSequenceClassification"}
+
+
+def load_model(
+    config: ModelConfig, trainable_adapter: bool = False, head: str = "causal_lm"
+) -> tuple[Any, Any, LoadInfo]:
+    """Load model + tokenizer as `config` says; returns them with a `LoadInfo` of how it was done. `head` picks
+    the model class (`HEADS`): a causal LM, or a sequence classifier (a reward model)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    import transformers
+    from transformers import AutoTokenizer, BitsAndBytesConfig
 
     started = time.perf_counter()
     resolved = resolve_model(config.name_or_path)
@@ -238,7 +246,7 @@ def load_model(config: ModelConfig, trainable_adapter: bool = False) -> tuple[An
         tokenizer = AutoTokenizer.from_pretrained(
             resolved, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+        model = getattr(transformers, HEADS[head]).from_pretrained(resolved, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"model {config.name_or_path!r} ({resolved}): loading failed: {exc}") from exc
     if not use_8bit:
@@ -360,7 +368,7 @@ def release_memory() -> None:
 
 
 @contextmanager
-def loaded(config: ModelConfig, trainable_adapter: bool = False) -> Iterator[LoadedModel]:
+def loaded(config: ModelConfig, trainable_adapter: bool = False, head: str = "causal_lm") -> Iterator[LoadedModel]:
     """`with loaded(cfg) as m:` load a model, and free it on exit (also on exceptions), recording peak memory.
 
     Callers must not keep references to `m.model` beyond the block; the holder's references are dropped here.
@@ -368,7 +376,7 @@ def loaded(config: ModelConfig, trainable_adapter: bool = False) -> Iterator[Loa
     device = choose_device(config)
     tracker = MemoryTracker(device)
     before = tracker.start()
-    model, tokenizer, info = load_model(config, trainable_adapter=trainable_adapter)
+    model, tokenizer, info = load_model(config, trainable_adapter=trainable_adapter, head=head)
     holder = LoadedModel(model, tokenizer, info)
     del model, tokenizer
     try:

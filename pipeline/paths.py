@@ -120,6 +120,8 @@ def confine_spec(spec, roots: list[Path] | None = None) -> None:
         (spec.base_model.name_or_path, "ModelConfig.name_or_path"),
         (spec.base_model.adapter, "ModelConfig.adapter"),
         (spec.data.instructions, "DataConfig.instructions"),
+        (spec.judge.model.name_or_path, "ModelConfig.name_or_path"),
+        (spec.judge.model.adapter, "ModelConfig.adapter"),
     ]
     for value, field in fields:
         if value:

@@ -36,6 +36,8 @@ class EventKind(StrEnum):
     preview = "preview"
     samples = "samples"
     evaluation = "evaluation"
+    verdicts = "verdicts"  # the judge stage's judged items
+    judge_figures = "judge_figures"  # the judge stage's figures per comparison
     finished = "finished"
     failed = "failed"
     preempted = "preempted"  # stopped by a worker shutdown, checkpoint saved, job requeued
@@ -98,6 +100,14 @@ class EvaluationPayload(Payload):
     rows: list[dict[str, Any]]
 
 
+class VerdictsPayload(Payload):
+    rows: list[dict[str, Any]]
+
+
+class JudgeFiguresPayload(Payload):
+    rows: list[dict[str, Any]]
+
+
 class Finished(Payload):
     status: Literal["succeeded", "cached"]
     artifact_key: str | None = None
@@ -129,6 +139,8 @@ PAYLOADS: dict[EventKind, type[Payload]] = {
     EventKind.preview: PreviewPayload,
     EventKind.samples: SamplesPayload,
     EventKind.evaluation: EvaluationPayload,
+    EventKind.verdicts: VerdictsPayload,
+    EventKind.judge_figures: JudgeFiguresPayload,
     EventKind.finished: Finished,
     EventKind.failed: Failed,
     EventKind.preempted: Preempted,

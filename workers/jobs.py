@@ -113,11 +113,17 @@ def _emit_comparison(emitter: EventEmitter, result: Any, out_dir: Path) -> None:
     )
 
 
+def _emit_verdicts(emitter: EventEmitter, result: Any, out_dir: Path) -> None:
+    rows = [json.loads(line) for line in (out_dir / result.outputs["verdicts"]).read_text().splitlines() if line]
+    emitter.emit_rows(EventKind.verdicts, rows)
+    emitter.emit_rows(EventKind.judge_figures, json.loads((out_dir / result.outputs["summary"]).read_text()))
+
+
 # the report's verdict-level parts, stored as the run's `verdict` preview for the Compare page
 VERDICT_KEYS = ("parity", "checklist", "go", "headline", "answer", "correction", "heldout", "controls")
 
 # what a stage declares it `emits` -> how its job sends that to the store
-OUTPUT_EMITTERS = {"samples": _emit_samples, "comparison": _emit_comparison}
+OUTPUT_EMITTERS = {"samples": _emit_samples, "comparison": _emit_comparison, "verdicts": _emit_verdicts}
 
 
 def _stat(stat: dict[str, Any]) -> dict[str, Any]:

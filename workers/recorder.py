@@ -29,6 +29,8 @@ from db.models import (
     Artifact,
     DeadEvent,
     Evaluation,
+    JudgeFigure,
+    JudgeVerdict,
     Metric,
     Preview,
     RecordedEvent,
@@ -163,6 +165,14 @@ def _evaluation(session: Session, stage_run: StageRun, payload: dict[str, Any], 
     session.add_all(Evaluation(run_id=stage_run.run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
 
 
+def _verdicts(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.add_all(JudgeVerdict(run_id=stage_run.run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
+
+
+def _judge_figures(session: Session, stage_run: StageRun, payload: dict[str, Any], when: datetime) -> None:
+    session.add_all(JudgeFigure(run_id=stage_run.run_id, stage_run_id=stage_run.id, **row) for row in payload["rows"])
+
+
 def _charge(stage_run: StageRun, when: datetime) -> None:
     """Add the attempt that ends now to the stage run's ledger: its wall time, and its cost at the price its queue
     has now (`ALIGNLAB_HOME/prices.yaml`). Attempts add up; a queue without a price leaves the cost unknown (None)
@@ -238,6 +248,8 @@ APPLY = {
     ev.EventKind.preview: _preview,
     ev.EventKind.samples: _samples,
     ev.EventKind.evaluation: _evaluation,
+    ev.EventKind.verdicts: _verdicts,
+    ev.EventKind.judge_figures: _judge_figures,
     ev.EventKind.finished: _finished,
     ev.EventKind.preempted: _preempted,
     ev.EventKind.failed: _failed,

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app.charts import CURVE_METRICS, curve_rows, training_curves
+from app.judge_panels import compare_section
 from db import queries
 from pipeline.core.intervals import cannot_separate, readable_rows
 from pipeline.core.metrics import METRICS
@@ -218,6 +219,7 @@ for run_id in run_ids:
             key=f"diff_{run_id}",
         )
         st.altair_chart(interval_chart(shown, "mean", "pair", "a − b (95% CI)"), key=f"diff_chart_{run_id}")
+    compare_section(run_id)
     parity = verdict["parity"]
     st.subheader("Parity check")
     if parity["fair"]:

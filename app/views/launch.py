@@ -150,7 +150,7 @@ with source_col:
             st.error(f"Run {parent_id}'s stored config cannot be used: {exc}")
             base = None
             blocking.append(f"run {parent_id}'s stored config was rejected")
-        onward = variant_stages_onward()
+        onward = variant_stages_onward((base or {}).get("stages"))
         if base is not None and st.checkbox(
             f"Only the DPO stages ({', '.join(onward)}), reusing this run's SFT data, SFT model and pairs",
             value=True,

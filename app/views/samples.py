@@ -6,6 +6,7 @@ import random
 import pandas as pd
 import streamlit as st
 
+from app.judge_panels import verdict_rows
 from db import queries
 from pipeline.core.configs import METHOD_LABELS, METHODS
 from pipeline.core.errors import AlignlabError
@@ -63,6 +64,10 @@ with side_by_side:
     st.text(row["reference"] or "(none)")
     methods = [m for m in METHODS if m in row["methods"]]
     outputs(row, methods)
+    judged = queries.judge_verdicts(run_id, row["prompt_id"])
+    if judged:
+        st.subheader("The judge on this prompt")
+        st.dataframe(verdict_rows(judged), hide_index=True, key="judge_verdicts")
     others = [i for i in labels if i != run_id]
     beside = st.selectbox(
         "Beside another run",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,7 @@ def tiny_dir_name(seed: int = 0) -> str:
     return f"{TINY_MODEL}-{TINY_VERSION}-seed{seed}"
 
 
-SPEC_VERSION = 3  # bump with a new entry in MIGRATIONS whenever the stored layout changes
+SPEC_VERSION = 4  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 
 _BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
@@ -437,6 +438,70 @@ class CompareConfig(Section):
         return value
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+class JudgeConfig(Section):
+    """The `judge` stage: every held-out prompt's answers compared pairwise by a judge model, in both orders (SFT→DPO
+    vs DPO-only first, then each DPO variant vs SFT and vs base), or scored one by one by a reward model."""
+
+    kind: Literal["model", "endpoint", "reward_model"] = opt(
+        "model",
+        "model = a local causal LM judges (verdict from its next-token probabilities of A and B); endpoint = an "
+        "OpenAI-compatible server judges (vLLM on the pod or a hosted API); reward_model = a sequence-classification "
+        "reward model scores each answer.",
+    )
+    model: ModelConfig = opt(
+        help="The judge model (kind model) or the reward model (kind reward_model), loaded like any model: 8-bit "
+        "when 16-bit would not fit.",
+        factory=lambda: ModelConfig(name_or_path=SMOLLM2_135M_INSTRUCT.name),
+    )
+    endpoint_url: str = opt(
+        "", "Base URL of the OpenAI-compatible API (kind endpoint), e.g. http://127.0.0.1:8000/v1 for vLLM on the pod."
+    )
+    endpoint_model: str = opt("", "The model name the endpoint serves (kind endpoint).")
+    api_key_env: str = opt(
+        "OPENAI_API_KEY",
+        "Name of the environment variable on the worker that holds the endpoint's key. The key itself never goes "
+        "into a config, a job, the database or a log.",
+        label="API key variable (its name, not the key)",
+    )
+    max_retries: int = opt(
+        4, "Retries of a failed request, with exponential backoff (the openai client's).", ge=0, le=20
+    )
+    request_timeout_s: float = opt(60.0, "Seconds one request may take.", ge=1.0, le=3600.0)
+    concurrency: int = opt(4, "Requests in flight at once (kind endpoint).", ge=1, le=64)
+    max_answer_tokens: int = opt(4, "Tokens an endpoint may answer with (the verdict is one letter).", ge=1, le=64)
+    max_prompts: int = opt(0, "Judge at most this many held-out prompts (0 = every evaluated prompt).", ge=0)
+    batch_size: int = opt(8, "Judge prompts (or reward-model inputs) per forward pass.", ge=1, le=1024)
+    max_response_chars: int = opt(
+        2000, "Each response is cut at this many characters in the judge's prompt (bounded requests).", ge=50, le=100000
+    )
+    confidence: float = opt(0.95, "Confidence level of the win-rate intervals.", ge=0.5, le=0.999)
+    n_bootstrap: int = opt(1000, "Bootstrap resamples of the win-rate intervals.", ge=100, le=100000)
+    seed: int = opt(0, "Random seed of the bootstrap.", ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str) -> str:
+        if not _ENV_NAME.fullmatch(value):  # never echo the value: a pasted key would land in the error
+            raise ValueError("must be an environment variable's name (capitals, digits, _), not the key itself")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _a_plain_http_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", value):
+            raise ValueError("must be an http(s) URL without credentials in it (the key comes from api_key_env)")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_named(self) -> JudgeConfig:
+        if self.kind == "endpoint" and not (self.endpoint_url and self.endpoint_model):
+            raise ValueError("endpoint_url: kind endpoint needs endpoint_url and endpoint_model")
+        return self
+
+
 def _default_queues() -> dict[str, str]:
     return {s.name: s.queue for s in registry.STAGES.values() if s.queue}
 
@@ -484,7 +549,7 @@ class RunSpec(Section):
     data: DataConfig = opt(help="Where the instructions come from.", factory=DataConfig)
     split: SplitConfig = opt(help="Held-out prompts, chosen first, and the decontamination check.", factory=SplitConfig)
     stages: list[str] = Field(
-        default_factory=lambda: list(registry.STAGES),
+        default_factory=lambda: [name for name, s in registry.STAGES.items() if not s.optional],
         description="Stages to run, in DAG order.",
         json_schema_extra=lambda schema: schema["items"].update(enum=list(registry.STAGES)),
     )
@@ -497,6 +562,7 @@ class RunSpec(Section):
     eval: EvalConfig = opt(help="evaluate settings.", factory=EvalConfig)
     validation: ValidationConfig = opt(help="Validation thresholds at every hand-off.", factory=ValidationConfig)
     compare: CompareConfig = opt(help="compare settings.", factory=CompareConfig)
+    judge: JudgeConfig = opt(help="judge settings (an optional stage: select it in `stages`).", factory=JudgeConfig)
     execution: ExecutionConfig = opt(help="Queues, timeouts and retries of the queued jobs.", factory=ExecutionConfig)
 
     @field_validator("spec_version")
@@ -702,8 +768,16 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 had no judge stage: such a run judged nothing, so its judge section is the default, unselected."""
+    data = dict(data)
+    data.setdefault("judge", JudgeConfig().model_dump(mode="json"))
+    data["spec_version"] = 4
+    return data
+
+
 # from-version -> the step that brings a stored spec to the next version
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:

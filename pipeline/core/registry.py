@@ -66,6 +66,7 @@ class Stage:
     # the RunSpec section that sizes it); workload = "generate", "train" or "score"; None = it loads no model
     memory: tuple[str, str] | None = None
     loads_model: Callable[[Any], bool] | None = None  # the model is loaded only for specs where this holds
+    optional: bool = False  # runs only when a spec selects it (not in the default `stages`)
 
     @property
     def command(self) -> str:
@@ -172,12 +173,13 @@ def dependents(node_name: str) -> set[str]:
     return out
 
 
-def variant_stages_onward() -> list[str]:
+def variant_stages_onward(selected: list[str] | None = None) -> list[str]:
     """The stage trained once per init (the comparison's subject) and every stage after it: what a rerun with new
-    variant settings (say, another β) needs, reusing the data and SFT stages."""
+    variant settings (say, another β) needs, reusing the data and SFT stages. An optional stage comes along only
+    when `selected` (the parent run's stages) has it."""
     first = next(name for name, s in STAGES.items() if s.variants)
     names = list(STAGES)
-    return names[names.index(first) :]
+    return [n for n in names[names.index(first) :] if not STAGES[n].optional or n in (selected or ())]
 
 
 def drawn_edges() -> list[tuple[str, str]]:
@@ -288,6 +290,27 @@ for _stage in (
         emits=("comparison",),
         reads_all=True,
         measures=True,
+    ),
+    Stage(
+        "judge",
+        "pipeline.stages.judge",
+        "A judge model (local or behind an endpoint) compares the methods' answers in both orders, or a reward "
+        "model scores them: win rates, length-controlled win rates and the judge's position bias.",
+        ("judge",),
+        (
+            NodeSpec(
+                "judge",
+                inputs=(
+                    ("base", "eval_base"),
+                    ("sft", "eval_sft"),
+                    ("sft_dpo", "eval_sft_dpo"),
+                    ("dpo_only", "eval_dpo_only"),
+                ),
+            ),
+        ),
+        timeout_s=4 * HOUR,
+        emits=("verdicts",),
+        optional=True,
     ),
 ):
     register(_stage)
