@@ -72,7 +72,8 @@ def agreement_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     grouped: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
     for item in items:
         key = (item["judge"], item["method_a"], item["method_b"])
-        grouped[key].append((item["judge_says"], item["reviewer_says"]))
+        side = {item["method_a"]: "a", item["method_b"]: "b", "tie": "tie"}
+        grouped[key].append((side[item["judge_says"]], side[item["reviewer_says"]]))
     rows = []
     for (judge, a, b), pairs in grouped.items():
         stats = agreement(pairs)

@@ -85,47 +85,47 @@ class ModelJudge:
         self.name = config.model.name_or_path
         self.tokens = 0  # prompt tokens read (the bench's judge tokens/s)
 
-    def encoded(self, items: list[JudgeItem]) -> tuple[list[list[int]], tuple[int, int]]:
-        """Each item's prompt token ids (its chat template's assistant turn opened) and the two label token ids."""
-        tokenizer = self.source.tokenizer
-        texts = [
-            render_prompt(judge_text(item, self.config.max_response_chars), FormatConfig(), tokenizer) for item in items
-        ]
-        encoded = [encode_prompt(tokenizer, text) for text in texts]
-        return encoded, label_ids(tokenizer, texts[0], encoded[0])
-
     def judge(self, items: list[JudgeItem], on_batch: BatchFn | None = None) -> list[SlotVerdict]:
+        texts = [judge_text(item, self.config.max_response_chars) for item in items]
+        return [
+            SlotVerdict("1" if p_first >= 0.5 else "2", p_first)
+            for p_first in self.first_slot_probabilities(texts, on_batch)
+        ]
+
+    def first_slot_probabilities(self, texts: list[str], on_batch: BatchFn | None = None) -> list[float]:
+        """P(A) / (P(A) + P(B)) of the next token after each judge prompt (rendered with the judge's chat template),
+        in batches of `batch_size`, left-padded so that every row's last position is its next token."""
         import torch
 
-        if not items:
+        if not texts:
             return []
         model, tokenizer = self.source.model, self.source.tokenizer
-        encoded, (label_a, label_b) = self.encoded(items)
+        rendered = [render_prompt(text, FormatConfig(), tokenizer) for text in texts]
+        encoded = [encode_prompt(tokenizer, text) for text in rendered]
+        label_a, label_b = label_ids(tokenizer, rendered[0], encoded[0])
         device = next(model.parameters()).device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        verdicts: list[SlotVerdict] = []
+        probabilities: list[float] = []
         size = self.config.batch_size
         for start in range(0, len(encoded), size):
             chunk = encoded[start : start + size]
             width = max(len(ids) for ids in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):  # left padding: every row's last position is its next token
+            for row, ids in enumerate(chunk):
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
-            with torch.no_grad():
+            with torch.no_grad():  # only the last position's logits: the vocabulary projection of one token per row
                 logits = (
                     model(input_ids=input_ids.to(device), attention_mask=attention.to(device), logits_to_keep=1)
                     .logits[:, -1]
                     .float()
                 )
-            pair = torch.log_softmax(logits[:, [label_a, label_b]], dim=-1).exp()
-            for p_first in pair[:, 0].tolist():
-                verdicts.append(SlotVerdict("1" if p_first >= 0.5 else "2", p_first))
+            probabilities += torch.softmax(logits[:, [label_a, label_b]], dim=-1)[:, 0].tolist()
             self.tokens += int(attention.sum())
             if on_batch is not None:
                 on_batch(min(start + size, len(encoded)), len(encoded))
-        return verdicts
+        return probabilities
 
 
 def label_ids(tokenizer: Any, text: str, ids: list[int]) -> tuple[int, int]:

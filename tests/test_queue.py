@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0005"
+    assert current(db_url) == "0006"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
@@ -41,6 +41,8 @@ def test_upgrade_head_on_an_empty_database(db_url):
         "previews",
         "recorded_events",
         "dead_events",
+        "judge_verdicts",
+        "judge_figures",
     } <= tables
 
 
