@@ -9,7 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench import dashboard_bench, gpu_bench, memory_bench, queue_bench, real_model_bench, training_bench
+from bench import (
+    dashboard_bench,
+    gpu_bench,
+    judge_bench,
+    memory_bench,
+    queue_bench,
+    real_model_bench,
+    training_bench,
+)
 
 BENCHMARKS = {
     "generation": training_bench.generation,
@@ -35,6 +43,7 @@ BENCHMARKS = {
     "real_cache": training_bench.real_cache,
     "memory_plan": memory_bench.memory_plan,
     "soak": queue_bench.soak,
+    "judge": judge_bench.judge_throughput,
 }
 RESULTS = Path(__file__).parent / "results"
 MET = {True: "yes", False: "no", None: "not measurable here"}

@@ -183,13 +183,14 @@ def variant_stages_onward(selected: list[str] | None = None) -> list[str]:
 
 
 def drawn_edges() -> list[tuple[str, str]]:
-    """The DAG's edges as drawn: a stage that reads everything is drawn from the nodes nothing else reads."""
+    """The DAG's edges as drawn: a stage that reads everything is drawn from the nodes nothing before it reads (a
+    stage after it, like the judge, reading the same nodes does not take its edges away)."""
     nodes = plan()
-    read = {dep for n in nodes for _, dep in n.deps if not STAGES[n.stage].reads_all}
     edges = []
-    for node in nodes:
+    for index, node in enumerate(nodes):
         deps = [d for _, d in node.deps]
         if STAGES[node.stage].reads_all:
+            read = {dep for n in nodes[:index] for _, dep in n.deps if not STAGES[n.stage].reads_all}
             deps = [d for d in deps if d not in read]
         edges += [(dep, node.name) for dep in deps]
     return edges
