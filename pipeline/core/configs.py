@@ -1158,7 +1158,7 @@ def preflight_spec(spec: RunSpec) -> RunSpec:
     broken model path, template, memory budget or data hand-off shows in minutes instead of hours."""
     data = to_dict(spec)
     data["name"] = f"{spec.name}-preflight"
-    data["stages"] = list(registry.STAGES)
+    data["stages"] = [name for name, s in registry.STAGES.items() if not s.optional or name in spec.stages]
     data["data"]["max_instructions"] = 24
     for section in ("generation", "negatives", "eval"):
         sampling = data[section]["sampling"]
@@ -1168,4 +1168,5 @@ def preflight_spec(spec: RunSpec) -> RunSpec:
         data[section]["checkpoint_every"] = 1
     data["eval"]["max_prompts"] = 6
     data["compare"]["n_bootstrap"] = 200
+    data["judge"]["max_prompts"] = 2
     return from_dict(RunSpec, data)
