@@ -268,3 +268,62 @@ def test_the_api_key_reaches_the_endpoint_and_no_table_event_job_log_or_file(
     for path in alignlab_home.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert secret not in path.read_bytes(), f"the key is in {path}"
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model_dir, alignlab_home):
+    """A sequence-classification reward model built offline from the tiny model (a seeded, untrained one-output
+    head): real mechanics, no taste."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    target = alignlab_home / "models" / "tiny-reward"
+    if not target.exists():
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return target
+
+
+def test_a_reward_model_scores_each_answer_once_and_its_paired_differences_recompute(tiny_reward_model, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipeline.core.stats import paired_difference
+
+    model = ModelConfig(name_or_path=str(tiny_reward_model), dtype="float32", load_in_8bit=False, device="cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(judge_spec(kind="reward_model", model=model, batch_size=3), evaluations(tmp_path), out)
+    assert result.load_info["resolved"] == str(tiny_reward_model)
+    rows = read_jsonl(out / VERDICTS_OUT)
+    assert all(r.get("outcome") is None and isinstance(r["score_a"], float) for r in rows)
+    # one answer's score, recomputed alone with transformers: batching and padding change nothing
+    reference = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
+    row = rows[0]
+    index = int(row["prompt_id"][1:])
+    text = f"{PROMPTS[index]}\n\n{ANSWERS[row['method_a']][index]}"
+    with torch.no_grad():
+        alone = reference(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()
+    assert row["score_a"] == pytest.approx(alone, abs=1e-4)
+    assert len({r["score_a"] for r in rows}) > 1  # the scores depend on the answer
+    figures = {(f["method_a"], f["method_b"], f["statistic"]): f for f in read_json(out / SUMMARY_OUT)}
+    a, b = JUDGED[0]
+    items = [r for r in rows if (r["method_a"], r["method_b"]) == (a, b)]
+    expected = paired_difference(
+        {r["prompt_id"]: r["score_a"] for r in items},
+        {r["prompt_id"]: r["score_b"] for r in items},
+        0.95,
+        200,
+        0,
+        min_discordant=1,
+    )
+    stored = figures[(a, b, "reward_difference")]
+    assert stored["value"] == pytest.approx(np.mean([r["score_a"] - r["score_b"] for r in items]))
+    assert (stored["value"], stored["ci_low"], stored["ci_high"], stored["n"]) == pytest.approx(
+        (expected["mean"], expected["ci_low"], expected["ci_high"], expected["n"])
+    )
