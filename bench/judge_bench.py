@@ -14,24 +14,14 @@ REPEATS = 5
 
 def _plain_batches(judge: Any, texts: list[str], batch_size: int) -> list[tuple[Any, Any]]:
     """The judge's own token batches (its chat template, left padding), built before the clock starts."""
-    import torch
-
     from pipeline.core.configs import FormatConfig
     from pipeline.formats import encode_prompt, render_prompt
+    from pipeline.generation import left_padded
 
     tokenizer = judge.source.tokenizer
     encoded = [encode_prompt(tokenizer, render_prompt(t, FormatConfig(), tokenizer)) for t in texts]
-    batches = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        batches.append((input_ids, attention))
-    return batches
+    pad = tokenizer.pad_token_id
+    return [left_padded(encoded[start : start + batch_size], pad) for start in range(0, len(encoded), batch_size)]
 
 
 def judge_throughput(quick: bool = False) -> dict:

@@ -97,13 +97,7 @@ class HFGenerator:
         model.eval()
         for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = prompts[start : start + batch_size]
-            encoded = [encode_prompt(tokenizer, p) for p in chunk]
-            width = max(len(ids) for ids in encoded)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(encoded):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+            input_ids, attention = left_padded([encode_prompt(tokenizer, p) for p in chunk], pad)
             torch.manual_seed(seed + batch_index)
             rows = self._generate_in_rounds(input_ids.to(device), attention.to(device), config, sampling, stops)
             for row in rows:
@@ -224,6 +218,20 @@ def generator(loaded_model: Any, fmt: FormatConfig, backend: str = "hf") -> Gene
     if backend not in BACKENDS:
         raise ConfigError(f"generation backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     return BACKENDS[backend](loaded_model, fmt)
+
+
+def left_padded(encoded: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of token id lists padded on the left: every row's last position is its next
+    token, as batched generation and the judge's next-token verdict need."""
+    import torch
+
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
 
 
 def generated_part(row: list[int], eos: int, pad: int, tokenizer: Any, stops: list[str]) -> tuple[list[int], bool]:

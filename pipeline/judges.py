@@ -31,6 +31,7 @@ from pipeline.core.configs import FormatConfig, JudgeConfig
 from pipeline.core.errors import ConfigError, ModelLoadError
 from pipeline.core.judging import SlotVerdict
 from pipeline.formats import encode_prompt, render_prompt
+from pipeline.generation import left_padded
 
 BatchFn = Callable[[int, int], None]  # (done, total)
 PROMPT_VERSION = "judge-prompt-v1"  # part of every cache key: a changed prompt is a new judge
@@ -108,13 +109,7 @@ class ModelJudge:
         probabilities: list[float] = []
         size = self.config.batch_size
         for start in range(0, len(encoded), size):
-            chunk = encoded[start : start + size]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+            input_ids, attention = left_padded(encoded[start : start + size], pad)
             with torch.no_grad():  # only the last position's logits: the vocabulary projection of one token per row
                 logits = (
                     model(input_ids=input_ids.to(device), attention_mask=attention.to(device), logits_to_keep=1)
