@@ -159,3 +159,83 @@ def test_the_judge_is_optional_and_older_specs_migrate_without_it():
     stored["spec_version"] = 3
     migrated = from_dict(RunSpec, stored)
     assert migrated.judge == JudgeConfig() and "judge" not in migrated.stages
+
+
+def test_judge_rows_are_recorded_once_and_read_back_on_sqlite_and_postgresql(redis_conn, engine):
+    from db import queries
+    from db.models import Judgement, Sample
+    from db.session import write_session
+    from tests.conftest import add_stage_run
+    from workers.events import EventEmitter, EventKind
+    from workers.recorder import Recorder
+
+    run_id, stage_id = add_stage_run(engine, node="judge")
+    with write_session(engine) as s:  # the outputs judged, and one reviewer's verdict on the first item
+        for method, text in (("sft_dpo", "Paris."), ("dpo_only", "It is Lyon.")):
+            s.add(
+                Sample(
+                    run_id=run_id,
+                    stage_run_id=stage_id,
+                    method=method,
+                    prompt_id="p0",
+                    prompt="Capital?",
+                    generation=text,
+                    stats={},
+                )
+            )
+        s.add(
+            Judgement(
+                run_id=run_id,
+                prompt_id="p0",
+                method_a="dpo_only",
+                method_b="sft_dpo",
+                pair="dpo_only|sft_dpo",
+                winner="sft_dpo",
+                reviewer="ada",
+            )
+        )
+    row = {
+        "judge": "m @ host",
+        "method_a": "sft_dpo",
+        "method_b": "dpo_only",
+        "prompt_id": "p0",
+        "length_a": 6,
+        "length_b": 11,
+        "outcome": "b",
+        "a_first_choice": "2",
+        "b_first_choice": "1",
+        "p_a_first": None,
+        "p_a_second": None,
+        "answers": ["B", "A"],
+    }
+    figure = {
+        "judge": "m @ host",
+        "method_a": "sft_dpo",
+        "method_b": "dpo_only",
+        "statistic": "win_rate",
+        "value": 0.0,
+        "ci_low": None,
+        "ci_high": None,
+        "n": 1,
+    }
+    emitter = EventEmitter(redis_conn, run_id, stage_id)
+    emitter.emit_rows(EventKind.verdicts, [row])
+    emitter.emit_rows(EventKind.judge_figures, [figure])
+    assert Recorder(redis_conn, engine).drain() == 2
+    assert queries.judge_verdicts(run_id) == [{**row, "score_a": None, "score_b": None}]
+    assert queries.judge_figures(run_id) == [figure]
+    (beside,) = queries.judge_beside_people(run_id)
+    assert (beside["judge_says"], beside["reviewer_says"]) == ("dpo_only", "sft_dpo")
+    assert (beside["output_a"], beside["output_b"]) == ("Paris.", "It is Lyon.")
+
+
+def test_a_judge_model_path_outside_the_workers_roots_is_refused_before_queueing(tmp_path):
+    from pipeline.paths import confine_spec
+
+    outside = tmp_path / "judge-model"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    spec = RunSpec(stages=[*RunSpec().stages, "judge"])
+    spec.judge.model.name_or_path = str(outside)
+    with pytest.raises(ConfigError, match="outside the directories runs may read"):
+        confine_spec(spec, roots=[tmp_path / "home"])
