@@ -69,7 +69,7 @@ def _model(spec: RunSpec) -> tuple[Check, str | None, int | None]:
 
 def _memory(spec: RunSpec, resolved: str | None, cuda: bool, home: Path) -> Check:
     """The largest stage's planned peak (pipeline.core.memory_plan) against what this machine has free."""
-    from pipeline.core.memory_plan import planned_peaks, read_shape, size_text, terms_text
+    from pipeline.core.memory_plan import BASE_MODEL, planned_peaks, read_shape, read_shapes, size_text, terms_text
     from pipeline.models import free_memory_bytes
 
     item = "memory for the largest stage"
@@ -83,7 +83,7 @@ def _memory(spec: RunSpec, resolved: str | None, cuda: bool, home: Path) -> Chec
         return Check(item, False, f"unknown: {exc}")
     if shape is None:
         return Check(item, False, f"unknown: no config.json for {resolved} on this machine")
-    peaks = planned_peaks(shape, spec, device)
+    peaks = planned_peaks({**read_shapes(spec, home), BASE_MODEL: shape}, spec, device)
     if not peaks:
         return Check(item, True, "no selected stage loads a model")
     largest = max(peaks, key=lambda p: p.total)

@@ -147,19 +147,41 @@ def test_measured_lengths_replace_the_configured_maximum():
 
 def test_stages_without_a_model_are_not_planned_and_negatives_only_with_model_samples():
     shape, spec = shape_of(SMOLLM2), preset("smol-cpu")
-    planned = [p.node for p in planned_peaks(shape, spec)]
+    planned = [p.node for p in planned_peaks({"base_model": shape}, spec)]
     assert planned == ["generate_sft", "train_sft", "negatives", "dpo_sft", "dpo_base"] + [
         f"eval_{m}" for m in ("base", "sft", "sft_dpo", "dpo_only")
     ]
     without = copy.deepcopy(spec)
     without.negatives.types = [t for t in spec.negatives.types if t != "model_sample"]
-    assert "negatives" not in [p.node for p in planned_peaks(shape, without)]
+    assert "negatives" not in [p.node for p in planned_peaks({"base_model": shape}, without)]
+
+
+def test_the_judge_is_planned_on_its_own_model_and_an_unknown_one_is_said_not_dropped():
+    from pipeline.core.configs import JudgeConfig
+    from pipeline.core.memory_plan import plan_rows
+
+    smol, llama = shape_of(SMOLLM2), shape_of(LLAMA_7B)
+    spec = preset("smol-cpu")
+    spec.stages = [*spec.stages, "judge"]
+    spec.judge.model.dtype, spec.judge.model.load_in_8bit = "bfloat16", False
+    peaks = {p.node: p for p in planned_peaks({"base_model": smol, "judge.model": llama}, spec)}
+    judge = peaks["judge"]
+    assert judge.terms["weights"] == llama.parameters * 2 and judge.device == "cuda"  # the judge's model, its dtype
+    assert peaks["eval_base"].terms["weights"] == smol.parameters * 4 and peaks["eval_base"].device == "cpu"
+    assert judge.terms["logits"] == spec.judge.batch_size * llama.vocab * 4  # the last position only
+    spec.judge.model.load_in_8bit = True
+    eight_bit = planned_peaks({"base_model": smol, "judge.model": llama}, spec)[-1]
+    assert eight_bit.terms["weights"] < judge.terms["weights"] * 0.6
+    rows = {r["stage"]: r for r in plan_rows({"base_model": smol}, spec)}  # this host lacks the judge's config
+    assert rows["judge"]["planned peak"] == "unknown" and spec.judge.model.name_or_path in rows["judge"]["made of"]
+    spec.judge = JudgeConfig(kind="endpoint", endpoint_url="http://127.0.0.1:8000/v1", endpoint_model="m")
+    assert "judge" not in {r["stage"] for r in plan_rows({"base_model": smol}, spec)}  # an endpoint holds no model
 
 
 def test_a_stage_its_gpu_class_cannot_hold_is_named_with_the_class_that_can():
     shape, spec = shape_of(LLAMA_7B), preset("qwen2.5-0.5b-runpod")  # the pod preset's settings on a 7B Llama
     spec.base_model.load_in_8bit = False
-    warned = dict(w.split(": ", 1) for w in fit_warnings(shape, spec))
+    warned = dict(w.split(": ", 1) for w in fit_warnings({"base_model": shape}, spec))
     # 64 prompts x 512 tokens of KV cache (16 GiB) and the prefill's logits beside 12.6 GiB of bf16 weights
     assert warned["eval_base"].startswith("needs ~32.3 GiB, more than gpu's 24 GiB; queue it on gpu-80gb")
     assert warned["eval_base"].endswith("(execution.queues.evaluate)")
@@ -169,17 +191,17 @@ def test_a_stage_its_gpu_class_cannot_hold_is_named_with_the_class_that_can():
     spec.generation.batch_size = spec.eval.batch_size = 16
     spec.sft.activation_checkpointing = spec.dpo.activation_checkpointing = True
     spec.sft.batch_size, spec.dpo.batch_size = 4, 2
-    assert fit_warnings(shape, spec) == []  # LoRA on a 24 GB card, as people do it
+    assert fit_warnings({"base_model": shape}, spec) == []  # LoRA on a 24 GB card, as people do it
 
     spec.dpo.use_lora, spec.dpo.precompute_ref_log_probs = False, True  # full DPO: gradients and AdamW per weight
-    warned = fit_warnings(shape, spec)
+    warned = fit_warnings({"base_model": shape}, spec)
     assert [w.split(":")[0] for w in warned] == ["dpo_sft", "dpo_base"]
     assert all("queue it on gpu-80gb (execution.queues.train_dpo)" in w for w in warned)
     spec.dpo.precompute_ref_log_probs = False  # and a second copy of the weights as the reference
-    assert all("no GPU class holds it" in w for w in fit_warnings(shape, spec))
+    assert all("no GPU class holds it" in w for w in fit_warnings({"base_model": shape}, spec))
     spec.dpo.precompute_ref_log_probs = True
     spec.execution.queues["train_dpo"] = "gpu-80gb"
-    assert fit_warnings(shape, spec) == []
+    assert fit_warnings({"base_model": shape}, spec) == []
 
 
 def shown_plan(at):
@@ -194,7 +216,9 @@ def test_launch_shows_the_plan_and_warns_when_a_stage_will_not_fit(filled, align
     at = launch_page()  # tiny-cpu: the tiny model, configured for the CPU
     plan = shown_plan(at)
     spec = preset("tiny-cpu")
-    assert list(plan["stage"]) == [p.node for p in planned_peaks(read_shape("alignlab-tiny", alignlab_home), spec)]
+    assert list(plan["stage"]) == [
+        p.node for p in planned_peaks({"base_model": read_shape("alignlab-tiny", alignlab_home)}, spec)
+    ]
     assert set(plan["fits its class"]) == {"on the CPU: no planned limit"}
 
     at.selectbox(key=GROUP_KEY).set_value("base_model").run()

@@ -27,7 +27,7 @@ from pipeline.core.configs import (
 from pipeline.core.durations import estimate_cost, estimate_run
 from pipeline.core.errors import AlignlabError, ConfigError
 from pipeline.core.home import alignlab_home
-from pipeline.core.memory_plan import fit_warnings, fitting_queues, plan_rows, read_shape
+from pipeline.core.memory_plan import BASE_MODEL, fit_warnings, fitting_queues, plan_rows, read_shapes
 from pipeline.core.prices import load_prices
 from pipeline.core.registry import selected_nodes, variant_stages_onward
 from workers import scheduler
@@ -73,9 +73,10 @@ def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], 
     try:
         spec = from_dict(RunSpec, edited)
         model = spec.base_model
-        shape = read_shape(model.name_or_path, alignlab_home(), model.revision)
+        shapes = read_shapes(spec, alignlab_home())
     except ConfigError as exc:
         return f"Memory: unknown: {exc}", None, [], None
+    shape = shapes.get(BASE_MODEL)
     if shape is None:
         return (
             f"Memory: unknown: {model.name_or_path}'s config.json is not on this host (not fetched, not a local "
@@ -88,8 +89,8 @@ def memory_forecast(edited: dict) -> tuple[str, pd.DataFrame | None, list[str], 
         f"Memory planned per stage from {shape.source} ({shape.parameters / 1e6:,.1f}M parameters), at the configured "
         "maximum lengths: the worst case a batch can reach."
     )
-    queues = {**spec.execution.queues, **fitting_queues(shape, spec)}
-    return basis, pd.DataFrame(plan_rows(shape, spec)), fit_warnings(shape, spec), queues
+    queues = {**spec.execution.queues, **fitting_queues(shapes, spec)}
+    return basis, pd.DataFrame(plan_rows(shapes, spec)), fit_warnings(shapes, spec), queues
 
 
 FIT_QUEUES_KEY = "launch_fit_queues_chosen"

@@ -20,6 +20,9 @@ the sum of named terms (bytes), so a page can say what the memory goes to:
   and their gradient when training, the gathered copy when scoring).
 - `kv cache` (generation): 2 × layers × batch × (prompt + new tokens) × kv width × activation bytes; `activations`
   (generation): the prefill's logits over every prompt token (batch × prompt × vocabulary × 4) and one layer's MLP.
+- `judge` (the judge stage, a local judge or reward model): one forward pass per batch of judge prompts (the
+  instruction, both answers and the template: `PROMPT_TOKENS` + twice the evaluation's `max_new_tokens` + 128), with
+  its `activations` (one layer's MLP over the batch) and the `logits` of the last position only.
 - `runtime`: what a process pays around the model once it runs it: on a GPU the CUDA context and cuBLAS workspace
   (~0.5 GiB, not in `max_memory_allocated` but taken from the card); on the CPU the allocator, the kernels and the
   thread pools, measured as the peak RSS delta that the terms above leave unexplained on the tiny model and on
@@ -45,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.configs import QUEUE_MEMORY_GIB, TINY_MODEL, RunSpec, tiny_dir_name
+from pipeline.core.configs import QUEUE_MEMORY_GIB, TINY_MODEL, ModelConfig, RunSpec, tiny_dir_name
 from pipeline.core.errors import ConfigError
-from pipeline.core.registry import STAGES, selected_nodes
+from pipeline.core.registry import STAGES, node_by_name, selected_nodes
 
 MIB = 2**20
 GIB = 2**30
@@ -66,6 +69,9 @@ LOGITS_COPIES = 3  # logits, log-softmax, and their gradient (training) or the g
 # the longest prompt alignlab expects before a response (instruction + template / chat turns) when no data is seen:
 # the generation stages' prompts are the instructions, whose length the config does not bound
 PROMPT_TOKENS = 256
+JUDGE_TEMPLATE_TOKENS = 128  # the judge prompt's fixed words and chat turns around the instruction and two answers
+BASE_MODEL = "base_model"
+Shapes = dict[str, "ModelShape"]  # RunSpec path of a ModelConfig ("base_model", "judge.model") -> its shape
 
 
 @dataclass(frozen=True)
@@ -200,13 +206,34 @@ class Peak:
         return self.limit_gib is None or self.total <= self.limit_gib * GIB
 
 
-def _weight_bytes(shape: ModelShape, spec: RunSpec, device: str) -> tuple[int, int]:
-    """(weights in bytes, activation bytes per value) on `device` for the spec's dtype and 8-bit choice."""
-    dtype = spec.base_model.dtype
+def model_of(spec: RunSpec, stage: str) -> ModelConfig:
+    """The ModelConfig a stage loads (its declared `Stage.model` path in the spec)."""
+    value: Any = spec
+    for part in STAGES[stage].model.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def read_shapes(spec: RunSpec, home: Path) -> Shapes:
+    """The shape of every model the spec's selected stages load, where this host has its config.json."""
+    shapes: Shapes = {}
+    for node in selected_nodes(spec.stages):
+        path = STAGES[node.stage].model
+        if STAGES[node.stage].memory is not None and path not in shapes:
+            model = model_of(spec, node.stage)
+            shape = read_shape(model.name_or_path, home, model.revision)
+            if shape is not None:
+                shapes[path] = shape
+    return shapes
+
+
+def _weight_bytes(shape: ModelShape, model: ModelConfig, device: str) -> tuple[int, int]:
+    """(weights in bytes, activation bytes per value) on `device` for the model's dtype and 8-bit choice."""
+    dtype = model.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
     per = WEIGHT_BYTES[dtype]
-    if spec.base_model.load_in_8bit is True and device == "cuda":
+    if model.load_in_8bit is True and device == "cuda":
         rest = shape.parameters - shape.block_linear_parameters
         return shape.block_linear_parameters + rest * 2, 2
     return shape.parameters * per, per
@@ -214,7 +241,7 @@ def _weight_bytes(shape: ModelShape, spec: RunSpec, device: str) -> tuple[int, i
 
 def _training_terms(shape: ModelShape, spec: RunSpec, section: str, device: str, length: int | None) -> dict:
     config = getattr(spec, section)
-    weights, act = _weight_bytes(shape, spec, device)
+    weights, act = _weight_bytes(shape, spec.base_model, device)
     sequences = config.batch_size * (2 if section == "dpo" else 1)  # DPO: chosen and rejected in one batch
     n = sequences * min(length or config.max_length, config.max_length)
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_width
@@ -238,7 +265,7 @@ def _training_terms(shape: ModelShape, spec: RunSpec, section: str, device: str,
 
 
 def _generation_terms(shape: ModelShape, spec: RunSpec, batch: int, new_tokens: int, device: str, prompt: int) -> dict:
-    weights, act = _weight_bytes(shape, spec, device)
+    weights, act = _weight_bytes(shape, spec.base_model, device)
     length = prompt + new_tokens
     return {
         "weights": weights,
@@ -251,7 +278,7 @@ def _generation_terms(shape: ModelShape, spec: RunSpec, batch: int, new_tokens: 
 
 def _scoring_terms(shape: ModelShape, spec: RunSpec, batch: int, length: int, device: str) -> dict:
     """evaluate: generation on the held-out prompts, then teacher-forced scoring of the pairs (the larger peak)."""
-    weights, act = _weight_bytes(shape, spec, device)
+    weights, act = _weight_bytes(shape, spec.base_model, device)
     n = batch * length
     return {
         "weights": weights,
@@ -261,11 +288,26 @@ def _scoring_terms(shape: ModelShape, spec: RunSpec, batch: int, length: int, de
     }
 
 
+def _judging_terms(shape: ModelShape, spec: RunSpec, device: str, length: int | None) -> dict:
+    """judge: forward passes over batches of judge prompts, the last position's logits only (a reward model: one
+    score per row)."""
+    weights, act = _weight_bytes(shape, spec.judge.model, device)
+    length = length or PROMPT_TOKENS + 2 * spec.eval.sampling.max_new_tokens + JUDGE_TEMPLATE_TOKENS
+    n = spec.judge.batch_size * length
+    return {
+        "weights": weights,
+        "activations": n * (2 * shape.hidden + 3 * shape.intermediate) * act,
+        "logits": 0 if spec.judge.kind == "reward_model" else spec.judge.batch_size * shape.vocab * 4,
+        "runtime": RUNTIME_BYTES[(device, "score")],
+    }
+
+
 def stage_peak(
     shape: ModelShape, spec: RunSpec, stage: str, device: str, lengths: dict[str, int] | None = None
 ) -> dict[str, int] | None:
-    """The named terms of one stage's peak on `device` ("cpu" or "cuda"), None for a stage that loads no model.
-    `lengths` replaces the configured worst-case lengths with measured ones (see the module docstring)."""
+    """The named terms of one stage's peak on `device` ("cpu" or "cuda"), None for a stage that loads no model;
+    `shape` is the shape of the model the stage loads (`Stage.model`). `lengths` replaces the configured worst-case
+    lengths with measured ones (see the module docstring)."""
     use = STAGES[stage].memory
     loads_model = STAGES[stage].loads_model
     if use is None or (loads_model is not None and not loads_model(spec)):
@@ -274,6 +316,8 @@ def stage_peak(
     workload, section = use
     if workload == "train":
         return _training_terms(shape, spec, section, device, lengths.get(section))
+    if workload == "judge":
+        return _judging_terms(shape, spec, device, lengths.get(section))
     if workload == "generate":
         sampling = getattr(spec, section).sampling
         prompt = lengths.get(section, PROMPT_TOKENS)
@@ -289,19 +333,37 @@ def stage_peak(
     return max(generation, scoring, key=lambda terms: sum(terms.values()))  # CUDA's caching allocator reuses it
 
 
+def _loads_model(spec: RunSpec, stage: str) -> bool:
+    declared = STAGES[stage]
+    return declared.memory is not None and (declared.loads_model is None or declared.loads_model(spec))
+
+
 def planned_peaks(
-    shape: ModelShape, spec: RunSpec, device: str | None = None, lengths: dict[str, int] | None = None
+    shapes: Shapes, spec: RunSpec, device: str | None = None, lengths: dict[str, int] | None = None
 ) -> list[Peak]:
-    """Each selected node that loads a model, with its peak on `device` when given, else where it will run: the CPU
-    for a model configured there (`base_model.device: cpu`) or a node on the `cpu` queue, a GPU otherwise."""
+    """Each selected node that loads a model whose shape is known (`shapes`), with its peak on `device` when given,
+    else where it will run: the CPU for a model configured there (`device: cpu`) or a node on the `cpu` queue, a
+    GPU otherwise."""
     peaks = []
     for node in selected_nodes(spec.stages):
+        shape = shapes.get(STAGES[node.stage].model)
+        if shape is None or not _loads_model(spec, node.stage):
+            continue
         queue = spec.execution.queue_for(node.stage)
-        on = device or ("cpu" if spec.base_model.device == "cpu" or queue == "cpu" else "cuda")
+        on = device or ("cpu" if model_of(spec, node.stage).device == "cpu" or queue == "cpu" else "cuda")
         terms = stage_peak(shape, spec, node.stage, on, lengths)
         if terms is not None:
             peaks.append(Peak(node.name, node.stage, queue, on, terms))
     return peaks
+
+
+def unplanned_nodes(shapes: Shapes, spec: RunSpec) -> list[tuple[str, str]]:
+    """(node, model) of each selected node that loads a model this host has no config.json of: not planned."""
+    return [
+        (node.name, model_of(spec, node.stage).name_or_path)
+        for node in selected_nodes(spec.stages)
+        if _loads_model(spec, node.stage) and STAGES[node.stage].model not in shapes
+    ]
 
 
 def fitting_queue(peak: int) -> str | None:
@@ -310,19 +372,19 @@ def fitting_queue(peak: int) -> str | None:
     return next((queue for gib, queue in sized if peak <= gib * GIB), None)
 
 
-def fitting_queues(shape: ModelShape, spec: RunSpec) -> dict[str, str]:
+def fitting_queues(shapes: Shapes, spec: RunSpec) -> dict[str, str]:
     """Stage -> the smallest GPU class that holds it, for each GPU stage its own class cannot hold but another can."""
     needs: dict[str, int] = {}
-    for peak in planned_peaks(shape, spec):
+    for peak in planned_peaks(shapes, spec):
         if not peak.fits:
             needs[peak.stage] = max(needs.get(peak.stage, 0), peak.total)
     return {stage: queue for stage, peak in needs.items() if (queue := fitting_queue(peak)) is not None}
 
 
-def fit_warnings(shape: ModelShape, spec: RunSpec) -> list[str]:
+def fit_warnings(shapes: Shapes, spec: RunSpec) -> list[str]:
     """One line per node whose planned peak does not fit the memory of the GPU class it is queued on."""
     warnings = []
-    for peak in planned_peaks(shape, spec):
+    for peak in planned_peaks(shapes, spec):
         if peak.fits:
             continue
         better = fitting_queue(peak.total)
@@ -348,10 +410,11 @@ def size_text(size: int) -> str:
     return f"{size / GIB:,.1f} GiB" if size >= GIB else f"{size / MIB:,.0f} MiB"
 
 
-def plan_rows(shape: ModelShape, spec: RunSpec) -> list[dict[str, str]]:
-    """One row per node that loads a model: its queue, planned peak, whether its class holds it, what it is made of."""
+def plan_rows(shapes: Shapes, spec: RunSpec) -> list[dict[str, str]]:
+    """One row per node that loads a model: its queue, planned peak, whether its class holds it, what it is made of;
+    a node whose model this host has no config.json of says so instead of being left out."""
     rows = []
-    for peak in planned_peaks(shape, spec):
+    for peak in planned_peaks(shapes, spec):
         if peak.limit_gib is None:
             fits = "on the CPU: no planned limit"
         else:
@@ -363,6 +426,16 @@ def plan_rows(shape: ModelShape, spec: RunSpec) -> list[dict[str, str]]:
                 "planned peak": size_text(peak.total),
                 "fits its class": fits,
                 "made of": terms_text(peak.terms),
+            }
+        )
+    for node, model in unplanned_nodes(shapes, spec):
+        rows.append(
+            {
+                "stage": node,
+                "queue": spec.execution.queue_for(node_by_name(node).stage),
+                "planned peak": "unknown",
+                "fits its class": "unknown",
+                "made of": f"{model}: its config.json is not on this host; the worker's preflight plans it",
             }
         )
     return rows

@@ -63,10 +63,11 @@ class Stage:
     measures: bool = False  # computes the registered metrics: their names are part of its artifact key
     label: str = ""  # how pages title its curves and steps ("SFT", "DPO"); defaults to its name
     # the model it holds and what it does with it, for the memory planner (pipeline.core.memory_plan): (workload,
-    # the RunSpec section that sizes it); workload = "generate", "train" or "score"; None = it loads no model
+    # the RunSpec section that sizes it); workload = "generate", "train", "score" or "judge"; None = it loads no model
     memory: tuple[str, str] | None = None
     loads_model: Callable[[Any], bool] | None = None  # the model is loaded only for specs where this holds
     optional: bool = False  # runs only when a spec selects it (not in the default `stages`)
+    model: str = "base_model"  # the RunSpec path of the ModelConfig it loads ("judge.model" for the judge)
 
     @property
     def command(self) -> str:
@@ -312,6 +313,9 @@ for _stage in (
         timeout_s=4 * HOUR,
         emits=("verdicts",),
         optional=True,
+        memory=("judge", "judge"),
+        loads_model=lambda spec: spec.judge.kind != "endpoint",  # an endpoint judge holds no model here
+        model="judge.model",
     ),
 ):
     register(_stage)
