@@ -13,6 +13,7 @@ import re
 import resource
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,9 @@ class LoadInfo:
     peak_memory_kind: str | None = None  # "cuda_max_allocated", "process_peak_rss" or "process_lifetime_peak_rss"
     memory_before_bytes: int | None = None
     memory_after_release_bytes: int | None = None
+    # whether the model object itself was gone after the block (a weak reference says so exactly, where RSS on a CPU
+    # moves by a few MiB with whatever the process imported or cached meanwhile)
+    model_released: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -378,6 +382,7 @@ def loaded(config: ModelConfig, trainable_adapter: bool = False, head: str = "ca
     before = tracker.start()
     model, tokenizer, info = load_model(config, trainable_adapter=trainable_adapter, head=head)
     holder = LoadedModel(model, tokenizer, info)
+    model_ref = weakref.ref(model)
     del model, tokenizer
     try:
         yield holder
@@ -389,6 +394,7 @@ def loaded(config: ModelConfig, trainable_adapter: bool = False, head: str = "ca
         holder.tokenizer = None
         release_memory()
         info.memory_after_release_bytes = tracker.current()
+        info.model_released = model_ref() is None
 
 
 def environment_summary() -> dict[str, Any]:

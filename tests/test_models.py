@@ -121,6 +121,22 @@ def test_loaded_releases_the_model_on_exception(tiny_model_dir):
     assert refs[0]() is None
 
 
+def test_a_model_kept_past_its_block_is_recorded_and_fails_the_memory_check(tiny_model_dir):
+    from pipeline.stages.compare import _memory_released
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir), device="cpu")
+    with loaded(config) as m:
+        pass
+    assert m.info.model_released is True
+    with loaded(config) as m:
+        leaked = m.model  # a stage that kept the model (the leak the go/no-go must catch)
+    assert m.info.model_released is False and leaked is not None
+    released = _memory_released({"base": {"load_info": {**m.info.to_dict(), "model_released": True}}})
+    assert released[0]["passed"]
+    (item,) = _memory_released({"base": {"load_info": m.info.to_dict()}})
+    assert not item["passed"] and "still referenced" in item["reason"]
+
+
 def test_four_models_in_sequence_return_memory_to_its_start(tmp_path):
     dirs = [build_tiny(tmp_path / f"m{i}", seed=i, pretrain_steps=0, hidden_size=512) for i in range(5)]
     batch = torch.tensor([[1, 2, 3, 4]])
