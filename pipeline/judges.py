@@ -7,7 +7,8 @@ is better. Two kinds, registered in `JUDGES`:
   is read from its next-token probabilities of the two labels (A, B) after the prompt, never parsed from free text;
   prompts are batched (both orders of an item in the same batch), and only the last position's logits are computed.
 - `EndpointJudge`: an OpenAI-compatible endpoint (vLLM on the pod, or a hosted API) through the `openai` client. The
-  key is read from the worker's environment variable named in the config and goes nowhere else; requests are
+  key is read from the worker's environment variable named in the config, only for an endpoint the worker declared
+  with that variable (`ALIGNLAB_JUDGE_ENDPOINTS`), and goes nowhere else; requests are
   bounded (tokens, timeout), retried with backoff by the client, and cached on the worker's disk by (judge, prompt)
   so a resumed stage does not pay twice. An answer that names neither label is kept as unparsed, never dropped.
 
@@ -168,8 +169,31 @@ class AnswerCache:
                 handle.write(json.dumps(self.answers[key]) + "\n")
 
 
+ENDPOINTS_VAR = "ALIGNLAB_JUDGE_ENDPOINTS"
+
+
+def declared_endpoints() -> dict[str, str]:
+    """The endpoints this worker may send a key to, from its own environment: `ALIGNLAB_JUDGE_ENDPOINTS` holds
+    comma-separated `URL=VARIABLE` entries (the base URL, and the variable holding its key)."""
+    declared = {}
+    for entry in os.environ.get(ENDPOINTS_VAR, "").split(","):
+        url, _, variable = entry.strip().rpartition("=")
+        if url and variable:
+            declared[url.rstrip("/")] = variable
+    return declared
+
+
 def endpoint_api_key(config: JudgeConfig) -> str:
-    """The key from the worker's environment (never from a config, a job or the database)."""
+    """The key from the worker's environment (never from a config, a job or the database), for an endpoint the
+    worker itself declared with that key: whoever can submit a run chooses the URL and the variable's name, and must
+    not be able to have the worker send any of its secrets (HF_TOKEN, a RunPod key) to a host of theirs."""
+    url = config.endpoint_url.rstrip("/")
+    if declared_endpoints().get(url) != config.api_key_env:
+        raise ConfigError(
+            f"JudgeConfig.endpoint_url: this worker has not declared {url} with the key in {config.api_key_env}; "
+            f"add '{url}={config.api_key_env}' to {ENDPOINTS_VAR} (comma-separated URL=VARIABLE entries) in the "
+            "worker's environment to allow it"
+        )
     key = os.environ.get(config.api_key_env, "")
     if not key:
         raise ConfigError(

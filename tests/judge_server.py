@@ -21,6 +21,7 @@ class JudgeServer:
         self.failures_left = failures
         self.requests = 0  # answered requests (not the failed ones)
         self.failed = 0
+        self.received = 0  # every request that reached the server, refused ones included
         self.lock = threading.Lock()  # one forward pass at a time on the shared model
         owner = self
 
@@ -30,6 +31,8 @@ class JudgeServer:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    owner.received += 1
                 if self.headers.get("Authorization") != f"Bearer {owner.key}":
                     return self._send(401, {"error": {"message": "bad key", "type": "auth"}})
                 with owner.lock:

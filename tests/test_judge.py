@@ -18,7 +18,7 @@ from db.session import read_session
 from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
 from pipeline.core.configs import JudgeConfig, ModelConfig, RunSpec, preset
 from pipeline.core.judging import JUDGED, LC_RIDGE, preference
-from pipeline.judges import JudgeItem, ModelJudge, judge_text
+from pipeline.judges import ENDPOINTS_VAR, JudgeItem, ModelJudge, judge_text
 from pipeline.stages import read_json, read_jsonl
 from pipeline.stages.judge import SUMMARY_OUT, VERDICTS_OUT, run
 from tests.judge_server import JudgeServer
@@ -125,6 +125,7 @@ def test_the_endpoint_judge_retries_a_failing_server_and_reads_the_same_models_v
     inputs = evaluations(tmp_path)
     run(judge_spec(model=smol), inputs, local)
     with JudgeServer(smol_judge, SECRET, mode="flaky", failures=3) as server:
+        monkeypatch.setenv(ENDPOINTS_VAR, f"{server.url}={KEY_ENV}")
         spec = judge_spec(
             kind="endpoint", endpoint_url=server.url, endpoint_model="smol", api_key_env=KEY_ENV, max_retries=4
         )
@@ -145,6 +146,7 @@ def test_unparseable_answers_are_counted_and_shown_and_a_rerun_pays_nothing_twic
     monkeypatch.setenv(KEY_ENV, SECRET)
     inputs = evaluations(tmp_path)
     with JudgeServer(smol_judge, SECRET, mode="garbage") as server:
+        monkeypatch.setenv(ENDPOINTS_VAR, f"{server.url}={KEY_ENV}")
         spec = judge_spec(kind="endpoint", endpoint_url=server.url, endpoint_model="smol-garbage", api_key_env=KEY_ENV)
         first = tmp_path / "first"
         first.mkdir()
@@ -249,6 +251,7 @@ def test_the_api_key_reaches_the_endpoint_and_no_table_event_job_log_or_file(
     caplog.set_level("DEBUG")
     monkeypatch.setenv(KEY_ENV, SECRET)
     with JudgeServer(smol_judge, SECRET) as server:
+        monkeypatch.setenv(ENDPOINTS_VAR, f"{server.url}={KEY_ENV}")
         judge = JudgeConfig(
             kind="endpoint", endpoint_url=server.url, endpoint_model="smol-queued", api_key_env=KEY_ENV, max_prompts=2
         )
@@ -327,3 +330,27 @@ def test_a_reward_model_scores_each_answer_once_and_its_paired_differences_recom
     assert (stored["value"], stored["ci_low"], stored["ci_high"], stored["n"]) == pytest.approx(
         (expected["mean"], expected["ci_low"], expected["ci_high"], expected["n"])
     )
+
+
+def test_the_worker_sends_a_key_only_to_an_endpoint_it_declared_with_that_key(smol_judge, tmp_path, monkeypatch):
+    from pipeline.core.errors import ConfigError
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv("HF_TOKEN", "hf_worker_secret")
+    inputs = evaluations(tmp_path)
+    with JudgeServer(smol_judge, SECRET) as server:
+        monkeypatch.setenv(ENDPOINTS_VAR, f"{server.url}={KEY_ENV}")
+        for url, variable in ((server.url, "HF_TOKEN"), (server.url.replace("/v1", "/v2"), KEY_ENV)):
+            # a submitter's URL, or another secret of the worker's: refused before any request is sent
+            spec = judge_spec(kind="endpoint", endpoint_url=url, endpoint_model="m", api_key_env=variable)
+            with pytest.raises(ConfigError, match=ENDPOINTS_VAR) as caught:
+                run(spec, inputs, tmp_path)
+            assert SECRET not in str(caught.value) and "hf_worker_secret" not in str(caught.value)
+        monkeypatch.delenv(ENDPOINTS_VAR)
+        with pytest.raises(ConfigError, match=ENDPOINTS_VAR):
+            run(
+                judge_spec(kind="endpoint", endpoint_url=server.url, endpoint_model="m", api_key_env=KEY_ENV),
+                inputs,
+                tmp_path,
+            )
+    assert server.received == 0  # nothing was sent anywhere
