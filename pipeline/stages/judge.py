@@ -12,6 +12,7 @@ both computed by `pipeline.core.judging` from the stored rows alone.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.home import alignlab_home
 from pipeline.core.judging import JUDGED, SlotVerdict, outcome, reward_difference, win_rate_stats
 from pipeline.core.registry import stage_of_module
-from pipeline.stages import Progress, ProgressFn, StageResult, read_jsonl, write_json
+from pipeline.stages import Progress, ProgressFn, StageResult, no_progress, read_jsonl, write_json
 from pipeline.stages.evaluate import SAMPLES_OUT
 
 STAGE = stage_of_module(__name__)
@@ -118,10 +119,11 @@ def summarize(rows: list[dict[str, Any]], kind: str, spec: RunSpec) -> list[dict
     """The figures of each comparison, from the stored rows alone."""
     config = spec.judge
     ci = {"confidence": config.confidence, "n_resamples": config.n_bootstrap, "seed": config.seed}
-    comparisons = list(dict.fromkeys((r["judge"], r["method_a"], r["method_b"]) for r in rows))
+    by_comparison: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:  # one pass; dicts keep the comparisons in the order they were judged
+        by_comparison[(r["judge"], r["method_a"], r["method_b"])].append(r)
     out = []
-    for judge, a, b in comparisons:
-        items = [r for r in rows if (r["judge"], r["method_a"], r["method_b"]) == (judge, a, b)]
+    for (judge, a, b), items in by_comparison.items():
         if kind == "reward_model":
             figures = reward_difference(
                 {r["prompt_id"]: r["score_a"] for r in items}, {r["prompt_id"]: r["score_b"] for r in items}, **ci
@@ -159,7 +161,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         rows = pairwise_rows(judge, comparisons, answers, progress)
         progress.log(f"judge {judge.name}: {judge.requests} requests sent, the rest answered from the cache")
     else:
-        prepare_model(config.model.name_or_path, on_progress or (lambda event: None))
+        prepare_model(config.model.name_or_path, on_progress or no_progress)
         head = "sequence_classification" if config.kind == "reward_model" else "causal_lm"
         with loaded(config.model, head=head) as m:
             if config.kind == "reward_model":
