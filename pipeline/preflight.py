@@ -109,6 +109,20 @@ def _disk(params: int | None, home: Path) -> Check:
     )
 
 
+def _devices(spec: RunSpec) -> Check:
+    """Whether this machine can run the training sections' `devices` with their strategies."""
+    from pipeline.distributed import check_devices
+
+    asked = {section: getattr(spec, section) for section in ("sft", "dpo")}
+    wanted = ", ".join(f"{s} {c.devices} ({c.distributed})" for s, c in asked.items())
+    try:
+        for section, config in asked.items():
+            check_devices(config, section)
+    except ConfigError as exc:
+        return Check("devices for training", False, str(exc))
+    return Check("devices for training", True, f"{wanted}: this machine can run them")
+
+
 def environment_checks(spec: RunSpec, home: Path, redis_check: Any = None) -> list[Check]:
     """Everything but the DAG run. `redis_check` returns a Check (the queue side lives in workers/)."""
     from pipeline.models import cuda_available
@@ -118,7 +132,14 @@ def environment_checks(spec: RunSpec, home: Path, redis_check: Any = None) -> li
     if spec.base_model.device == "cpu":
         gpu.required, gpu.reason = False, gpu.reason + " (the config asks for the CPU)"
     model, resolved, params = _model(spec)
-    checks = [gpu, _bitsandbytes(spec, cuda), model, _memory(spec, resolved, cuda, home), _disk(params, home)]
+    checks = [
+        gpu,
+        _bitsandbytes(spec, cuda),
+        model,
+        _memory(spec, resolved, cuda, home),
+        _disk(params, home),
+        _devices(spec),
+    ]
     if redis_check is not None:
         checks.append(redis_check())
     return checks

@@ -59,7 +59,7 @@ def trainer_args(config: Any, out_dir: Path, info: LoadInfo) -> dict[str, Any]:
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.num_epochs,
         "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.batch_size,
+        "per_device_train_batch_size": config.per_device_batch,  # the global batch, split over the ranks
         "gradient_accumulation_steps": config.grad_accumulation,
         "warmup_steps": config.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
         "lr_scheduler_type": "linear",
@@ -141,6 +141,27 @@ def read_log(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def note_topped_up_batch(config: Any, examples: int, progress: Progress) -> None:
+    """On several devices the last batch of an epoch that cannot give every device a share is topped up with the
+    epoch's first examples (accelerate's `even_batches`, so no rank waits on another): say so where it happens."""
+    if config.devices > 1 and examples % config.batch_size:
+        progress.log(
+            f"{examples} examples do not fill the last batch of {config.batch_size} over {config.devices} devices: "
+            "each epoch's last step is topped up with examples from its start (one device would take a smaller batch)"
+        )
+
+
+def training_callbacks(out_dir: Path, progress: Progress, device: str) -> list[Any]:
+    """The step log (the process that writes: the only one, or rank 0) and, on several ranks, the agreed stop."""
+    from pipeline import distributed
+
+    rank = distributed.current()
+    callbacks = [make_log_callback(out_dir, progress, device)] if distributed.is_main_process() else []
+    if rank is not None:
+        callbacks.append(distributed.stop_callback(rank))
+    return callbacks
+
+
 def make_log_callback(out_dir: Path, progress: Progress, device: str) -> Any:
     """A TrainerCallback writing one JSON line per logged step (loss, lr, grad norm, tokens/s, memory)."""
     from transformers import TrainerCallback
@@ -195,9 +216,9 @@ def _memory_now(device: str) -> int:
     return current_rss_bytes()
 
 
-def raise_if_stopped(log_callback: Any, trainer: Any) -> None:
+def raise_if_stopped(callbacks: list[Any], trainer: Any) -> None:
     """After `train()` returned because a stop was requested: the checkpoint is saved, the stage is not done."""
-    if log_callback.stop_requested:
+    if any(callback.stop_requested for callback in callbacks):
         raise StopRequested(f"stopped at step {trainer.state.global_step}; checkpoint saved, resume continues there")
 
 

@@ -44,7 +44,7 @@ def tiny_dir_name(seed: int = 0) -> str:
     return f"{TINY_MODEL}-{TINY_VERSION}-seed{seed}"
 
 
-SPEC_VERSION = 4  # bump with a new entry in MIGRATIONS whenever the stored layout changes
+SPEC_VERSION = 5  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 
 _BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
@@ -313,7 +313,13 @@ class TrainingConfig(Section):
     max_steps: int = opt(
         -1, "Stop after this many optimizer steps (-1 = run all epochs).", label="Max optimizer steps", ge=-1
     )
-    batch_size: int = opt(4, "Per-device batch size (examples; pairs for DPO).", ge=1, le=4096)
+    batch_size: int = opt(
+        4,
+        "Examples per optimizer micro-step over all devices (pairs for DPO); each of `devices` takes an equal share, "
+        "so the optimizer sees the same global batch and steps on any number of devices.",
+        ge=1,
+        le=4096,
+    )
     grad_accumulation: int = opt(1, "Gradient accumulation steps.", label="Gradient accumulation steps", ge=1, le=4096)
     max_length: int = opt(
         512, "Maximum tokens of prompt + response.", label="Max tokens (prompt + response)", ge=8, le=131072
@@ -323,6 +329,33 @@ class TrainingConfig(Section):
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", ge=1)
     activation_checkpointing: bool = opt(False, "Recompute activations in backward to save memory (slower).")
     seed: int = opt(0, "Random seed.", ge=0)
+    devices: int = opt(
+        1,
+        "Processes the training runs on, one per GPU (on a CPU worker: CPU processes on the gloo backend); above 1 "
+        "the stage runs under `accelerate launch` inside its job.",
+        ge=1,
+        le=64,
+    )
+    distributed: Literal["ddp", "fsdp", "deepspeed_zero3"] = opt(
+        "ddp",
+        "How several devices share the work: ddp keeps a whole copy of the model on each; fsdp and deepspeed_zero3 "
+        "shard weights, gradients and optimizer states over them, for a model one GPU cannot hold (GPU workers "
+        "only; deepspeed_zero3 needs the deepspeed package on the worker).",
+        label="Multi-device strategy",
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_devices(self) -> TrainingConfig:
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"batch_size: {self.batch_size} does not split evenly over devices ({self.devices}); make it a "
+                "multiple of devices"
+            )
+        return self
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.batch_size // self.devices
 
 
 class SFTConfig(TrainingConfig):
@@ -776,8 +809,25 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 trained on one device: its batch_size was the whole micro-batch, as it is on one device now."""
+    data = dict(data)
+    for section in ("sft", "dpo"):
+        training = dict(data.get(section) or {})
+        training.setdefault("devices", 1)
+        training.setdefault("distributed", "ddp")
+        data[section] = training
+    data["spec_version"] = 5
+    return data
+
+
 # from-version -> the step that brings a stored spec to the next version
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+}
 
 
 def migrate_spec(data: dict[str, Any]) -> dict[str, Any]:

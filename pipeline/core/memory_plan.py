@@ -23,6 +23,10 @@ the sum of named terms (bytes), so a page can say what the memory goes to:
 - `judge` (the judge stage, a local judge or reward model): one forward pass per batch of judge prompts (the
   instruction, both answers and the template: `PROMPT_TOKENS` + twice the evaluation's `max_new_tokens` + 128), with
   its `activations` (one layer's MLP over the batch) and the `logits` of the last position only.
+- Several devices (`devices` N of a training section): every term is per device. Each device runs `batch_size` / N
+  sequences; with `ddp` each holds the whole model, with `fsdp` or `deepspeed_zero3` 1/N of the weights, the
+  adapter and optimizer term and the reference model, plus one decoder layer's weights gathered while it runs
+  (`gathered layer`).
 - `runtime`: what a process pays around the model once it runs it: on a GPU the CUDA context and cuBLAS workspace
   (~0.5 GiB, not in `max_memory_allocated` but taken from the card); on the CPU the allocator, the kernels and the
   thread pools, measured as the peak RSS delta that the terms above leave unexplained on the tiny model and on
@@ -242,7 +246,7 @@ def _weight_bytes(shape: ModelShape, model: ModelConfig, device: str) -> tuple[i
 def _training_terms(shape: ModelShape, spec: RunSpec, section: str, device: str, length: int | None) -> dict:
     config = getattr(spec, section)
     weights, act = _weight_bytes(shape, spec.base_model, device)
-    sequences = config.batch_size * (2 if section == "dpo" else 1)  # DPO: chosen and rejected in one batch
+    sequences = config.per_device_batch * (2 if section == "dpo" else 1)  # DPO: chosen and rejected in one batch
     n = sequences * min(length or config.max_length, config.max_length)
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_width
     per_token_layer = h if config.activation_checkpointing else 13 * h + 3 * kv + 5 * i
@@ -258,6 +262,12 @@ def _training_terms(shape: ModelShape, spec: RunSpec, section: str, device: str,
         terms["adapter and optimizer"] = shape.parameters * (weights // shape.parameters + 8)
         if section == "dpo" and not spec.dpo.precompute_ref_log_probs:
             terms["reference model"] = weights
+    shards = config.devices if config.distributed != "ddp" else 1
+    if shards > 1:  # FSDP / ZeRO-3: each device holds its share, and gathers one decoder layer's weights at a time
+        for name in ("weights", "adapter and optimizer", "reference model"):
+            if name in terms:
+                terms[name] = -(-terms[name] // shards)
+        terms["gathered layer"] = weights // max(1, shape.layers)
     terms["runtime"] = RUNTIME_BYTES[(device, "train")]
     if device == "cpu":
         terms["autograd working set (CPU)"] = weights

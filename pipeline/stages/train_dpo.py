@@ -19,6 +19,7 @@ from pipeline.core.configs import RunSpec, to_dict
 from pipeline.core.errors import ConfigError
 from pipeline.core.negative_types import REGISTRY
 from pipeline.core.registry import stage_of_module
+from pipeline.distributed import fit_on_devices, is_main_process
 from pipeline.models import load_model, loaded, release_memory
 from pipeline.stages import Progress, ProgressFn, StageResult, read_json, write_json
 from pipeline.stages.pairs import HELDOUT, TRAIN
@@ -29,13 +30,14 @@ from pipeline.training import (
     drop_console_printer,
     free_trainer,
     lora_config,
-    make_log_callback,
     model_config_from_ref,
+    note_topped_up_batch,
     raise_if_stopped,
     read_log,
     require_trainable,
     start_from_checkpoint,
     step_one,
+    training_callbacks,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_pairs
@@ -126,8 +128,64 @@ def effective_config(args: Any, spec: RunSpec, info: Any, train_path: Path, init
             else None
         ),
         "policy": {"dtype": info.dtype, "quantization": info.quantization, "device": info.device},
+        "devices": {"count": spec.dpo.devices, "strategy": spec.dpo.distributed},
         "format": to_dict(spec.format),
         "train_data_sha256": _sha256(train_path),
+    }
+
+
+def _validated_pairs(spec: RunSpec, inputs: dict[str, Path]) -> tuple[dict[str, list[dict[str, Any]]], Any]:
+    return load_and_validate_pairs(inputs["pairs"] / TRAIN, inputs["pairs"] / HELDOUT, spec.validation, tuple(REGISTRY))
+
+
+def fit(
+    spec: RunSpec,
+    inputs: dict[str, Path],
+    out_dir: Path,
+    progress: Progress,
+    resume: str | None,
+    init_model: str,
+) -> dict:
+    """Train the policy from `init_model` on the validated train pairs, from `resume` (a checkpoint) or step 0; the
+    same on every rank of a multi-device run, where rank 0 alone reports and writes (pipeline.distributed)."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    config = spec.dpo
+    splits, _ = _validated_pairs(spec, inputs)  # validated and reported by `run`; the rows again, here
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"]])
+    note_topped_up_batch(config, len(dataset), progress)
+    policy_config = spec.base_model.model_copy(update=dict(name_or_path=init_model, adapter=None))
+    with loaded(policy_config) as m:
+        info = m.info
+        require_trainable(info, config.use_lora, STAGE)
+        args = dpo_trainer_config(config, out_dir, info)
+        if is_main_process():
+            effective = effective_config(args, spec, info, inputs["pairs"] / TRAIN, init_model)
+            write_json(out_dir / EFFECTIVE_CONFIG, effective)
+        callbacks = training_callbacks(out_dir, progress, info.device)
+        trainer = DPOTrainer(
+            model=m.model,
+            ref_model=None,
+            args=args,
+            train_dataset=dataset,
+            processing_class=m.tokenizer,
+            peft_config=lora_config(spec.base_model) if config.use_lora else None,
+            callbacks=callbacks,
+        )
+        drop_console_printer(trainer)
+        output = trainer.train(resume_from_checkpoint=resume)
+        raise_if_stopped(callbacks, trainer)
+        trainer.save_model(str(out_dir / MODEL_DIR))  # every rank takes part (sharded weights); rank 0 writes
+        if is_main_process():
+            m.tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
+        free_trainer(trainer)
+        del trainer
+    return {
+        "train_pairs": len(splits["train"]),
+        "steps": output.global_step,
+        "train_runtime_s": output.metrics.get("train_runtime"),
+        "load_info": info.to_dict(),
     }
 
 
@@ -138,52 +196,20 @@ def run(
     on_progress: ProgressFn | None = None,
     init: str = "sft",
 ) -> StageResult:
-    from datasets import Dataset
-    from trl import DPOTrainer
-
     if init not in INITS:
         raise ConfigError(f"train_dpo: init must be one of {INITS}, got {init!r}")
     if init == "sft" and "sft_model" not in inputs:
         raise ConfigError("train_dpo(init='sft') needs the train_sft artifact as input 'sft_model'")
     progress = Progress(STAGE, on_progress, role=init)
     config = spec.dpo
-    splits, report = load_and_validate_pairs(
-        inputs["pairs"] / TRAIN,
-        inputs["pairs"] / HELDOUT,
-        spec.validation,
-        tuple(REGISTRY),
-    )
+    splits, report = _validated_pairs(spec, inputs)
     progress.emit("validation", report=report.to_dict())
     decontamination = pairs_decontamination(splits["train"], splits["heldout"], spec, str(inputs["pairs"]))
     progress.emit("validation", report=decontamination.to_dict())
     decontamination.raise_if_failed()
     init_model = prepare_init(spec, init, inputs, out_dir, progress)
-    policy_config = spec.base_model.model_copy(update=dict(name_or_path=init_model, adapter=None))
-    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"]])
-
-    with loaded(policy_config) as m:
-        info = m.info
-        require_trainable(info, config.use_lora, STAGE)
-        args = dpo_trainer_config(config, out_dir, info)
-        write_json(out_dir / EFFECTIVE_CONFIG, effective_config(args, spec, info, inputs["pairs"] / TRAIN, init_model))
-        log_callback = make_log_callback(out_dir, progress, info.device)
-        trainer = DPOTrainer(
-            model=m.model,
-            ref_model=None,
-            args=args,
-            train_dataset=dataset,
-            processing_class=m.tokenizer,
-            peft_config=lora_config(spec.base_model) if config.use_lora else None,
-            callbacks=[log_callback],
-        )
-        drop_console_printer(trainer)
-        resume = start_from_checkpoint(out_dir, progress)
-        output = trainer.train(resume_from_checkpoint=resume)
-        raise_if_stopped(log_callback, trainer)
-        trainer.save_model(str(out_dir / MODEL_DIR))
-        m.tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
-        free_trainer(trainer)
-        del trainer
+    resume = start_from_checkpoint(out_dir, progress)
+    fitted = fit_on_devices(fit, config, spec, inputs, out_dir, progress, resume, init_model=init_model)
 
     if config.use_lora:
         write_model_ref(out_dir, INIT_DIR if init_model == str(out_dir / INIT_DIR) else init_model, MODEL_DIR)
@@ -201,16 +227,17 @@ def run(
         outputs={"model": MODEL_DIR, "log": "train_log.jsonl", "effective_config": EFFECTIVE_CONFIG},
         metrics={
             "init_model": init_model,
-            "train_pairs": len(splits["train"]),
-            "steps": output.global_step,
+            "train_pairs": fitted["train_pairs"],
+            "steps": fitted["steps"],
             "step1_loss": first.get("loss"),
             "step1_rewards_chosen": first.get("rewards/chosen"),
             "step1_rewards_rejected": first.get("rewards/rejected"),
             "final_loss": last.get("loss"),
             "final_rewards_margins": last.get("rewards/margins"),
             "final_rewards_accuracies": last.get("rewards/accuracies"),
-            "train_runtime_s": output.metrics.get("train_runtime"),
+            "train_runtime_s": fitted["train_runtime_s"],
             "resumed_from": Path(resume).name if resume else None,
+            "devices": config.devices,
         },
         checks={
             "reference_is_init": {
@@ -221,6 +248,6 @@ def run(
         },
         reports=[report.to_dict(), decontamination.to_dict()],
         previews={"effective_config": [read_json(out_dir / EFFECTIVE_CONFIG)]},  # its pairs: make_pairs' preview
-        load_info=info.to_dict(),
+        load_info=fitted["load_info"],
         seconds=progress.elapsed(),
     )

@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.core.configs import RunSpec
 from pipeline.core.errors import DataError, MaskingError
 from pipeline.core.registry import stage, stage_of_module
+from pipeline.distributed import fit_on_devices, is_main_process
 from pipeline.formats import DropCounter, mask_example_view, tokenize_record, verify_batch
 from pipeline.models import loaded
 from pipeline.stages import Progress, ProgressFn, StageResult, write_json
@@ -25,12 +26,13 @@ from pipeline.training import (
     drop_console_printer,
     free_trainer,
     lora_config,
-    make_log_callback,
+    note_topped_up_batch,
     raise_if_stopped,
     read_log,
     require_trainable,
     sft_trainer_config,
     start_from_checkpoint,
+    training_callbacks,
     write_model_ref,
 )
 from pipeline.validation import load_and_validate_sft
@@ -73,11 +75,12 @@ def training_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if (r.get("meta") or {}).get("split") == "train"]
 
 
-def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
+def fit(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, progress: Progress, resume: str | None) -> dict:
+    """Validate, tokenize, verify the masks and train, from `resume` (a checkpoint) or step 0; the same on every rank
+    of a multi-device run, where rank 0 alone reports and writes (pipeline.distributed). Returns JSON values."""
     from datasets import Dataset
     from trl import SFTTrainer
 
-    progress = Progress(STAGE, on_progress)
     config = spec.sft
     with loaded(spec.base_model) as m:
         tokenizer, info = m.tokenizer, m.info
@@ -107,30 +110,49 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         # tokenized here, exactly as generation and evaluation encode prompts (one BOS, the boundary where the prompt
         # ends); TRL takes `input_ids` and `labels` as they are, and its collator is what the mask check verifies
         dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in kept])
+        note_topped_up_batch(config, len(kept), progress)
         args = sft_trainer_config(config, out_dir, info)
-        log_callback = make_log_callback(out_dir, progress, info.device)
+        callbacks = training_callbacks(out_dir, progress, info.device)
         trainer = SFTTrainer(
             model=m.model,
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(spec.base_model) if config.use_lora else None,
-            callbacks=[log_callback],
+            callbacks=callbacks,
         )
         drop_console_printer(trainer)
         rows_to_check = max(1, math.ceil(config.mask_check_fraction * len(kept)))
         mask_examples = verify_trainer_masking(trainer, [e.targets for e in kept], tokenizer, rows_to_check)
         progress.log(f"masking verified on {rows_to_check} of {len(kept)} examples from the trainer's collator")
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        resume = start_from_checkpoint(out_dir, progress)
         output = trainer.train(resume_from_checkpoint=resume)
-        raise_if_stopped(log_callback, trainer)
+        raise_if_stopped(callbacks, trainer)
         changed = sum(int(not p.detach().equal(before[n])) for n, p in trainer.model.named_parameters() if n in before)
-        trainer.save_model(str(out_dir / MODEL_DIR))
-        tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
+        trainer.save_model(str(out_dir / MODEL_DIR))  # every rank takes part (sharded weights); rank 0 writes
+        if is_main_process():
+            tokenizer.save_pretrained(str(out_dir / MODEL_DIR))
         free_trainer(trainer)
         del trainer, before
+    return {
+        "examples": len(kept),
+        "dropped": drops.total,
+        "dropped_by_reason": drops.dropped,
+        "steps": output.global_step,
+        "train_runtime_s": output.metrics.get("train_runtime"),
+        "parameters_changed": changed,
+        "rows_checked": rows_to_check,
+        "mask_examples": mask_examples,
+        "reports": [report.to_dict(), decontamination.to_dict()],
+        "load_info": info.to_dict(),
+    }
 
+
+def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: ProgressFn | None = None) -> StageResult:
+    progress = Progress(STAGE, on_progress)
+    config = spec.sft
+    resume = start_from_checkpoint(out_dir, progress)
+    fitted = fit_on_devices(fit, config, spec, inputs, out_dir, progress, resume)
     if config.use_lora:
         write_model_ref(out_dir, spec.base_model.name_or_path, MODEL_DIR)
     else:
@@ -139,30 +161,32 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     log = read_log(out_dir)
     losses = [row["loss"] for row in log]
     finite = all(math.isfinite(x) for x in losses)
+    changed, kept, rows_checked = fitted["parameters_changed"], fitted["examples"], fitted["rows_checked"]
     return StageResult(
         stage=STAGE,
         outputs={"model": MODEL_DIR, "log": "train_log.jsonl"},
         metrics={
-            "examples": len(kept),
-            "dropped": drops.total,
-            "dropped_by_reason": drops.dropped,
-            "steps": output.global_step,
+            "examples": kept,
+            "dropped": fitted["dropped"],
+            "dropped_by_reason": fitted["dropped_by_reason"],
+            "steps": fitted["steps"],
             "initial_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
-            "train_runtime_s": output.metrics.get("train_runtime"),
+            "train_runtime_s": fitted["train_runtime_s"],
             "resumed_from": Path(resume).name if resume else None,
             "parameters_changed": changed,
+            "devices": config.devices,
         },
         checks={
             "masking_verified": {
                 "passed": True,
-                "detail": f"{rows_to_check} of {len(kept)} examples, as the trainer collated them",
+                "detail": f"{rows_checked} of {kept} examples, as the trainer collated them",
             },
             "loss_finite": {"passed": finite, "detail": f"{len(losses)} logged steps"},
             "parameters_changed": {"passed": changed > 0, "detail": f"{changed} trainable tensors changed"},
         },
-        reports=[report.to_dict(), decontamination.to_dict()],
-        previews={"mask_examples": mask_examples},
-        load_info=info.to_dict(),
+        reports=fitted["reports"],
+        previews={"mask_examples": fitted["mask_examples"]},
+        load_info=fitted["load_info"],
         seconds=progress.elapsed(),
     )
