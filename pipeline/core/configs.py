@@ -813,10 +813,10 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     """Version 4 trained on one device: its batch_size was the whole micro-batch, as it is on one device now."""
     data = dict(data)
     for section in ("sft", "dpo"):
-        training = dict(data.get(section) or {})
-        training.setdefault("devices", 1)
-        training.setdefault("distributed", "ddp")
-        data[section] = training
+        training = data.get(section)
+        if isinstance(training, dict):  # anything else is left for validation to name
+            data[section] = {**training, "devices": training.get("devices", 1)}
+            data[section].setdefault("distributed", "ddp")
     data["spec_version"] = 5
     return data
 
