@@ -125,28 +125,28 @@ def run_detail(run_id: int, engine: Engine | None = None) -> dict[str, Any] | No
         }
 
 
-def recorded_durations(
-    base_model: str, preset: str, limit: int = 5, engine: Engine | None = None
-) -> dict[tuple[str, str], list[float]]:
-    """Wall seconds of each (node, queue) that earlier runs of this base model and preset computed (succeeded, not
-    reused from another run), newest first, at most `limit` each: the basis of Launch's duration estimate."""
+def recorded_stage_times(
+    base_model: str, limit: int = 5, engine: Engine | None = None
+) -> dict[tuple[str, str], list[tuple[float, dict[str, Any]]]]:
+    """(wall seconds, the run's stored spec) of each (node, queue) that earlier runs of this base model computed
+    (succeeded, not reused from another run), newest first, at most `limit` each: the basis of Launch's forecast,
+    which scales each time to the new run's work (pipeline.core.durations.scaled_to)."""
     with read_session(engine) as s:
         rows = s.execute(
-            select(StageRun.node, StageRun.queue, StageRun.started_at, StageRun.finished_at)
+            select(StageRun.node, StageRun.queue, StageRun.started_at, StageRun.finished_at, Run.spec)
             .join(Run, Run.id == StageRun.run_id)
             .where(
                 Run.base_model == base_model,
-                Run.preset == preset,
                 StageRun.status == "succeeded",
                 StageRun.started_at.is_not(None),
                 StageRun.finished_at.is_not(None),
             )
             .order_by(StageRun.finished_at.desc())
         ).all()
-    out: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for node, queue, started, finished in rows:
+    out: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for node, queue, started, finished, spec in rows:
         if len(out[(node, queue)]) < limit:
-            out[(node, queue)].append((finished - started).total_seconds())
+            out[(node, queue)].append(((finished - started).total_seconds(), spec))
     return dict(out)
 
 

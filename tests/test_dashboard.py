@@ -389,7 +389,9 @@ def _launch_form_checks(filled, n_nodes: int, cost: str) -> None:
     at.selectbox(key=GROUP_KEY).set_value("execution").run()
     at.selectbox(key="form.execution.default_queue").set_value("gpu-80gb").run()
     (estimate,) = [t.value for t in at.text if t.value.startswith("Duration:")]
-    assert estimate.startswith("Duration: unknown: no earlier run of this model and preset has timed split on gpu-80gb")
+    assert estimate.startswith(
+        "Duration: unknown: no earlier run of this model at a comparable workload has timed split on gpu-80gb"
+    )
 
 
 def test_compare_across_runs_sweeps_the_differing_setting(filled):

@@ -34,4 +34,34 @@ def test_a_run_estimate_sums_each_stage_median_and_says_when_it_has_no_basis():
     total, basis = estimate_run([("train_sft", "gpu"), ("compare", "cpu")], recorded)
     assert total == 22.0 and basis.startswith("about 22.0 s") and "from 1 to 3 earlier runs" in basis
     total, basis = estimate_run([("train_sft", "gpu-80gb"), ("compare", "cpu")], recorded)
-    assert total is None and basis == "unknown: no earlier run of this model and preset has timed train_sft on gpu-80gb"
+    assert total is None
+    assert basis == "unknown: no earlier run of this model at a comparable workload has timed train_sft on gpu-80gb"
+
+
+def test_earlier_times_are_scaled_to_this_runs_work_and_left_out_where_not_comparable():
+    from pipeline.core.configs import preset, to_dict
+    from pipeline.core.durations import scaled_to
+
+    earlier = to_dict(preset("tiny-ci"))  # 40 instructions, SFT 1 epoch
+    this = preset("tiny-ci")
+    this.data.max_instructions, this.sft.num_epochs = 80, 3.0
+    recorded = {
+        ("train_sft", "gpu"): [(100.0, earlier)],
+        ("generate_sft", "gpu"): [(50.0, earlier)],
+        ("compare", "cpu"): [(2.0, earlier)],  # declares no work: a fixed cost
+    }
+    scaled = scaled_to(this, recorded)
+    assert scaled[("train_sft", "gpu")] == [100.0 * (80 * 3.0) / (40 * 1.0)]
+    assert scaled[("generate_sft", "gpu")] == [50.0 * 80 / 40]
+    assert scaled[("compare", "cpu")] == [2.0]
+    this.sft.max_steps = 10  # max_steps × batch × accumulation examples, whatever the instructions
+    assert scaled_to(this, recorded)[("train_sft", "gpu")] == [100.0 * (10 * 8 * 1) / (40 * 1.0)]
+
+    everything = preset("tiny-ci")
+    everything.data.max_instructions = 0  # all of the source: its count is unknown here
+    assert ("train_sft", "gpu") not in scaled_to(everything, recorded)  # not comparable with 40: left out
+    total, basis = estimate_run([("train_sft", "gpu")], scaled_to(everything, recorded))
+    assert total is None and "no earlier run of this model at a comparable workload has timed train_sft" in basis
+    all_before = {**earlier, "data": {**earlier["data"], "max_instructions": 0}}
+    everything.sft.num_epochs = 2.0  # all of the same source both times: the count cancels, the epochs remain
+    assert scaled_to(everything, {("train_sft", "gpu"): [(100.0, all_before)]})[("train_sft", "gpu")] == [200.0]

@@ -88,7 +88,8 @@ def test_launch_forecasts_cost_from_recorded_times_at_todays_prices():
     assert cost == pytest.approx(2700 / 3600 * 0.60)
     assert text == "about 0.45 USD at today's prices (gpu 0.60 USD/h, cpu 0.00 USD/h), from 1 to 3 earlier runs"
     cost, text = estimate_cost([("train_sft", "gpu"), ("dpo_sft", "gpu-80gb")], recorded, prices)
-    assert cost is None and text.startswith("unknown: no earlier run of this model and preset has timed dpo_sft")
+    assert cost is None
+    assert text.startswith("unknown: no earlier run of this model at a comparable workload has timed dpo_sft")
     cost, text = estimate_cost([("train_sft", "gpu")], recorded, Prices())
     assert cost is None and text == "unknown: queue gpu has no price (alignlab prices set gpu PRICE_PER_HOUR)"
 

@@ -24,7 +24,7 @@ from pipeline.core.configs import (
     preset,
     to_dict,
 )
-from pipeline.core.durations import estimate_cost, estimate_run
+from pipeline.core.durations import estimate_cost, estimate_run, scaled_to
 from pipeline.core.errors import AlignlabError, ConfigError
 from pipeline.core.home import alignlab_home
 from pipeline.core.memory_plan import BASE_MODEL, fit_warnings, fitting_queues, plan_rows, read_shapes
@@ -49,14 +49,14 @@ def changes(before: dict, after: dict) -> pd.DataFrame:
 
 
 def run_forecast(edited: dict, seeds: int) -> tuple[str, str]:
-    """(duration, cost) of the run from the times earlier runs of this model and preset recorded for each stage on
-    its queue, the cost at today's price per hour of each queue."""
+    """(duration, cost) of the run from the times earlier runs of this model recorded for each stage on its queue,
+    scaled to this run's work, the cost at today's price per hour of each queue."""
     try:
         spec = from_dict(RunSpec, edited)
     except ConfigError:
         return "unknown until every field is valid", "unknown until every field is valid"
     nodes = [(n.name, spec.execution.queue_for(n.stage)) for n in selected_nodes(spec.stages)]
-    recorded = queries.recorded_durations(spec.base_model.name_or_path, spec.preset)
+    recorded = scaled_to(spec, queries.recorded_stage_times(spec.base_model.name_or_path))
     _, duration = estimate_run(nodes, recorded)
     try:
         _, cost = estimate_cost(nodes, recorded, load_prices())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.core.prices import Prices
@@ -43,6 +43,32 @@ def remaining_seconds(elapsed: float | None, done: int, total: int) -> float | N
     return elapsed * (total - done) / done
 
 
+def scaled_to(spec: Any, recorded: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]]) -> dict:
+    """Each (node, queue)'s recorded seconds in earlier runs, scaled to `spec`'s work for that stage (recorded seconds
+    per unit of work × this run's units: pipeline.core.workload); a time whose run's spec cannot be read or whose
+    work is not comparable to this run's is left out."""
+    from pipeline.core.configs import load_stored_spec
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.registry import STAGES, node_by_name
+    from pipeline.core.workload import work_ratio
+
+    specs: dict[int, Any] = {}
+    scaled: dict[tuple[str, str], list[float]] = {}
+    for (node, queue), times in recorded.items():
+        work = STAGES[node_by_name(node).stage].work
+        for seconds, stored in times:
+            if id(stored) not in specs:
+                try:
+                    specs[id(stored)] = load_stored_spec(stored)
+                except ConfigError:
+                    specs[id(stored)] = None
+            earlier = specs[id(stored)]
+            ratio = work_ratio(work, spec, earlier) if earlier is not None else None
+            if ratio is not None:
+                scaled.setdefault((node, queue), []).append(seconds * ratio)
+    return scaled
+
+
 def _recorded_basis(
     nodes: list[tuple[str, str]], recorded: dict[tuple[str, str], list[float]]
 ) -> tuple[dict[tuple[str, str], float] | None, str]:
@@ -50,7 +76,7 @@ def _recorded_basis(
     no basis when any node has never been timed on its queue."""
     missing = [f"{node} on {queue}" for node, queue in nodes if not recorded.get((node, queue))]
     if missing:
-        return None, "unknown: no earlier run of this model and preset has timed " + ", ".join(missing)
+        return None, "unknown: no earlier run of this model at a comparable workload has timed " + ", ".join(missing)
     counts = [len(recorded[n]) for n in nodes]
     basis = f"from {min(counts)}" + (f" to {max(counts)}" if max(counts) != min(counts) else "")
     return {n: statistics.median(recorded[n]) for n in nodes}, basis
@@ -66,8 +92,8 @@ def estimate_run(
         return None, basis
     total = sum(medians.values())
     return total, (
-        f"about {human_duration(total)}: the median of each stage's time in {basis} earlier runs of this model and "
-        "preset on the same queues, if nothing is reused"
+        f"about {human_duration(total)}: the median of each stage's time in {basis} earlier runs of this model on the "
+        "same queues, scaled to this run's work (instructions, new tokens, epochs), if nothing is reused"
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.workload import heldout_prompts, times, trained_examples
 
 HOUR = 3600
 
@@ -68,6 +69,9 @@ class Stage:
     loads_model: Callable[[Any], bool] | None = None  # the model is loaded only for specs where this holds
     optional: bool = False  # runs only when a spec selects it (not in the default `stages`)
     model: str = "base_model"  # the RunSpec path of the ModelConfig it loads ("judge.model" for the judge)
+    # what its time grows with, (spec, instruction count or None for "all of the source") -> units or None where
+    # unknown (pipeline.core.workload); None = a fixed cost. Launch scales earlier runs' times by it
+    work: Callable[[Any, float | None], float | None] | None = None
 
     @property
     def command(self) -> str:
@@ -217,6 +221,7 @@ for _stage in (
         (NodeSpec("generate_sft", inputs=(("split", "split"),)),),
         timeout_s=4 * HOUR,
         memory=("generate", "generation"),
+        work=lambda spec, n: times(n, spec.generation.sampling.max_new_tokens),
     ),
     Stage(
         "train_sft",
@@ -227,6 +232,7 @@ for _stage in (
         timeout_s=12 * HOUR,
         label="SFT",
         memory=("train", "sft"),
+        work=lambda spec, n: trained_examples(spec.sft, n),
     ),
     Stage(
         "generate_negatives",
@@ -238,6 +244,7 @@ for _stage in (
         cli="negatives",
         memory=("generate", "negatives"),
         loads_model=lambda spec: "model_sample" in spec.negatives.types,  # the one type a model writes
+        work=lambda spec, n: times(n, len(spec.negatives.types), spec.negatives.sampling.max_new_tokens),
     ),
     Stage(
         "make_pairs",
@@ -263,6 +270,7 @@ for _stage in (
         variants=True,
         label="DPO",
         memory=("train", "dpo"),
+        work=lambda spec, n: trained_examples(spec.dpo, times(n, spec.pairs.max_pairs_per_prompt)),
     ),
     Stage(
         "evaluate",
@@ -280,6 +288,7 @@ for _stage in (
         emits=("samples",),
         measures=True,
         memory=("score", "eval"),
+        work=lambda spec, n: times(heldout_prompts(spec, n), spec.eval.sampling.max_new_tokens),
     ),
     Stage(
         "compare",
@@ -316,6 +325,7 @@ for _stage in (
         memory=("judge", "judge"),
         loads_model=lambda spec: spec.judge.kind != "endpoint",  # an endpoint judge holds no model here
         model="judge.model",
+        work=heldout_prompts,
     ),
 ):
     register(_stage)
