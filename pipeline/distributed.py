@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -207,7 +208,7 @@ class _EventTail:
 
 def fit_on_devices(
     fit: Callable[..., dict[str, Any]],
-    config: TrainingConfig,
+    section: str,
     spec: RunSpec,
     inputs: dict[str, Path],
     out_dir: Path,
@@ -215,10 +216,12 @@ def fit_on_devices(
     resume: str | None,
     **options: Any,
 ) -> dict[str, Any]:
-    """What `fit` returns, run here on one device or on `config.devices` ranks; `options` are JSON values."""
+    """What `fit` returns, run here on one device or on the `devices` of the spec's training `section` ("sft",
+    "dpo") as ranks; `options` are JSON values."""
+    config = getattr(spec, section)
     if config.devices == 1:
         return fit(spec, inputs, out_dir, progress, resume, **options)
-    check_devices(config, progress.stage)
+    check_devices(config, section)
     ranks_dir = out_dir / RANKS_DIR
     ranks_dir.mkdir(parents=True, exist_ok=True)
     leftovers = [p.name for pattern in ("error-*.json", "rank-*.pid") for p in ranks_dir.glob(pattern)]
@@ -234,9 +237,9 @@ def fit_on_devices(
         "options": options,
     }
     (ranks_dir / PLAN).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
-    import torch
+    from pipeline.models import cuda_available
 
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available()
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(spec.base_model.dtype, "no") if cuda else "no"
     command = [
         sys.executable,

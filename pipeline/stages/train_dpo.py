@@ -209,7 +209,7 @@ def run(
     decontamination.raise_if_failed()
     init_model = prepare_init(spec, init, inputs, out_dir, progress)
     resume = start_from_checkpoint(out_dir, progress)
-    fitted = fit_on_devices(fit, config, spec, inputs, out_dir, progress, resume, init_model=init_model)
+    fitted = fit_on_devices(fit, "dpo", spec, inputs, out_dir, progress, resume, init_model=init_model)
 
     if config.use_lora:
         write_model_ref(out_dir, INIT_DIR if init_model == str(out_dir / INIT_DIR) else init_model, MODEL_DIR)

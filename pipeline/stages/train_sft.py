@@ -152,7 +152,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     progress = Progress(STAGE, on_progress)
     config = spec.sft
     resume = start_from_checkpoint(out_dir, progress)
-    fitted = fit_on_devices(fit, config, spec, inputs, out_dir, progress, resume)
+    fitted = fit_on_devices(fit, "sft", spec, inputs, out_dir, progress, resume)
     if config.use_lora:
         write_model_ref(out_dir, spec.base_model.name_or_path, MODEL_DIR)
     else:
