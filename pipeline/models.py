@@ -270,6 +270,7 @@ def load_model(
             raise ModelLoadError(f"adapter {config.adapter!r}: no adapter_config.json there; point at a LoRA directory")
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
     model.eval()
+    _LOADED_MODELS.add(model)
     info = LoadInfo(
         name_or_path=config.name_or_path,
         resolved=resolved,
@@ -358,6 +359,16 @@ class MemoryTracker:
 
             return int(torch.cuda.memory_allocated())
         return current_rss_bytes()
+
+
+# every model `load_model` returned in this process, while it is alive (a worker that runs jobs in its own process
+# checks after each job that none is left)
+_LOADED_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def models_in_memory() -> int:
+    """How many models this process loaded are still alive (after `release_memory`, a leak)."""
+    return len(_LOADED_MODELS)
 
 
 def release_memory() -> None:

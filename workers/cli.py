@@ -176,7 +176,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"database: {database_url()}")
         print(f"logs: {logs}/ (recorder.log, worker.log, dashboard.log: library output and progress bars)")
         supervisor.start("recorder", [sys.executable, "-m", "workers.recorder"])
-        supervisor.start("worker", [sys.executable, "-m", "workers", "--queues", args.queues])
+        worker = [sys.executable, "-m", "workers", "--queues", args.queues, "--job-process", args.job_process]
+        supervisor.start("worker", worker)
         supervisor.start(
             "dashboard",
             [
@@ -271,6 +272,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def build_full_parser() -> argparse.ArgumentParser:
+    from workers.worker import JOB_PROCESSES
+
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
@@ -279,6 +282,13 @@ def build_full_parser() -> argparse.ArgumentParser:
     up.add_argument("--queues", default="gpu,gpu-80gb,cpu", help="Queues the local worker serves.")
     up.add_argument("--host", default="127.0.0.1", help="Dashboard address (localhost unless you mean otherwise).")
     up.add_argument("--port", type=int, default=8501)
+    up.add_argument(
+        "--job-process",
+        choices=sorted(JOB_PROCESSES),
+        default="reuse",
+        help="How the local worker runs jobs: reuse (default: in its own process, warm; this supervisor restarts it "
+        "if a job takes it down) or fork (each job in a fresh process).",
+    )
     up.add_argument("--exit-when-done", action="store_true", help="Stop once the submitted run is finished.")
     up.set_defaults(func=cmd_up)
 

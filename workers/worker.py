@@ -1,5 +1,7 @@
-"""The worker process: RQ's forking Worker with the JSON serializer, the job allowlist and a short
-maintenance interval (abandoned jobs are noticed in about a minute, not RQ's default ten)."""
+"""The worker process: an RQ worker with the JSON serializer, the job allowlist and a short maintenance interval
+(abandoned jobs are noticed in about a minute, not RQ's default ten). Its jobs run either each in a fresh forked
+process (`ForkingWorker`, the default) or one after another in the worker's own process (`ReusingWorker`, for a
+supervised worker such as `alignlab up`'s)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 
-from rq import Worker
+from rq import SimpleWorker, Worker
 
 from pipeline.core.registry import STAGES
 from workers.fleet import WORKER_TTL_S
@@ -22,31 +25,48 @@ MAINTENANCE_INTERVAL_S = 60
 PUBLISH_EVERY_S = 5
 # The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
 JOB_MONITORING_INTERVAL_S = 10
+# a job still running this long past its timeout is ended with its process (RQ's forking worker uses the same margin)
+OVERDUE_KILL_AFTER_S = 60
+# the exit status of a worker that stopped because a job left a model in memory (its supervisor starts a fresh one)
+EXIT_HOLDING_MODELS = 3
 
 
-class PreemptibleWorker(Worker):
-    """On SIGTERM (spot preemption, `docker stop`) the running job is told to checkpoint and is requeued; then the
-    worker shuts down warm. RQ alone would wait for a training job to finish, past any grace period."""
+class AlignlabWorker:
+    """What every alignlab worker does, whichever process runs its jobs: on SIGTERM (spot preemption, `docker stop`)
+    the running job is told to checkpoint and is requeued, then the worker shuts down warm (RQ alone would wait for
+    a training job to finish, past any grace period); the job's heartbeats are kept fresh from the process that runs
+    it; the worker's facts are published for the Workers page."""
+
+    # set on a worker whose jobs run in its own process: nobody else can kill an overdue job there
+    kills_overdue_jobs = False
+    # how many models a job left in memory when this worker stopped because of it (ReusingWorker)
+    stopped_holding_models = 0
 
     def perform_job(self, job, queue, execution):
-        """In the work horse, keep the job's and execution's heartbeats fresh from the horse itself: if the worker
-        process dies (RQ's worker exits when Redis is unreachable for ~10 s) the job still runs, and neither the
-        reconciler nor RQ's cleanup takes it for abandoned and starts it a second time."""
-        if not self.is_horse:
-            return super().perform_job(job, queue, execution)
+        """Called in the process that runs the job (the work horse, or the worker itself): keep the job's and
+        execution's heartbeats fresh from there. If the worker's loop dies (RQ's forking worker exits when Redis is
+        unreachable for ~10 s) the job still runs, and neither the reconciler nor RQ's cleanup takes it for
+        abandoned and starts it a second time."""
         stop = threading.Event()
-        beat = threading.Thread(target=self._horse_heartbeats, args=(job, execution, stop), daemon=True)
+        beat = threading.Thread(target=self._job_heartbeats, args=(job, execution, stop), daemon=True)
         beat.start()
         try:
             return super().perform_job(job, queue, execution)
         finally:
             stop.set()
 
-    def _horse_heartbeats(self, job, execution, stop: threading.Event) -> None:
+    def _job_heartbeats(self, job, execution, stop: threading.Event) -> None:
         """RQ's own `maintain_heartbeats` (worker, execution and job, with RQ's TTL), every monitoring interval,
-        from inside the job's process; retried every second while Redis is unreachable so the heartbeat is fresh
-        again right after it returns."""
+        retried every second while Redis is unreachable so the heartbeat is fresh again right after it returns.
+        Where the job runs in the worker's own process, a job still running `OVERDUE_KILL_AFTER_S` past its timeout
+        (RQ's alarm did not stop it: stuck in native code) is ended as RQ's forking worker ends its horse then."""
+        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+        overdue = self.kills_overdue_jobs and timeout > 0
+        deadline = time.monotonic() + timeout + OVERDUE_KILL_AFTER_S if overdue else None
         while not stop.wait(self.job_monitoring_interval):
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill_overdue_job(job)
+                return
             while not stop.is_set():
                 try:
                     self.maintain_heartbeats(job, execution)
@@ -54,15 +74,11 @@ class PreemptibleWorker(Worker):
                 except Exception:  # noqa: BLE001 - Redis away: try again shortly; the job itself carries on
                     stop.wait(1.0)
 
-    def fork_work_horse(self, job, queue):
-        """Fork with the parent's objects frozen (`gc.freeze`): the job's garbage collector then never walks the
-        preloaded ML stack, which would touch (and copy, page by page) the whole inherited heap on every
-        collection. Measured on the tiny DPO stage: 2.3 s in a plain fork, 1.7 s with the heap frozen."""
-        gc.freeze()
-        try:
-            return super().fork_work_horse(job, queue)
-        finally:
-            gc.unfreeze()  # the parent's own garbage is collected as usual between jobs
+    def kill_overdue_job(self, job) -> None:
+        """The job's process is this worker: it goes with the job (its supervisor starts a fresh one; RQ's cleanup
+        of abandoned jobs fails or retries the job, as for a worker that died)."""
+        self.log.error("job %s is %s s past its timeout: ending this worker with it", job.id, OVERDUE_KILL_AFTER_S)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def register_birth(self):
         super().register_birth()
@@ -99,9 +115,66 @@ class PreemptibleWorker(Worker):
         super().request_stop(signum, frame)
 
 
+class ForkingWorker(AlignlabWorker, Worker):
+    """Each job in a fresh process forked from this warm one (RQ's work horse): whatever the job holds (GPU memory,
+    a crash, the kernel's OOM kill) ends with it, and the worker takes the next job. Each job pays its first-run
+    costs again (lazy initialisation, the interpreter's specialisation, copy-on-write pages): about 0.1 s per stage
+    on CPU, a CUDA context on a GPU. The default of `python -m workers` (a pod's worker, nobody to restart it)."""
+
+    def fork_work_horse(self, job, queue):
+        """Fork with the parent's objects frozen (`gc.freeze`): the job's garbage collector then never walks the
+        preloaded ML stack, which would touch (and copy, page by page) the whole inherited heap on every
+        collection. Measured on the tiny DPO stage: 2.3 s in a plain fork, 1.7 s with the heap frozen."""
+        gc.freeze()
+        try:
+            return super().fork_work_horse(job, queue)
+        finally:
+            gc.unfreeze()  # the parent's own garbage is collected as usual between jobs
+
+
+class ReusingWorker(AlignlabWorker, SimpleWorker):
+    """Jobs run one after another in this worker's own process, warm: what a stage initialised on first use, the
+    next stage finds done (the queued tiny DAG costs what it costs in one process, bench `orchestration`). A crash
+    or OOM kill takes the worker with the job, so it is for a supervised worker (`alignlab up` restarts it; RQ's
+    cleanup of abandoned jobs retries the job, which resumes from its checkpoint). After each job every model
+    the job loaded must be gone: one that is still in memory (a leak the next stage would have to fit beside)
+    stops the worker after that job, so that a fresh process takes the next one."""
+
+    kills_overdue_jobs = True
+
+    def work(self, *args, **kwargs):
+        gc.freeze()  # the imported ML stack is never garbage: collections between and during jobs skip it
+        return super().work(*args, **kwargs)
+
+    def execute_job(self, job, queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            self._release_job_memory(job)
+
+    def _release_job_memory(self, job) -> None:
+        from pipeline.models import models_in_memory, release_memory
+
+        release_memory()
+        held = models_in_memory()
+        if held:
+            self.log.error(
+                "%d model(s) loaded by job %s are still in memory after it ended: this worker stops so that a "
+                "fresh process takes the next job",
+                held,
+                job.id,
+            )
+            self.stopped_holding_models = held
+            self._stop_requested = True  # RQ's own flag: its loop ends before the next dequeue
+
+
+# how a worker runs its jobs (`python -m workers --job-process`)
+JOB_PROCESSES: dict[str, type[AlignlabWorker]] = {"fork": ForkingWorker, "reuse": ReusingWorker}
+
+
 def make_worker(
-    queue_names: list[str], connection, name: str | None = None, worker_class: type = PreemptibleWorker
-) -> Worker:
+    queue_names: list[str], connection, name: str | None = None, worker_class: type[AlignlabWorker] = ForkingWorker
+) -> AlignlabWorker:
     return worker_class(
         [queue(n, connection) for n in queue_names],
         connection=connection,
@@ -162,12 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queues", default="gpu,cpu", help="Comma-separated queues this worker serves.")
     parser.add_argument("--burst", action="store_true", help="Exit when the queues are empty.")
     parser.add_argument("--name", help="Worker name (default host-pid).")
-    parser.add_argument("--no-preload", action="store_true", help="Do not import the ML stack before forking.")
+    parser.add_argument("--no-preload", action="store_true", help="Do not import the ML stack before the first job.")
+    parser.add_argument(
+        "--job-process",
+        choices=sorted(JOB_PROCESSES),
+        default="fork",
+        help="fork: each job in a fresh process forked from this one (a crash or OOM kill takes only the job); "
+        "reuse: jobs run in this process, warm (for a supervised worker: a crash takes the worker with it).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("ALIGNLAB_LOG_LEVEL", "INFO"))
     if not args.no_preload:
         preload()
-    # Never touch CUDA here: each job runs in a forked child, so its GPU memory returns to the driver on exit.
-    worker = make_worker([q.strip() for q in args.queues.split(",") if q.strip()], connect(), args.name)
+    # Never touch CUDA here: a forked job's GPU memory returns to the driver when it exits, and CUDA cannot be used
+    # in a child forked after it was initialised.
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    worker = make_worker(queues, connect(), args.name, JOB_PROCESSES[args.job_process])
     worker.work(burst=args.burst, with_scheduler=True)
+    if worker.stopped_holding_models:
+        return EXIT_HOLDING_MODELS
     return 0
