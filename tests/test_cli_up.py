@@ -126,16 +126,16 @@ def test_up_restarts_a_dead_recorder_and_stops_every_process_it_started(tiny_mod
     try:
         wait_for(lambda: re.search(r"\d\d:\d\d train_sft running", log_path.read_text()), "train_sft to run")
         worker = wait_for(lambda: children("-m workers --queues"), "the worker")[0]
-        horses = wait_for(
-            lambda: [p for p in worker.children() if os.getpgid(p.pid) == p.pid], "the job's process (work horse)"
-        )
+        # `up`'s worker runs its jobs in its own process (`--job-process reuse`): training, with no work horse
+        assert "--job-process reuse" in " ".join(worker.cmdline())
+        assert [p for p in worker.children() if os.getpgid(p.pid) == p.pid] == []
         (recorder,) = children("workers.recorder")
         recorder.kill()
         wait_for(lambda: "recorder: restarted (restart 1)" in log_path.read_text(), "the recorder's restart")
         (restarted,) = wait_for(lambda: children("workers.recorder"), "a new recorder")
         assert restarted.pid != recorder.pid
-        started = psutil.Process(up.pid).children(recursive=True)  # recorder, worker, job, dashboard, redis
-        assert {h.pid for h in horses} <= {p.pid for p in started}
+        started = psutil.Process(up.pid).children(recursive=True)  # recorder, worker (with its job), dashboard, redis
+        assert worker.pid in {p.pid for p in started}
         up.send_signal(signal.SIGTERM)
         up.wait(120)
     finally:
@@ -144,7 +144,7 @@ def test_up_restarts_a_dead_recorder_and_stops_every_process_it_started(tiny_mod
     text = log_path.read_text()
     assert "recorder: exited with code -9" in text and "alignlab stopped (restarts: recorder 1)" in text
     gone, alive = psutil.wait_procs(started, timeout=30)
-    assert alive == [], [p.cmdline() for p in alive]  # the job's process too, not an orphan
+    assert alive == [], [p.cmdline() for p in alive]  # the worker that was training too, not an orphan
 
 
 def test_up_says_each_stage_change_once_with_the_time_since_start():

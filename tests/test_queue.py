@@ -4,7 +4,6 @@ import copy
 import pickle
 
 import pytest
-from rq import SimpleWorker
 from sqlalchemy import func, inspect, select
 
 from db.migrate import current
@@ -15,13 +14,14 @@ from tests.conftest import add_stage_run
 from workers import reconciler, scheduler
 from workers.queues import SERIALIZER, AllowlistJob, queue
 from workers.recorder import Recorder
+from workers.worker import ReusingWorker, make_worker
 
 
 def drain_queues(conn):
-    worker = SimpleWorker(
-        [queue(n, conn) for n in ("gpu", "cpu")], connection=conn, serializer=SERIALIZER, job_class=AllowlistJob
-    )
+    """Every queued job, in this process, by the worker `alignlab up` runs (jobs one after another, in-process)."""
+    worker = make_worker(["gpu", "cpu"], conn, worker_class=ReusingWorker)
     worker.work(burst=True)
+    assert not worker.stopped_holding_models
 
 
 def test_upgrade_head_on_an_empty_database(db_url):

@@ -9,6 +9,7 @@ failure so RQ marks the job failed.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -136,8 +137,8 @@ def _stat(stat: dict[str, Any]) -> dict[str, Any]:
 
 
 def ping_job(sent_at: float) -> dict:
-    """A no-op job for health checks and the queue-latency benchmark."""
-    return {"sent_at": sent_at, "ran_at": time.time()}
+    """A no-op job for health checks and the queue-latency benchmark: when and in which process it ran."""
+    return {"sent_at": sent_at, "ran_at": time.time(), "pid": os.getpid()}
 
 
 def run_stage_job(run_id: int, stage_run_id: int, node: str, spec: dict[str, Any]) -> dict:

@@ -143,8 +143,13 @@ class ReusingWorker(AlignlabWorker, SimpleWorker):
     kills_overdue_jobs = True
 
     def work(self, *args, **kwargs):
-        gc.freeze()  # the imported ML stack is never garbage: collections between and during jobs skip it
-        return super().work(*args, **kwargs)
+        """With what exists now frozen (`gc.freeze`: the imported ML stack, never garbage), so that the jobs'
+        collections never walk it; unfrozen when the worker stops (as `pipeline.dag.run_dag` does)."""
+        gc.freeze()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            gc.unfreeze()
 
     def execute_job(self, job, queue):
         try:

@@ -17,6 +17,7 @@ from db.session import make_engine, read_session
 from tests.conftest import add_stage_run
 from workers import commands, scheduler
 from workers.recorder import Recorder
+from workers.worker import JOB_PROCESSES, ForkingWorker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,13 +124,17 @@ def sqlite_engine(tmp_path, monkeypatch):
     engine.dispose()
 
 
+@pytest.mark.parametrize("job_process", sorted(JOB_PROCESSES))
 def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
-    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+    job_process, dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
 ):
+    """A pod dying: the worker and its job's process SIGKILLed (for a worker that runs its jobs in its own process,
+    also what the kernel's OOM killer does to it)."""
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "killed-worker", max_steps=60)
+    spec = long_sft_spec(tiny_ci_spec, f"killed-worker-{job_process}", max_steps=60)
+    spec.sft.seed = {"fork": 31, "reuse": 37}[job_process]  # its own artifact key
     run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
-    worker = start_worker(env)
+    worker = start_worker(env, "--job-process", job_process)
     with RecorderThread(redis_conn, sqlite_engine):
 
         def trained_some_steps():
@@ -140,7 +145,8 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
 
         wait_for(trained_some_steps, 600, "train_sft to pass step 12")
         horses = kill_tree(worker)
-        assert horses, "the worker had no work horse: the job did not run in a forked child"
+        # the job ran in a forked child, or in the worker's own process
+        assert bool(horses) == (JOB_PROCESSES[job_process] is ForkingWorker), horses
         # the reconciler calls a worker dead after 30 s without a heartbeat; 180 s leaves room for a busy machine
         wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "failed", 180, "train_sft to be failed")
         failed = stage(sqlite_engine, run_id, "train_sft")
@@ -148,7 +154,7 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
         resumed_nodes = scheduler.resume(run_id, redis_conn, sqlite_engine).enqueued
         # negatives (independent of train_sft) may have run before the kill, or be waiting in the queue
         assert resumed_nodes[0] == "train_sft" and set(resumed_nodes) <= {"train_sft", "negatives"}
-        worker = start_worker(env, "--burst")
+        worker = start_worker(env, "--burst", "--job-process", job_process)
         worker.wait(1200)
         wait_for(
             lambda: stage(sqlite_engine, run_id, "train_sft").status in ("succeeded", "failed"), 60, "resumed train_sft"
@@ -333,16 +339,17 @@ def test_four_writers_and_a_reader_never_see_database_is_locked(sqlite_engine):
         assert s.scalar(select(func.count()).select_from(Metric)) == 4 * per_writer * 20
 
 
+@pytest.mark.parametrize("job_process", sorted(JOB_PROCESSES))
 def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
-    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+    job_process, dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
 ):
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "preempted", max_steps=60)
-    spec.sft.seed = 11  # its own artifact key
+    spec = long_sft_spec(tiny_ci_spec, f"preempted-{job_process}", max_steps=60)
+    spec.sft.seed = {"fork": 11, "reuse": 13}[job_process]  # its own artifact key
     spec.sft.checkpoint_every = 1000  # no periodic checkpoint: the one saved at SIGTERM is what resume uses
     spec.execution.retries = 0  # preemption requeues even when transient retries are off
     run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
-    worker = start_worker(env)
+    worker = start_worker(env, "--job-process", job_process)
     with RecorderThread(redis_conn, sqlite_engine):
 
         def step():
@@ -358,7 +365,7 @@ def test_sigterm_preemption_checkpoints_requeues_and_another_worker_resumes(
         worker.wait(120)  # warm shutdown: the job checkpointed and gave up its slot (timed in bench/, not here)
         wait_for(lambda: "preempted" in (stage(sqlite_engine, run_id, "train_sft").log_tail or ""), 30, "preempted")
         assert stage(sqlite_engine, run_id, "train_sft").status in ("queued", "running")
-        worker = start_worker(env, "--burst")
+        worker = start_worker(env, "--burst", "--job-process", job_process)
         worker.wait(1200)
         wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "succeeded", 60, "train_sft done")
     done = stage(sqlite_engine, run_id, "train_sft")
