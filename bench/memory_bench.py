@@ -1,6 +1,6 @@
 """The memory planner against what the stages measure: each stage's planned peak (pipeline.core.memory_plan, with
 the lengths the run's data really has) beside its measured peak RSS delta (peak minus the RSS before its model was
-loaded), in the product's own path: `alignlab up` with a forking worker, one fresh process per job."""
+loaded), in the product's own path as a pod runs it: `alignlab up --job-process fork`, one fresh process per job."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def _queued_run(preset_name: str, home: Path, timeout: float = 3600) -> tuple[li
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["ALIGNLAB_HOME"] = str(home)
     command = [sys.executable, "-m", "workers.cli", "up", "--preset", preset_name, "--port", str(free_port())]
+    command += ["--job-process", "fork"]  # a pod's worker: each stage's peak in a fresh process of its own
     log = home / "up.log"
     with open(log, "w") as out:
         up = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
