@@ -180,28 +180,33 @@ def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
         )
 
 
+@pytest.mark.parametrize("job_process", sorted(JOB_PROCESSES))
 def test_cancel_stops_the_running_job_and_statuses_agree(
-    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
+    job_process, dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
 ):
     from rq.job import JobStatus
 
     from workers.queues import fetch_job
 
     env = {"REDIS_URL": redis_server_url, "ALIGNLAB_HOME": str(alignlab_home)}
-    spec = long_sft_spec(tiny_ci_spec, "cancelled")
-    spec.sft.seed = 5  # its own artifact key
+    spec = long_sft_spec(tiny_ci_spec, f"cancelled-{job_process}")
+    spec.sft.seed = {"fork": 5, "reuse": 7}[job_process]  # its own artifact key
     run_id = scheduler.submit(spec, redis_conn, sqlite_engine)
-    worker = start_worker(env)
+    worker = start_worker(env, "--job-process", job_process)
     try:
         with RecorderThread(redis_conn, sqlite_engine):
             wait_for(lambda: stage(sqlite_engine, run_id, "train_sft").status == "running", 600, "train_sft running")
-            horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
-            commands.cancel(run_id, redis_conn, sqlite_engine)
-            gone, alive = psutil.wait_procs(horses, timeout=120)
-            assert not alive, "the job's process was still running 120 s after cancel"
+            if JOB_PROCESSES[job_process] is ForkingWorker:
+                horses = wait_for(lambda: work_horses(worker), 30, "the work horse")
+                commands.cancel(run_id, redis_conn, sqlite_engine)
+                gone, alive = psutil.wait_procs(horses, timeout=120)
+                assert not alive, "the job's process was still running 120 s after cancel"
+            else:  # the job stops at its next progress report
+                commands.cancel(run_id, redis_conn, sqlite_engine)
             job_id = stage(sqlite_engine, run_id, "train_sft").rq_job_id
             ended = (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED)
-            wait_for(lambda: fetch_job(job_id, redis_conn).get_status(refresh=True) in ended, 60, "the job to end")
+            wait_for(lambda: fetch_job(job_id, redis_conn).get_status(refresh=True) in ended, 120, "the job to end")
+            assert worker.poll() is None  # the worker stays for the next job (the one that ran it, too)
             wait_for(lambda: stream_done(redis_conn), 60, "the recorder to take in the job's last events")
         with read_session(sqlite_engine) as s:
             run = s.get(Run, run_id)
