@@ -366,9 +366,9 @@ class MemoryTracker:
 _LOADED_MODELS: weakref.WeakSet = weakref.WeakSet()
 
 
-def models_in_memory() -> int:
-    """How many models this process loaded are still alive (after `release_memory`, a leak)."""
-    return len(_LOADED_MODELS)
+def models_in_memory() -> weakref.WeakSet:
+    """The models this process loaded that are still alive (weakly held: the set keeps none of them alive)."""
+    return weakref.WeakSet(_LOADED_MODELS)
 
 
 def release_memory() -> None:

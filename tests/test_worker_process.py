@@ -32,19 +32,33 @@ def test_a_reusing_worker_runs_its_jobs_in_its_own_process_and_a_forking_worker_
     assert os.getpid() not in forked and forked[0] != forked[1]
 
 
-def test_a_model_still_in_memory_after_a_job_stops_a_reusing_worker_before_the_next_one(redis_conn, tiny_model_dir):
+def test_a_model_a_job_leaves_in_memory_stops_a_reusing_worker_before_the_next_job(
+    redis_conn, tiny_model_dir, monkeypatch
+):
     from pipeline.models import load_model
+    from workers import jobs
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir))
+    leaked = []
+
+    def leaking_ping(sent_at: float) -> dict:  # a job that keeps its model past its end
+        leaked.append(load_model(config))
+        return {"sent_at": sent_at}
 
     first, second = enqueue_pings(redis_conn, 2)
-    left_behind = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))  # what a leaking job would hold
-    code = main(["--queues", "cpu", "--burst", "--no-preload", "--job-process", "reuse"])
-    assert code == EXIT_HOLDING_MODELS
+    ping_job = jobs.ping_job
+    monkeypatch.setattr(jobs, "ping_job", leaking_ping)
+    assert main(["--queues", "cpu", "--burst", "--no-preload", "--job-process", "reuse"]) == EXIT_HOLDING_MODELS
     assert fetch_job(first.id, redis_conn).get_status(refresh=True) == "finished"
     assert fetch_job(second.id, redis_conn).get_status(refresh=True) == "queued"  # left for a fresh process
 
-    del left_behind
+    # a model that was in memory before the job (the caller's own) is not the job's doing
+    monkeypatch.setattr(jobs, "ping_job", ping_job)
+    leaked.clear()
+    callers_own = load_model(config)
     assert main(["--queues", "cpu", "--burst", "--no-preload", "--job-process", "reuse"]) == 0
     assert fetch_job(second.id, redis_conn).get_status(refresh=True) == "finished"
+    assert callers_own is not None
 
 
 class HeartbeatProbe:

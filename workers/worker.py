@@ -152,16 +152,19 @@ class ReusingWorker(AlignlabWorker, SimpleWorker):
             gc.unfreeze()
 
     def execute_job(self, job, queue):
+        from pipeline.models import models_in_memory
+
+        before = models_in_memory()  # what this process held already (a caller's own model) is not the job's
         try:
             return super().execute_job(job, queue)
         finally:
-            self._release_job_memory(job)
+            self._release_job_memory(job, before)
 
-    def _release_job_memory(self, job) -> None:
+    def _release_job_memory(self, job, before) -> None:
         from pipeline.models import models_in_memory, release_memory
 
         release_memory()
-        held = models_in_memory()
+        held = sum(1 for model in models_in_memory() if model not in before)
         if held:
             self.log.error(
                 "%d model(s) loaded by job %s are still in memory after it ended: this worker stops so that a "
