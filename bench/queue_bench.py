@@ -223,7 +223,7 @@ def orchestration(quick: bool = False, repeats: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tiny = ensure_tiny(Path(tmp) / "shared-models")
         base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        homes, ups, startup = {}, [], {}
+        homes, envs, ups, startup = {}, {}, [], {}
         pairs: dict[str, list[tuple[float, float]]] = {job_process: [] for job_process in job_processes}
         try:
             for job_process in job_processes:
@@ -232,7 +232,7 @@ def orchestration(quick: bool = False, repeats: int = 3) -> dict:
                 started = time.perf_counter()
                 command = [sys.executable, "-m", "workers.cli", "up", "--job-process", job_process]
                 command += ["--port", str(_free_port())]
-                env = {**base, "ALIGNLAB_HOME": str(home)}
+                env = envs[job_process] = {**base, "ALIGNLAB_HOME": str(home)}
                 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
                 ups.append(subprocess.Popen(command, cwd=ROOT, env=env, **quiet))
                 _wait_for_worker(home, env)
@@ -248,8 +248,7 @@ def orchestration(quick: bool = False, repeats: int = 3) -> dict:
                     before = (_latest_run(home / "alignlab.db") or (0,))[0]
                     submit = [sys.executable, "-m", "workers.cli", "submit", "--preset", "tiny-ci"]
                     submit += ["--split.seed", str(seed)] + (["--stages", json.dumps(stages)] if stages else [])
-                    env = {**base, "ALIGNLAB_HOME": str(home)}
-                    subprocess.run(submit, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+                    subprocess.run(submit, cwd=ROOT, env=envs[job_process], check=True, stdout=subprocess.DEVNULL)
                     pairs[job_process].append((direct, _queued_seconds(home / "alignlab.db", before)))
         finally:
             for up in ups:

@@ -23,7 +23,8 @@ from workers.queues import ALLOWED_JOBS, SERIALIZER, AllowlistJob, connect, queu
 MAINTENANCE_INTERVAL_S = 60
 # the facts for the Workers page are refreshed at most this often (well inside fleet.LOST_AFTER_S)
 PUBLISH_EVERY_S = 5
-# The parent refreshes the job's heartbeat this often; the reconciler calls a job dead after 3 misses.
+# The job's heartbeat is refreshed this often (from the process that runs it); the reconciler calls a job dead after
+# 3 misses.
 JOB_MONITORING_INTERVAL_S = 10
 # a job still running this long past its timeout is ended with its process (RQ's forking worker uses the same margin)
 OVERDUE_KILL_AFTER_S = 60
@@ -196,9 +197,10 @@ def make_worker(
 
 
 def preload() -> None:
-    """Import the ML stack once in the parent so that every forked job starts warm (seconds saved per job), and
-    build what each job would otherwise build again in its fresh fork: the trainers' lazily imported modules and
-    transformers' checkpoint weight-name mapping (about 0.2 s of regex compiling per model load).
+    """Import the ML stack once, before the first job, so that every forked job (and a reusing worker's first one)
+    starts warm (seconds saved per job), and build what each job would otherwise build again in its fresh fork:
+    the trainers' lazily imported modules and transformers' checkpoint weight-name mapping (about 0.2 s of regex
+    compiling per model load).
 
     All of it is pure Python: nothing here runs a tensor operation or touches a device (a parent that ran
     OpenMP-parallel ops could hang its forked children; CUDA must not be initialised before a fork).
