@@ -108,3 +108,33 @@ def test_the_store_refuses_a_second_point_for_one_step(engine):
         s.execute(insert(Metric), [row])
     with pytest.raises(IntegrityError), write_session(engine) as s:
         s.execute(insert(Metric), [{**row, "value": 2.0}])
+
+
+def test_entries_a_read_delivered_whose_reply_was_lost_are_recorded_at_the_next_step(redis_conn, engine, monkeypatch):
+    """Redis stalls, then answers a read the client had already given up on: the entries are now pending on this
+    consumer, and a recorder that only asks for new ones would leave them out of the curve (seen as a missing step
+    after a 20 s Redis freeze mid-training)."""
+    import redis
+
+    run_id, stage_id = add_stage_run(engine)
+    emitter = EventEmitter(redis_conn, run_id, stage_id)
+    for step in (1, 2):
+        emitter.emit("metric", step=step, values={"loss": 1.0 / step})
+    read = redis_conn.xreadgroup
+    lost = []
+
+    def reply_lost_once(group, consumer, streams, **options):
+        entries = read(group, consumer, streams, **options)
+        if streams == {STREAM: ">"} and not lost:
+            lost.append(entries)
+            raise redis.TimeoutError("Timeout reading from socket")
+        return entries
+
+    monkeypatch.setattr(redis_conn, "xreadgroup", reply_lost_once)
+    recorder = Recorder(redis_conn, engine)
+    with pytest.raises(redis.TimeoutError):
+        recorder.step()
+    assert len(lost[0][0][1]) == 2  # both entries were delivered to the recorder by the read that "failed"
+    assert recorder.step() == 2
+    assert curve(engine, stage_id) == [(1, 1.0, None), (2, 0.5, None)]
+    assert redis_conn.xpending(STREAM, "recorder")["pending"] == 0

@@ -314,7 +314,16 @@ class Recorder:
         An event that cannot be written (malformed, or refused by the database) never blocks the stream: the batch
         is applied again one event at a time, and each event that fails alone is dead-lettered with the reason.
         A database that is unreachable or locked is not the event's fault: that raises, nothing is acked, and
-        the batch is read again."""
+        the batch is read again, first thing. So is whatever a Redis failure leaves pending on this consumer: a
+        read whose reply was lost (Redis stalled, then answered a client that had timed out) delivered entries
+        that were never applied, and an ack that was lost leaves applied ones (skipped as recorded)."""
+        try:
+            return self._step()
+        except (redis.ConnectionError, redis.TimeoutError, *TRANSIENT_DB_ERRORS):
+            self._pending_checked = False  # our own pending entries come first again, not after CLAIM_IDLE_MS
+            raise
+
+    def _step(self) -> int:
         self.ensure_group()
         entries = self._read()
         if not entries:
