@@ -135,10 +135,10 @@ class WorkerView:
 
 def fleet(connection: redis.Redis, now: float | None = None) -> list[WorkerView]:
     """Every worker that published its facts in the last day, live ones first, then by name."""
-    from rq import Worker
+    from workers.queues import all_workers
 
     now = time.time() if now is None else now
-    live = {w.name: w for w in Worker.all(connection=connection)}
+    live = {w.name: w for w in all_workers(connection)}
     views = []
     for key in connection.scan_iter(match=FACTS_PREFIX + "*", count=500):
         record = connection.hgetall(key)

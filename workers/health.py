@@ -32,13 +32,13 @@ def check(component: str) -> str:
             raise RuntimeError(f"recorder: no consumer of {events.STREAM} read in the last {RECORDER_IDLE_S} s")
         return f"recorder: read {idle:.0f} s ago"
     if component == "worker":
-        from rq import Worker
+        from workers.queues import all_workers
 
         host = socket.gethostname()
         now = time.time()
         beats = [
             now - w.last_heartbeat.timestamp()
-            for w in Worker.all(connection=connection)
+            for w in all_workers(connection)
             if w.hostname == host and w.last_heartbeat
         ]
         if not beats or min(beats) > WORKER_HEARTBEAT_S:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.registry import BaseRegistry
 from rq.serializers import JSONSerializer
 
 from pipeline.core.configs import QUEUE_NAMES  # noqa: F401  (re-exported: the resource classes)
@@ -23,6 +24,7 @@ from pipeline.core.home import alignlab_home
 
 ALLOWED_JOBS = frozenset({"workers.jobs.run_stage_job", "workers.jobs.ping_job"})
 SERIALIZER = JSONSerializer
+RegistryT = TypeVar("RegistryT", bound=BaseRegistry)
 
 
 def embedded_dir(home: Path | None = None) -> Path:
@@ -141,6 +143,20 @@ class AllowlistJob(Job):
 
 def queue(name: str, connection: redis.Redis) -> Queue:
     return Queue(name, connection=connection, serializer=SERIALIZER, job_class=AllowlistJob)
+
+
+def registry(kind: type[RegistryT], queue_name: str, connection: redis.Redis) -> RegistryT:
+    """One of RQ's job registries of a queue, reading its jobs as `AllowlistJob`s: RQ's own clean-up calls a job's
+    failure callback and sends its webhooks, so a registry built with RQ's plain `Job` would run whatever function
+    and contact whatever URL a job hash planted in Redis names."""
+    return kind(queue_name, connection=connection, serializer=SERIALIZER, job_class=AllowlistJob)
+
+
+def all_workers(connection: redis.Redis) -> list:
+    """Every RQ worker registered in this Redis, their jobs read as `AllowlistJob`s (see `registry`)."""
+    from rq import Worker
+
+    return Worker.all(connection=connection, job_class=AllowlistJob, serializer=SERIALIZER)
 
 
 def fetch_job(job_id: str, connection: redis.Redis) -> Job | None:

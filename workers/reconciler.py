@@ -18,7 +18,7 @@ from db.models import Run, StageRun, StageStatus, utcnow
 from db.session import write_engine, write_session
 from pipeline.core.configs import QUEUE_NAMES
 from pipeline.core.registry import dependents
-from workers.queues import SERIALIZER, fetch_job
+from workers.queues import fetch_job, registry
 from workers.run_status import refresh_run_status
 
 log = logging.getLogger("alignlab.reconciler")
@@ -28,9 +28,9 @@ ENQUEUE_GRACE_S = 60  # a queued stage's job is enqueued right after its rows co
 
 def _abandon(job, reason: str, connection: redis.Redis) -> None:
     """Tell RQ a started job is dead now (its registry cleanup would take minutes), without retrying it."""
-    StartedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).remove_executions(job)
+    registry(StartedJobRegistry, job.origin, connection).remove_executions(job)
     job.set_status(JobStatus.FAILED)
-    FailedJobRegistry(job.origin, connection=connection, serializer=SERIALIZER).add(job, exc_string=reason)
+    registry(FailedJobRegistry, job.origin, connection).add(job, exc_string=reason)
 
 
 def _heartbeat_age(job) -> float | None:
@@ -93,7 +93,7 @@ def _cancel_dependents(stage_run: StageRun, connection: redis.Redis) -> list[str
 def reconcile(connection: redis.Redis, engine: Engine | None = None) -> list[str]:
     """Make the database agree with RQ: dead workers' jobs failed, lost jobs failed, dependents cancelled."""
     for name in QUEUE_NAMES:  # RQ only notices abandoned jobs here (workers do it every 10 min by default)
-        StartedJobRegistry(name, connection=connection, serializer=SERIALIZER).cleanup()
+        registry(StartedJobRegistry, name, connection).cleanup()
     changes: list[str] = []
     with write_session(engine or write_engine()) as session:
         active = session.scalars(
