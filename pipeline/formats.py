@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.core.configs import FormatConfig
 from pipeline.core.errors import ConfigError, MaskingError
-from pipeline.core.text import template_parts
+from pipeline.core.text import render_template, template_parts
 
 IGNORE_INDEX = -100
 
@@ -49,7 +49,7 @@ def render_turns(turns: list[dict[str, str]], fmt: FormatConfig, tokenizer: Any 
             f"({', '.join(t['role'] for t in turns)}); use a model whose tokenizer has a chat template "
             "(format.chat_template: auto)"
         )
-    return fmt.template.format(instruction=turns[0]["content"])
+    return render_template(fmt.template, turns[0]["content"])
 
 
 def completion_text(response: str, fmt: FormatConfig, tokenizer: Any = None) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.core.configs import FormatConfig, tiny_dir_name
 from pipeline.core.home import alignlab_home
+from pipeline.core.text import render_template
 
 DEMO_INSTRUCTIONS = "demo_instructions.jsonl"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -40,7 +41,7 @@ def demo_corpus(fmt: FormatConfig | None = None) -> list[str]:
     demo evaluates on is unseen by the base model too."""
     fmt = fmt or FormatConfig()
     return [
-        fmt.template.format(instruction=r["instruction"]) + " " + r["response"]
+        render_template(fmt.template, r["instruction"]) + " " + r["response"]
         for r in demo_records()
         if r["split"] == "train"
     ]

@@ -73,6 +73,16 @@ def test_unknown_keys_are_named(tmp_path):
         (lambda: NegativesConfig(types=["truncated"], weights={"refusal": 1.0}), "weights.refusal", "not in types"),
         (lambda: FormatConfig(template="no placeholder"), "FormatConfig.template", "{instruction}"),
         (lambda: FormatConfig(template="Q: {instruction}\nA: "), "FormatConfig.template", "whitespace"),
+        # the template bomb: a width that pads every prompt to gigabytes
+        (lambda: FormatConfig(template="Q: {instruction:>999999999}\nA:"), "FormatConfig.template", "bare"),
+        (lambda: FormatConfig(template="Q: {instruction!r}\nA:"), "FormatConfig.template", "conversion"),
+        (lambda: FormatConfig(template="Q: {instruction.__class__}\nA:"), "FormatConfig.template", "found"),
+        (lambda: FormatConfig(template="Q: {instruction[0]}\nA:"), "FormatConfig.template", "found"),
+        (lambda: FormatConfig(template="{instruction} {instruction}"), "FormatConfig.template", "exactly once"),
+        (lambda: FormatConfig(template="{0} {instruction}"), "FormatConfig.template", "{0}"),
+        (lambda: FormatConfig(template="{{instruction}} x"), "FormatConfig.template", "found: none"),
+        (lambda: FormatConfig(template="Q: {instruction"), "FormatConfig.template", "braces"),
+        (lambda: FormatConfig(template="{instruction}" + "x" * 5000), "FormatConfig.template", "at most 4000"),
         (lambda: RunSpec(stages=["train_sft", "train_sft"]), "RunSpec.stages", "twice"),
         (lambda: RunSpec(stages=["fly"]), "RunSpec.stages", "generate_sft"),
     ],
@@ -82,6 +92,14 @@ def test_impossible_values_name_field_and_range(build, field, fragment):
         build()
     assert field in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_a_template_renders_its_literal_text_around_the_instruction_and_nothing_else():
+    from pipeline.formats import render_turns
+
+    fmt = FormatConfig(template='{{"q": "{instruction}"}}\nA:')
+    rendered = render_turns([{"role": "user", "content": "{0} {instruction:>9} }"}], fmt)
+    assert rendered == '{"q": "{0} {instruction:>9} }"}\nA:'  # braces in the instruction are text, not fields
 
 
 def test_values_are_coerced_and_stages_kept_in_dag_order():

@@ -6,6 +6,7 @@ supervised worker such as `alignlab up`'s)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -15,9 +16,11 @@ import threading
 import time
 
 from rq import SimpleWorker, Worker
+from rq.scheduler import RQScheduler
 
 from pipeline.core.registry import STAGES
-from workers.fleet import WORKER_TTL_S
+from workers.fleet import WORKER_TTL_S, gpus
+from workers.memory_limit import DEFAULT_SHARE, ENV_VAR, JobMemoryLimit
 from workers.queues import ALLOWED_JOBS, SERIALIZER, AllowlistJob, connect, queue
 
 MAINTENANCE_INTERVAL_S = 60
@@ -30,6 +33,40 @@ JOB_MONITORING_INTERVAL_S = 10
 OVERDUE_KILL_AFTER_S = 60
 # the exit status of a worker that stopped because a job left a model in memory (its supervisor starts a fresh one)
 EXIT_HOLDING_MODELS = 3
+# how often the process that runs a job looks for a cancel of its run and measures its memory
+WATCH_INTERVAL_S = 1.0
+# a cancelled job that has not ended by itself this long after the cancel (it is stuck in one call and never reports
+# progress, where the cooperative cancel is checked) is ended with the process that runs it
+CANCEL_GRACE_S = 3.0
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux `PR_SET_PDEATHSIG`): a helper process (RQ's
+    scheduler) must never outlive the worker that started it. Elsewhere a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+class ParentBoundScheduler(RQScheduler):
+    """RQ's scheduler process, which dies with its worker (a SIGKILLed worker used to leave it running, parentless)."""
+
+    def work(self):
+        die_with_parent()
+        return super().work()
+
+
+def job_run_id(job) -> int | None:
+    """The alignlab run a job belongs to (a stage job's first argument), or None for a job of no run."""
+    if job.func_name == "workers.jobs.run_stage_job" and job.args:
+        return int(job.args[0])
+    return None
 
 
 class AlignlabWorker:
@@ -43,18 +80,24 @@ class AlignlabWorker:
     # how many models a job left in memory when this worker stopped because of it (ReusingWorker)
     stopped_holding_models = 0
 
+    # the memory a job may take on top of what its process held when it started (None: no limit)
+    memory_limit: JobMemoryLimit | None = None
+
     def perform_job(self, job, queue, execution):
         """Called in the process that runs the job (the work horse, or the worker itself): keep the job's and
         execution's heartbeats fresh from there. If the worker's loop dies (RQ's forking worker exits when Redis is
         unreachable for ~10 s) the job still runs, and neither the reconciler nor RQ's cleanup takes it for
-        abandoned and starts it a second time."""
+        abandoned and starts it a second time. The job runs under the worker's memory limit, and a cancel of its
+        run ends it within seconds even when it is stuck in one call (`_watch_job`)."""
         stop = threading.Event()
-        beat = threading.Thread(target=self._job_heartbeats, args=(job, execution, stop), daemon=True)
-        beat.start()
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            stop.set()
+        limited = self.memory_limit.applied() if self.memory_limit is not None else contextlib.nullcontext()
+        with limited:
+            for loop in (self._job_heartbeats, self._watch_job):
+                threading.Thread(target=loop, args=(job, execution, stop), daemon=True).start()
+            try:
+                return super().perform_job(job, queue, execution)
+            finally:
+                stop.set()
 
     def _job_heartbeats(self, job, execution, stop: threading.Event) -> None:
         """RQ's own `maintain_heartbeats` (worker, execution and job, with RQ's TTL), every monitoring interval,
@@ -75,11 +118,53 @@ class AlignlabWorker:
                 except Exception:  # noqa: BLE001 - Redis away: try again shortly; the job itself carries on
                     stop.wait(1.0)
 
+    def _watch_job(self, job, execution, stop: threading.Event) -> None:
+        """Every `WATCH_INTERVAL_S`, from the process that runs the job: a job whose run was cancelled and that has
+        not ended `CANCEL_GRACE_S` later (the cooperative cancel waits for a progress report a job stuck in one call
+        never makes) is ended with its process; so is a job over the memory limit where the limit is watched
+        rather than enforced by the kernel (a GPU process)."""
+        from workers.events import cancel_key
+
+        run_id = job_run_id(job)
+        cancelled_at = None
+        while not stop.wait(WATCH_INTERVAL_S):
+            if self.memory_limit is not None and self.memory_limit.exceeded():
+                self.end_job_process(job, f"over its memory limit ({self.memory_limit.describe()})")
+                return
+            if run_id is None:
+                continue
+            if cancelled_at is None:
+                try:
+                    if self.connection.exists(cancel_key(run_id)):
+                        cancelled_at = time.monotonic()
+                except Exception:  # noqa: BLE001 - Redis away: look again at the next interval
+                    continue
+            elif time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                grace = f"{CANCEL_GRACE_S:.0f} s"
+                self.end_job_process(job, f"run {run_id} was cancelled and the job did not stop within {grace}")
+                return
+
+    def end_job_process(self, job, reason: str) -> None:
+        """End the process that runs the job: the work horse (its worker takes the next job), or, for a worker that
+        runs its jobs itself, the worker (its supervisor starts a fresh one; its scheduler dies with it)."""
+        self.log.error("job %s: %s: ending the process that runs it (pid %d)", job.id, reason, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def kill_overdue_job(self, job) -> None:
         """The job's process is this worker: it goes with the job (its supervisor starts a fresh one; RQ's cleanup
         of abandoned jobs fails or retries the job, as for a worker that died)."""
-        self.log.error("job %s is %s s past its timeout: ending this worker with it", job.id, OVERDUE_KILL_AFTER_S)
-        os.kill(os.getpid(), signal.SIGKILL)
+        self.end_job_process(job, f"{OVERDUE_KILL_AFTER_S} s past its timeout")
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None):
+        """RQ's own start of its scheduler, with the scheduler bound to this worker's life (`ParentBoundScheduler`)."""
+        from rq.worker import base
+
+        kwargs = {k: v for k, v in (("date_format", date_format), ("log_format", log_format)) if v is not None}
+        previous, base.RQScheduler = base.RQScheduler, ParentBoundScheduler
+        try:
+            return super()._start_scheduler(burst, logging_level, **kwargs)
+        finally:
+            base.RQScheduler = previous
 
     def register_birth(self):
         super().register_birth()
@@ -253,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         help="fork: each job in a fresh process forked from this one (a crash or OOM kill takes only the job); "
         "reuse: jobs run in this process, warm (for a supervised worker: a crash takes the worker with it).",
     )
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=None,
+        help="Memory one job may take above what its process held at its start, in MiB (default: "
+        f"${ENV_VAR}, else {DEFAULT_SHARE:.0%} of this machine's memory; 0: no limit). Enforced by the kernel on a "
+        "CPU worker (the job fails with MemoryError), watched every second on a GPU worker (the job's process ends).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("ALIGNLAB_LOG_LEVEL", "INFO"))
     if not args.no_preload:
@@ -261,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     # in a child forked after it was initialised.
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     worker = make_worker(queues, connect(), args.name, JOB_PROCESSES[args.job_process])
+    worker.memory_limit = JobMemoryLimit.from_setting(args.memory_limit_mb, enforce_address_space=not gpus())
     worker.work(burst=args.burst, with_scheduler=True)
     if worker.stopped_holding_models:
         return EXIT_HOLDING_MODELS

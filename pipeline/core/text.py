@@ -54,10 +54,44 @@ def is_refusal(text: str) -> bool:
     return bool(REFUSAL_PATTERNS.search(text))
 
 
+TEMPLATE_MAX_CHARS = 4000
+
+
 def template_parts(template: str) -> tuple[str, str]:
-    """The literal text before and after the template's {instruction} placeholder."""
-    head, _, tail = template.partition("{instruction}")
+    """The literal text before and after the template's one `{instruction}` placeholder (`{{`/`}}` unescaped).
+
+    A template is exactly one bare `{instruction}` and literal text: no other field, no format spec (`{instruction:>
+    999999999}` would pad every prompt to gigabytes), no conversion (`!r`), no attribute or index. Raises ValueError
+    saying which rule it breaks. Rendering never calls `str.format` on a template, so nothing in one can be evaluated.
+    """
+    import string
+
+    if len(template) > TEMPLATE_MAX_CHARS:
+        raise ValueError(f"is {len(template)} characters long; a prompt template may have at most {TEMPLATE_MAX_CHARS}")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"has unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}") from None
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+    if [name for name, _, _ in fields] != ["instruction"]:
+        named = ", ".join("{" + name + "}" for name, _, _ in fields) or "none"
+        raise ValueError(
+            f"must contain the placeholder {{instruction}} exactly once and no other (found: {named}); "
+            "write a literal brace as {{ or }}"
+        )
+    _, spec, conversion = fields[0]
+    if spec or conversion:
+        raise ValueError("{instruction} must be bare: no format spec (:...) and no conversion (!r, !s, !a)")
+    at = next(i for i, (_, name, _, _) in enumerate(parsed) if name is not None)
+    head = "".join(literal for literal, *_ in parsed[: at + 1])
+    tail = "".join(literal for literal, *_ in parsed[at + 1 :])
     return head, tail
+
+
+def render_template(template: str, instruction: str) -> str:
+    """The prompt for one instruction: the template's literal text around it, nothing formatted or padded."""
+    head, tail = template_parts(template)
+    return head + instruction + tail
 
 
 def template_markers(template: str) -> list[str]:

@@ -16,7 +16,7 @@ from pipeline.artifacts import write_jsonl
 from pipeline.core.configs import FormatConfig, GenerationConfig, RunSpec
 from pipeline.core.errors import DataError
 from pipeline.core.registry import stage_of_module
-from pipeline.core.text import longest_run, repeated_ngram_fraction
+from pipeline.core.text import longest_run, repeated_ngram_fraction, template_parts
 from pipeline.formats import completion_text, render_turns
 from pipeline.generation import cut_at_markers, generator
 from pipeline.models import loaded
@@ -31,7 +31,7 @@ OUTPUT = "sft.jsonl"
 
 def clean_response(text: str, instruction: str, fmt: FormatConfig, config: GenerationConfig) -> tuple[str | None, str]:
     """(cleaned response, "ok") or (None, reason) with reason in empty/too_short/too_long/repetitive."""
-    head, _, separator = (part.strip() for part in fmt.template.partition("{instruction}"))
+    head, separator = (part.strip() for part in template_parts(fmt.template))
     text = cut_at_markers(text, [m for m in (f"\n{head}", head) if m])
     stripped = text.strip()
     # Strip echoed template text: a repeated separator ("Response:") or the instruction itself.

@@ -112,18 +112,6 @@ def long_sft_spec(tiny_ci_spec, name, max_steps=-1):
     return spec
 
 
-@pytest.fixture
-def sqlite_engine(tmp_path, monkeypatch):
-    from db.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'faults.db'}"
-    upgrade(url)
-    monkeypatch.setenv("DATABASE_URL", url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.parametrize("job_process", sorted(JOB_PROCESSES))
 def test_killed_worker_fails_its_stage_and_resume_finishes_from_the_checkpoint(
     job_process, dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home
