@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+import time
 from urllib.parse import urlsplit
 
 import streamlit as st
@@ -38,10 +40,84 @@ def _oidc_configured() -> bool:
         return False
 
 
+class LoginThrottle:
+    """Wrong passwords per client address: after `FREE_ATTEMPTS` a client waits before its next attempt is even
+    compared, 2 s after the first extra failure, doubling with each, at most `MAX_DELAY_S`; a right password clears
+    it. Counted per address, not per session, so a new session (or socket) does not reset it."""
+
+    FREE_ATTEMPTS = 3
+    MAX_DELAY_S = 300.0
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}  # client -> (failures, time of the last one)
+
+    def wait_s(self, client: str) -> float:
+        """How long `client` must wait before its next attempt counts (0: it may try now)."""
+        with self._lock:
+            failures, last = self._failures.get(client, (0, 0.0))
+        if failures < self.FREE_ATTEMPTS:
+            return 0.0
+        delay = min(2.0 ** (failures - self.FREE_ATTEMPTS + 1), self.MAX_DELAY_S)
+        return max(0.0, last + delay - self._clock())
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures, _ = self._failures.get(client, (0, 0.0))
+            self._failures[client] = (failures + 1, self._clock())
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+
+THROTTLE = LoginThrottle()
+# the Streamlit sessions that logged in: the dashboard's HTTP gate (app.server) lets only these upload files
+_logged_in_sessions: set[str] = set()
+_sessions_lock = threading.Lock()
+
+
+def session_logged_in(session_id: str) -> bool:
+    with _sessions_lock:
+        return session_id in _logged_in_sessions
+
+
+def _this_session_id() -> str | None:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+def _mark_logged_in() -> None:
+    st.session_state["authenticated"] = True
+    session_id = _this_session_id()
+    if session_id is not None:
+        with _sessions_lock:
+            _logged_in_sessions.add(session_id)
+
+
+def _client() -> str:
+    """The client's address (behind a proxy, the proxy's: configure it to pass one client per address)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) and address else "unknown"
+
+
 def _check_password(expected: str) -> None:
     given = st.session_state.pop("login_password", "")
-    st.session_state["authenticated"] = hmac.compare_digest(given.encode(), expected.encode())
-    st.session_state["login_failed"] = not st.session_state["authenticated"]
+    client = _client()
+    wait = THROTTLE.wait_s(client)
+    if wait > 0:  # not even compared: guessing costs time whatever the guess
+        st.session_state["login_failed"] = f"Too many wrong passwords from {client}: try again in {wait:.0f} s."
+        return
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        THROTTLE.succeeded(client)
+        st.session_state["login_failed"] = None
+        _mark_logged_in()
+    else:
+        THROTTLE.failed(client)
+        st.session_state["login_failed"] = "Wrong password."
 
 
 def _remember_requested_page() -> None:
@@ -64,6 +140,7 @@ def require_login() -> None:
     _remember_requested_page()
     if _oidc_configured():
         if st.user.is_logged_in:
+            _mark_logged_in()
             return
         st.title("alignlab")
         st.button("Log in", on_click=st.login, key="oidc_login")
@@ -79,5 +156,5 @@ def require_login() -> None:
         st.stop()
     st.text_input("Password", type="password", key="login_password", on_change=_check_password, args=(expected,))
     if st.session_state.get("login_failed"):
-        st.error("Wrong password.")
+        st.error(st.session_state["login_failed"])
     st.stop()

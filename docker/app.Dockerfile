@@ -15,4 +15,4 @@ USER alignlab
 EXPOSE 8501
 # Inside the container the dashboard listens on 0.0.0.0, so it requires a login (ALIGNLAB_DASHBOARD_PASSWORD or
 # OIDC); compose publishes it on the host's 127.0.0.1 only.
-CMD ["sh", "-c", "alignlab db upgrade && exec streamlit run app/main.py --server.address=0.0.0.0 --server.port=8501 --server.headless=true --browser.gatherUsageStats=false"]
+CMD ["sh", "-c", "alignlab db upgrade && exec streamlit run app/server.py --server.address=0.0.0.0 --server.port=8501 --server.headless=true --browser.gatherUsageStats=false"]

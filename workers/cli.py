@@ -185,7 +185,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "-m",
                 "streamlit",
                 "run",
-                str(ROOT / "app" / "main.py"),
+                str(ROOT / "app" / "server.py"),
                 "--server.address",
                 args.host,
                 "--server.port",
