@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from app.text import plain
 from workers.queues import LOOPBACK_HOSTS
 
 PASSWORD_ENV = "ALIGNLAB_DASHBOARD_PASSWORD"
@@ -149,12 +150,13 @@ def require_login() -> None:
     st.title("alignlab")
     if not expected:
         st.error(
-            f"This dashboard listens on {st.get_option('server.address') or 'every interface'}, not localhost, and "
+            f"This dashboard listens on {plain(st.get_option('server.address') or 'every interface')}, not "
+            "localhost, and "
             f"no login is configured. Set {PASSWORD_ENV} (or app_password in .streamlit/secrets.toml), configure "
             "[auth] for OIDC, or bind it to 127.0.0.1 and reach it through an SSH tunnel."
         )
         st.stop()
     st.text_input("Password", type="password", key="login_password", on_change=_check_password, args=(expected,))
     if st.session_state.get("login_failed"):
-        st.error(st.session_state["login_failed"])
+        st.error(plain(st.session_state["login_failed"]))
     st.stop()

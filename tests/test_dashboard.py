@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from app.forms import GROUP_KEY
+from app.text import shown as displayed
 from db.models import Run, Sample
 from db.session import read_session, write_session
 from pipeline.core.configs import KEY_SETTINGS, field_table, preset, to_dict
@@ -68,7 +69,7 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
     queued = scheduler.submit(preset("tiny-ci"), filled["conn"], filled["engine"])
     at = app(run=str(queued)).run()
     at.button(key="cancel").click().run()
-    assert not at.exception and any(f"Cancel run {queued}?" in w.value for w in at.warning)
+    assert not at.exception and any(f"Cancel run {queued}?" in displayed(w.value) for w in at.warning)
     at.button(key="cancel_keep").click().run()
     with read_session(filled["engine"]) as s:
         assert s.get(Run, queued).status == "queued"
@@ -77,7 +78,7 @@ def test_run_page_shows_stages_and_resume_and_cancel_act(filled):
     assert not at.exception
     with read_session(filled["engine"]) as s:
         assert s.get(Run, queued).status == "cancelled"
-    resume = next(c.value for c in at.caption if c.value.startswith("Resume re-enqueues"))
+    resume = next(displayed(c.value) for c in at.caption if displayed(c.value).startswith("Resume re-enqueues"))
     assert resume.startswith("Resume re-enqueues split, generate_sft,") and "compare;" in resume
 
 
@@ -91,9 +92,9 @@ def test_runs_table_opens_a_clicked_row_filters_tags_by_part_and_clone_and_edit_
     at.session_state["runs_df"] = {"selection": {"rows": [1], "columns": [], "cells": []}}  # a click on row 2
     at.run()
     assert at.query_params["run"] == [str(filled["run_id"])] or at.query_params["run"] == str(filled["run_id"])
-    assert at.subheader[0].value.startswith(f"Run {filled['run_id']} ·")
+    assert displayed(at.subheader[0].value).startswith(f"Run {filled['run_id']} ·")
     at.button(key="clone").click().run()
-    assert not at.exception and at.title[0].value == "Launch a run"
+    assert not at.exception and displayed(at.title[0].value) == "Launch a run"
     assert (
         at.radio(key="launch_source").value == "earlier run"
         and at.selectbox(key="launch_parent").value == filled["run_id"]
@@ -122,7 +123,8 @@ def test_launch_invalid_field_shows_its_error_and_queues_nothing(filled):
     at.selectbox(key=GROUP_KEY).set_value("generation").run()
     at.number_input(key="form.generation.sampling.temperature").set_value(0.0)
     at.button[[b.label for b in at.button].index("Launch")].click().run()
-    assert any("SamplingConfig.temperature (at generation.sampling.temperature)" in e.value for e in at.error)
+    errors = [displayed(e.value) for e in at.error]
+    assert any("SamplingConfig.temperature (at generation.sampling.temperature)" in e for e in errors)
     with read_session(filled["engine"]) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 1
     assert filled["conn"].llen("rq:queue:gpu") == 0
@@ -149,7 +151,7 @@ def test_empty_database_offers_the_tiny_demo(redis_conn, tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", url)
     at = app().run()
     assert not at.exception
-    assert any("No runs yet" in i.value for i in at.info)
+    assert any("No runs yet" in displayed(i.value) for i in at.info)
     assert [b.label for b in at.button] == ["Launch the tiny demo"]
 
 
@@ -190,10 +192,10 @@ def test_compare_page_shows_database_values_parity_and_checklist(filled):
         )
     assert len(expected) == 4
     assert dict(zip(table["method"], table["value"], strict=True)) == {m: round(v, 3) for m, v in expected.items()}
-    assert any("Did SFT before DPO help?" in h.value for h in at.subheader)
+    assert any("Did SFT before DPO help?" in displayed(h.value) for h in at.subheader)
     assert any("SFT→DPO − DPO-only" in t.value for t in at.text)  # the answer, with its primary metric
     assert sum("leak-free" in t.value for t in at.text) == 3  # the held-out check of each training stage
-    assert any("fair" in s.value for s in at.success)
+    assert any("fair" in displayed(s.value) for s in at.success)
     assert any("masking verified" in t.value for t in at.text)
 
 
@@ -212,7 +214,7 @@ def test_compare_page_labels_a_zero_width_interval_and_a_metric_at_its_ceiling(f
     at = app().run()
     at.switch_page("views/compare.py").run()
     assert not at.exception
-    assert any("ceiling" in w.value and "cannot separate" in w.value for w in at.warning)
+    assert any("ceiling" in displayed(w.value) and "cannot separate" in displayed(w.value) for w in at.warning)
     intervals = at.dataframe[0].value["95% CI"].tolist()
     assert len(intervals) == 4 and all(text.startswith("all ") and " equal" in text for text in intervals)
 
@@ -223,7 +225,7 @@ def test_samples_page_side_by_side_and_blind_judgement_is_persisted(filled):
     at = app().run()
     at.switch_page("views/samples.py").run()
     assert not at.exception
-    assert [h.value for h in at.subheader][:4] == ["base", "SFT", "SFT→DPO", "DPO-only"]  # in a fixed order
+    assert [displayed(h.value) for h in at.subheader][:4] == ["base", "SFT", "SFT→DPO", "DPO-only"]  # in a fixed order
     assert "new tokens" in at.tabs[0].dataframe[0].value.index  # the stats as a table, not JSON
     assert "ab_a" not in [b.key for b in at.button]  # no judging without a reviewer's name
     at.text_input(key="reviewer").set_value("ana").run()
@@ -263,7 +265,7 @@ def test_samples_render_model_output_as_text_never_markdown(filled):
     at.switch_page("views/samples.py").run()
     assert not at.exception
     assert sum(t.value == injected for t in at.text) >= 5  # reference + four methods, verbatim
-    markdown = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    markdown = [displayed(m.value) for m in at.markdown] + [displayed(c.value) for c in at.caption]
     assert not any("203.0.113.7" in m for m in markdown)
 
 
@@ -271,7 +273,7 @@ def test_data_page_reports_records_and_mask_viewer(filled, dag_run):
     at = app().run()
     at.switch_page("views/data.py").run()
     assert not at.exception
-    labels = [e.label for e in at.expander if " rows valid · " in e.label]
+    labels = [displayed(e.label) for e in at.expander if " rows valid · " in displayed(e.label)]
     assert any(label.startswith("instructions · passed") for label in labels)
     made, read = [label for label in labels if label.startswith("pairs · ")]  # once as made, once as read by all
     assert made.endswith("checked by pairs")
@@ -284,9 +286,9 @@ def test_data_page_reports_records_and_mask_viewer(filled, dag_run):
     assert {"prompt", "completion"} <= set(records.columns) and len(records) > 0
     made = dag_run.results["generate_sft"]
     lines = (Path(made.out_dir) / made.outputs["sft"]).read_text().splitlines()
-    assert f"The first {len(records)} of {len(lines)} rows" in [c.value for c in at.caption]
-    assert any("trained of" in c.value for c in at.caption)
-    assert any("rows per length bucket" in c.value for c in at.caption)  # length histograms of the hand-offs
+    assert f"The first {len(records)} of {len(lines)} rows" in [displayed(c.value) for c in at.caption]
+    assert any("trained of" in displayed(c.value) for c in at.caption)
+    assert any("rows per length bucket" in displayed(c.value) for c in at.caption)  # length histograms of the hand-offs
 
 
 def test_launch_n_seeds_queues_one_group(filled):
@@ -407,7 +409,7 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
     at = app().run()  # chosen on the Runs page
     at.multiselect(key="runs_to_compare").set_value([filled["run_id"], second]).run()
     at.button(key="compare_chosen").click().run()
-    assert not at.exception and at.title[0].value == "Compare methods"
+    assert not at.exception and displayed(at.title[0].value) == "Compare methods"
     assert at.multiselect(key="compare_runs").value == [filled["run_id"], second]
     (differences,) = [  # setting | first run | second run
         d.value
@@ -435,7 +437,7 @@ def test_compare_across_runs_sweeps_the_differing_setting(filled):
             x.method: x.generation
             for x in s.scalars(select(Sample).where(Sample.run_id == second, Sample.prompt == prompt))
         }
-    assert theirs and any(h.value.startswith("The same prompt in run ") for h in at.subheader)
+    assert theirs and any(displayed(h.value).startswith("The same prompt in run ") for h in at.subheader)
     shown = [t.value.strip() for t in at.tabs[0].text]  # st.text drops the leading space of a generation
     missing = {m: g for m, g in theirs.items() if (g.strip() or "(empty)") not in shown}
     assert not missing, (missing, shown)
@@ -466,7 +468,8 @@ def test_samples_filters_flagged_and_disagreeing_prompts(filled):
         shown = []
         for index in range(1, len(expected) + 1):
             at.number_input(key="prompt_index").set_value(index).run()
-            shown += [c.value.removeprefix("Prompt ") for c in at.caption if c.value.startswith("Prompt ")]
+            captions = [displayed(c.value) for c in at.caption]
+            shown += [c.removeprefix("Prompt ") for c in captions if c.startswith("Prompt ")]
         assert shown == expected
 
 
@@ -476,15 +479,16 @@ def test_uploaded_instructions_are_checked_before_anything_is_stored(filled):
     bad = b'{"instruction": "Name a colour."}\n{"prompt": "no instruction field"}\nnot json\n'
     at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", bad, "application/jsonl")).run()
     assert not at.exception
-    (error,) = [e.value for e in at.error if "mine.jsonl: " in e.value]
+    (error,) = [displayed(e.value) for e in at.error if "mine.jsonl: " in displayed(e.value)]
     assert "row 2, field instruction" in error and "row 3" in error
-    assert any("Launch is disabled" in e.value and "Nothing was queued" in e.value for e in at.error)
+    errors = [displayed(e.value) for e in at.error]
+    assert any("Launch is disabled" in e and "Nothing was queued" in e for e in errors)
     assert not [k for k in filled["conn"].keys("alignlab:blob:*")]
 
     good = b"".join(b'{"instruction": "Name colour number %d."}\n' % i for i in range(30))
     at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", good, "application/jsonl")).run()
     assert not at.exception
-    assert any("30 valid instructions" in s.value for s in at.success)
+    assert any("30 valid instructions" in displayed(s.value) for s in at.success)
     assert at.text_input(key="form.data.instructions").value.startswith("blob:")
 
 
@@ -504,7 +508,8 @@ def test_off_loopback_without_a_login_configured_shows_nothing(filled, listening
     at.user = {"is_logged_in": False}
     at.run()
     assert not at.exception
-    assert any("not localhost" in e.value and "ALIGNLAB_DASHBOARD_PASSWORD" in e.value for e in at.error)
+    errors = [displayed(e.value) for e in at.error]
+    assert any("not localhost" in e and "ALIGNLAB_DASHBOARD_PASSWORD" in e for e in errors)
     assert not at.dataframe and not at.button
 
 
@@ -514,7 +519,7 @@ def test_off_loopback_the_password_opens_the_dashboard(filled, listening_everywh
     at.user = {"is_logged_in": False}
     at.run()
     at.text_input(key="login_password").set_value("wrong").run()
-    assert any("Wrong password" in e.value for e in at.error) and not at.dataframe
+    assert any("Wrong password" in displayed(e.value) for e in at.error) and not at.dataframe
     at.text_input(key="login_password").set_value("correct horse").run()
     assert not at.exception
     assert list(at.dataframe[0].value["id"]) == [filled["run_id"]]
@@ -585,7 +590,7 @@ def test_compare_across_seeds_shows_the_seed_group_and_its_aa_control(filled):
     at.switch_page("views/compare.py").run()
     at.multiselect(key="compare_runs").set_value(run_ids).run()
     assert not at.exception
-    assert any("differ only in their seeds" in h.value for h in at.subheader)
+    assert any("differ only in their seeds" in displayed(h.value) for h in at.subheader)
     (aa,) = [t.value for t in at.text if t.value.startswith("A/A:")]
     assert f"of {3 * 3 * len(metrics)} seed-vs-seed comparisons" in aa  # 3 seed pairs × 3 trained methods
     (table,) = [d.value for d in at.dataframe if "ci (seeds × prompts)" in d.value.columns]

@@ -13,6 +13,7 @@ from sqlalchemy import inspect as sql_inspect
 from sqlalchemy import select, text
 from streamlit.testing.v1 import AppTest
 
+from app.text import shown as displayed
 from db.models import JudgeFigure, JudgeVerdict, Run, Sample
 from db.session import read_session
 from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
@@ -205,7 +206,7 @@ def test_a_queued_local_judge_is_stored_and_shown_on_compare_and_samples_beside_
     at = AppTest.from_file("../app/main.py", default_timeout=60).run()
     at.switch_page("views/compare.py").run()
     assert not at.exception
-    assert any(h.value == "Judged comparisons" for h in at.subheader)
+    assert any(displayed(h.value) == "Judged comparisons" for h in at.subheader)
     table = next(d.value for d in at.dataframe if "length-controlled (95% CI)" in d.value.columns)
     first = table.set_index("comparison").loc["SFT→DPO vs DPO-only"]
     assert first["win rate (95% CI)"].startswith(f"{raw.value:.3f} ") and first["ties"] == sum(

@@ -7,6 +7,7 @@ from streamlit.runtime.media_file_storage import MediaFileKind
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from app.forms import GROUP_KEY, _edited_as_text, _fields, _key, _optional_text
+from app.text import shown as displayed
 from db.models import Run
 from db.session import read_session
 from pipeline.core.configs import SPEC_VERSION, preset, set_path, to_dict
@@ -125,7 +126,7 @@ def test_a_rejected_upload_disables_launch_until_it_is_removed(filled):
     bad = b'{"instruction": "Name a colour."}\n{"prompt": "no instruction field"}\nnot json\n'
     at.file_uploader(key="launch_dataset").set_value(("mine.jsonl", bad, "application/jsonl")).run()
     assert at.button(key="launch").disabled and at.button(key="preflight").disabled
-    assert any("Launch is disabled" in e.value and "mine.jsonl" in e.value for e in at.error)
+    assert any("Launch is disabled" in displayed(e.value) and "mine.jsonl" in displayed(e.value) for e in at.error)
     at.file_uploader(key="launch_dataset").clear().run()
     assert not at.button(key="launch").disabled
     assert shown(at)["data"]["instructions"] == "demo"  # the demo data, as the field says
@@ -136,7 +137,7 @@ def test_a_rejected_config_file_disables_launch(filled):
     at.radio(key="launch_source").set_value("config file").run()
     at.file_uploader(key="launch_import").set_value(("bad.yaml", b"[]\n", "x")).run()
     assert not at.exception
-    assert any("bad.yaml" in e.value and "not a mapping" in e.value for e in at.error)
+    assert any("bad.yaml" in displayed(e.value) and "not a mapping" in displayed(e.value) for e in at.error)
     assert at.button(key="launch_disabled").disabled
     with read_session(filled["engine"]) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 1
@@ -148,7 +149,7 @@ def test_a_field_error_is_summarised_at_the_button(filled):
     at.number_input(key="form.generation.sampling.temperature").set_value(0.0).run()
     at.button(key="launch").click().run()
     assert not at.exception
-    messages = [e.value for e in at.error]
+    messages = [displayed(e.value) for e in at.error]
     # once on its field, once at the button naming its group
     assert sum("SamplingConfig.temperature (at generation.sampling.temperature)" in m for m in messages) == 2
     assert any(m.startswith("Nothing was queued") and "'generation' group" in m for m in messages)

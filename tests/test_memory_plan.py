@@ -8,6 +8,7 @@ import json
 import pytest
 
 from app.forms import GROUP_KEY
+from app.text import shown
 from pipeline.core.configs import preset
 from pipeline.core.errors import ConfigError
 from pipeline.core.memory_plan import (
@@ -225,13 +226,13 @@ def test_launch_shows_the_plan_and_warns_when_a_stage_will_not_fit(filled, align
     at.selectbox(key="form.base_model.device").set_value("auto").run()  # now on a GPU of the gpu class (24 GiB)
     plan = shown_plan(at)
     assert set(plan["fits its class"]) == {"yes"} and set(plan["queue"]) == {"gpu"}
-    assert not [w for w in at.warning if w.value.startswith("Will not fit")]
+    assert not [w for w in at.warning if shown(w.value).startswith("Will not fit")]
 
     at.number_input(key="form.sft.learning_rate").set_value(1e-4).run()  # a key setting: drawn with every group
     at.selectbox(key=GROUP_KEY).set_value("sft").run()
     at.number_input(key="form.sft.batch_size").set_value(128).run()
     at.number_input(key="form.sft.max_length").set_value(2560).run()  # 327,680 tokens a batch: ~40 GiB
-    warned = [w.value for w in at.warning if w.value.startswith("Will not fit")]
+    warned = [shown(w.value) for w in at.warning if shown(w.value).startswith("Will not fit")]
     assert len(warned) == 1 and warned[0].startswith("Will not fit: train_sft: needs ~")
     assert "more than gpu's 24 GiB; queue it on gpu-80gb (execution.queues.train_sft)" in warned[0]
     plan = shown_plan(at)
@@ -239,7 +240,7 @@ def test_launch_shows_the_plan_and_warns_when_a_stage_will_not_fit(filled, align
 
     at.button(key="launch_fit_queues").click().run()  # the plan's advice, taken: shown in the preview first
     assert previewed(at)["execution"]["queues"]["train_sft"] == "gpu-80gb"
-    assert not [w for w in at.warning if w.value.startswith("Will not fit")]
+    assert not [w for w in at.warning if shown(w.value).startswith("Will not fit")]
     plan = shown_plan(at).set_index("stage")
     assert plan.loc["train_sft", "queue"] == "gpu-80gb" and plan.loc["train_sft", "fits its class"] == "yes"
     assert not [b for b in at.button if b.key == "launch_fit_queues"]
@@ -249,4 +250,4 @@ def test_launch_shows_the_plan_and_warns_when_a_stage_will_not_fit(filled, align
     assert any(t.value.startswith("Memory: unknown: someone/not-on-this-host's config.json is not on") for t in at.text)
     assert not [frame for frame in at.dataframe if "planned peak" in frame.value.columns]
     assert not [b for b in at.button if b.key == "launch_fit_queues"]
-    assert not [w for w in at.warning if w.value.startswith("Will not fit")]
+    assert not [w for w in at.warning if shown(w.value).startswith("Will not fit")]

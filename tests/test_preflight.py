@@ -9,6 +9,7 @@ import sys
 
 from streamlit.testing.v1 import AppTest
 
+from app.text import shown
 from tests.test_cli_up import ROOT
 
 
@@ -49,7 +50,7 @@ def test_preflight_runs_the_checks_and_the_tiny_dag_and_records_a_go(
     at.query_params["run"] = "1"
     at.run()
     assert not at.exception
-    assert any(h.value == "Preflight: GO" for h in at.subheader)
+    assert any(shown(h.value) == "Preflight: GO" for h in at.subheader)
     assert any("whole DAG at tiny scale" in t.value for t in at.text)
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.charts import CURVE_METRICS, curve_rows, training_curves
 from app.judge_panels import compare_section
+from app.text import plain
 from db import queries
 from pipeline.core.intervals import cannot_separate, readable_rows
 from pipeline.core.metrics import METRICS
@@ -73,7 +74,7 @@ table = pd.DataFrame(readable_rows(matrix[matrix["metric"] == metric].to_dict("r
 for run_name, of_run in table.groupby("run"):
     reason = cannot_separate(metric, dict(zip(of_run["method"], of_run["value"], strict=True)))
     if reason:
-        st.warning(f"{run_name}: {reason}")
+        st.warning(f"{plain(run_name)}: {plain(reason)}")
 st.dataframe(table[["run", "method", "value", "95% CI", "n"]], hide_index=True, key="compare_table")
 st.altair_chart(interval_chart(table, "value", "method", title), key="compare_chart")
 
@@ -145,7 +146,7 @@ if len(run_ids) > 1:
         st.altair_chart(line + band, key="sweep_chart")
         others = [f for f in varying if f != along]
         if others:
-            st.caption(f"Also differing between these runs: {', '.join(others)}.")
+            st.caption(f"Also differing between these runs: {plain(', '.join(others))}.")
         spread = sweep.groupby([along, "method"], as_index=False).agg(
             runs=("value", "size"),
             mean=("value", "mean"),
@@ -158,7 +159,7 @@ if len(run_ids) > 1:
 for run_id in run_ids:
     verdict = (queries.previews(run_id, "verdict") or [None])[0]
     differences = pd.DataFrame(queries.previews(run_id, "differences"))
-    st.header(labels[run_id])
+    st.header(plain(labels[run_id]))
     if verdict is None:
         st.warning("This run has no compare result yet.")
         continue
@@ -167,8 +168,8 @@ for run_id in run_ids:
     if answer:
         st.text(answer["text"])
         st.caption(
-            f"Primary metric, named in the config before the run: {answer['metric']}. Every other difference is "
-            f"exploratory; family correction: {verdict.get('correction')}. {ONE_SEED}"
+            f"Primary metric, named in the config before the run: {plain(answer['metric'])}. Every other difference is "
+            f"exploratory; family correction: {plain(verdict.get('correction'))}. {ONE_SEED}"
         )
     else:
         st.warning("This run's compare result predates the stated answer; rerun compare to get it.")
@@ -188,7 +189,7 @@ for run_id in run_ids:
         if check["passed"]:
             st.text(line + ": leak-free")
         else:
-            st.error(line + ": CONTAMINATED")
+            st.error(plain(line) + ": CONTAMINATED")
     if not differences.empty:
         st.subheader("Paired differences (a − b, 95% bootstrap CI)")
         shown = differences[differences["metric"] == metric] if metric in set(differences["metric"]) else differences
@@ -223,9 +224,9 @@ for run_id in run_ids:
     parity = verdict["parity"]
     st.subheader("Parity check")
     if parity["fair"]:
-        st.success(parity["verdict"])
+        st.success(plain(parity["verdict"]))
     else:
-        st.error(parity["verdict"])
+        st.error(plain(parity["verdict"]))
     only_diff = st.toggle("Differences only", value=True, key=f"parity_diff_{run_id}")
     rows = pd.DataFrame(parity["differences"] if only_diff else parity["all"])
     if not rows.empty:

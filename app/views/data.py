@@ -5,6 +5,7 @@ import html
 import pandas as pd
 import streamlit as st
 
+from app.text import plain
 from db import queries
 from pipeline.core.errors import AlignlabError
 from pipeline.validation import FILE_KINDS
@@ -18,16 +19,19 @@ with st.expander("Check a file before you launch", expanded=False):
     try:
         report = check_upload(kind, upload.getvalue(), upload.name) if upload is not None else None
     except AlignlabError as exc:  # over the upload limit
-        st.error(str(exc))
+        st.error(plain(str(exc)))
         report = None
     if report is not None:
         summary = f"{upload.name}: {report.rows_valid} of {report.rows_read} rows valid"
         if report.passed:
-            st.success(summary + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+            st.success(plain(summary) + (f", {len(report.warnings)} warnings" if report.warnings else ""))
         else:
             first = report.errors[0]
             where = f"row {first.row}, field {first.field or '-'}" if first.row else "the whole file"
-            st.error(f"{summary}. First error at {where}: {first.message}. Fix the file and check it again.")
+            st.error(
+                f"{plain(summary)}. First error at {plain(where)}: {plain(first.message)}. "
+                "Fix the file and check it again."
+            )
         if report.issues:
             st.dataframe(
                 pd.DataFrame(
@@ -54,8 +58,10 @@ if not reports:
 for n, report in enumerate(reports):
     verdict = "passed" if report["passed"] else "FAILED"
     with st.expander(
-        f"{report['kind']} · {verdict} · {report['rows_valid']}/{report['rows_read']} rows valid · "
-        f"{report['n_errors']} errors · {report['n_warnings']} warnings · checked by {', '.join(report['checked_by'])}",
+        f"{plain(report['kind'])} · {plain(verdict)} · "
+        f"{plain(report['rows_valid'])}/{plain(report['rows_read'])} rows valid · "
+        f"{plain(report['n_errors'])} errors · {plain(report['n_warnings'])} warnings · "
+        f"checked by {plain(', '.join(report['checked_by']))}",
         expanded=not report["passed"],
     ):
         st.text(f"File: {report['source']}")
@@ -73,7 +79,7 @@ for n, report in enumerate(reports):
             if isinstance(stat, dict) and stat.get("histogram")
         }
         for name, histogram in histograms.items():
-            st.caption(f"{name}: rows per length bucket (bucket start)")
+            st.caption(f"{plain(name)}: rows per length bucket (bucket start)")
             frame = pd.DataFrame({"length from": [int(k) for k in histogram], "rows": list(histogram.values())})
             st.bar_chart(frame, x="length from", y="rows")
         st.json(report["stats"], expanded=False)
@@ -83,7 +89,9 @@ kind = st.selectbox("Show", ["sft_records", "negatives", "train_pairs", "heldout
 records = queries.previews(run_id, kind)
 total = queries.records_total(run_id, kind)
 if records:
-    st.caption(f"The first {len(records)} of {total} rows" if total is not None else f"{len(records)} rows (a preview)")
+    st.caption(
+        f"The first {len(records)} of {plain(total)} rows" if total is not None else f"{len(records)} rows (a preview)"
+    )
 else:
     st.caption("No rows yet: the stage that makes them has not finished.")
 if records:

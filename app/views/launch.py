@@ -12,6 +12,7 @@ import streamlit as st
 import yaml
 
 from app.forms import error_field, fill_form, set_field, spec_form
+from app.text import plain
 from db import queries
 from pipeline.core.configs import (
     PRESETS,
@@ -133,10 +134,10 @@ with source_col:
                     raise ConfigError(f"the file holds a {type(loaded).__name__}, not a mapping of RunSpec sections")
                 base = to_dict(from_dict(RunSpec, loaded))
             except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
-                st.error(f"{uploaded.name}: {exc}. Fix the file, or start from a preset.")
+                st.error(f"{plain(uploaded.name)}: {plain(exc)}. Fix the file, or start from a preset.")
                 blocking.append(f"the config file {uploaded.name} was rejected")
             else:
-                st.success(f"Loaded {uploaded.name}")
+                st.success(f"Loaded {plain(uploaded.name)}")
     else:
         parent_id = st.selectbox(
             "Run",
@@ -148,12 +149,12 @@ with source_col:
         try:
             base = base_of_parent = to_dict(load_stored_spec(queries.run_detail(parent_id)["spec"]))  # migrated
         except ConfigError as exc:
-            st.error(f"Run {parent_id}'s stored config cannot be used: {exc}")
+            st.error(f"Run {plain(parent_id)}'s stored config cannot be used: {plain(exc)}")
             base = None
             blocking.append(f"run {parent_id}'s stored config was rejected")
         onward = variant_stages_onward((base or {}).get("stages"))
         if base is not None and st.checkbox(
-            f"Only the DPO stages ({', '.join(onward)}), reusing this run's SFT data, SFT model and pairs",
+            f"Only the DPO stages ({plain(', '.join(onward))}), reusing this run's SFT data, SFT model and pairs",
             value=True,
             key="launch_dpo_only",
         ):
@@ -192,15 +193,16 @@ if dataset is not None:
                 set_field("data", "instructions", reference)  # shown in the form like any other value
                 st.session_state["launch_dataset_sha"] = reference
     except AlignlabError as exc:  # over the size limit, Redis unreachable
-        st.error(f"{dataset.name}: {exc}.")
+        st.error(f"{plain(dataset.name)}: {plain(exc)}.")
         blocking.append(f"the upload {dataset.name} was rejected")
     else:
         if report.passed:
-            st.success(f"{dataset.name}: {report.rows_valid} valid instructions, used by this run")
+            st.success(f"{plain(dataset.name)}: {plain(report.rows_valid)} valid instructions, used by this run")
         else:
             st.error(
-                f"{dataset.name}: {report.error_rows} of {report.rows_read} rows are invalid, e.g. "
-                + "; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3])
+                f"{plain(dataset.name)}: {plain(report.error_rows)} of {plain(report.rows_read)} rows are invalid, "
+                "e.g. "
+                + plain("; ".join(f"row {i.row}, field {i.field or '-'}: {i.message}" for i in report.errors[:3]))
                 + ". Fix the file and upload it again, or remove it."
             )
             blocking.append(f"the upload {dataset.name} was rejected")
@@ -233,7 +235,7 @@ exported = yaml.safe_dump(edited, sort_keys=False)
 with st.expander("Config preview: exactly what Launch submits"):
     st.code(exported, language="yaml")
 if parent_id is not None and base is not None:
-    st.subheader(f"Changes from run {parent_id}")
+    st.subheader(f"Changes from run {plain(parent_id)}")
     changed = changes(base_of_parent, edited)
     if changed.empty:
         st.text(f"None: this launches run {parent_id}'s config as it was.")
@@ -244,7 +246,7 @@ st.text(f"Duration: {duration}")
 st.text(f"Cost: {cost}")
 memory_basis, memory_table, memory_warnings, queues_that_fit = memory_forecast(edited)
 for warning in memory_warnings:
-    st.warning(f"Will not fit: {warning}")
+    st.warning(f"Will not fit: {plain(warning)}")
 if (
     queues_that_fit is not None
     and queues_that_fit != edited["execution"]["queues"]
@@ -270,7 +272,7 @@ preflight = preflight_col.button(
 )
 export_col.download_button("Export this config as YAML", exported, file_name="run.yaml", key="export")
 if blocking:
-    st.error("Launch is disabled: " + "; ".join(blocking) + ". Nothing was queued.")
+    st.error("Launch is disabled: " + plain("; ".join(blocking)) + ". Nothing was queued.")
 
 
 if submitted or preflight:
@@ -288,7 +290,7 @@ if submitted or preflight:
         st.session_state["launch_errors"] = {error_field(str(exc)): str(exc)}
         st.rerun()
     except AlignlabError as exc:
-        st.error(f"Could not queue the run: {exc}")
+        st.error(f"Could not queue the run: {plain(exc)}")
     else:
         st.session_state["launch_errors"] = {}
         st.switch_page("views/runs.py", query_params={"run": str(run_ids[0])})
@@ -296,8 +298,10 @@ if submitted or preflight:
 if errors:
     st.error(
         "Nothing was queued. Fix "
-        + "; ".join(
-            (f"{field} (in the '{field.split('.')[0]}' group above): " if "." in field else "") + message
-            for field, message in errors.items()
+        + plain(
+            "; ".join(
+                (f"{field} (in the '{field.split('.')[0]}' group above): " if "." in field else "") + message
+                for field, message in errors.items()
+            )
         )
     )

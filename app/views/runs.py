@@ -8,6 +8,7 @@ import yaml
 
 from app.charts import CURVE_METRICS, curve_rows, training_curves
 from app.dag_view import dag_dot
+from app.text import plain
 from db import queries
 from pipeline.core.configs import KEY_SETTINGS, flatten, migrate_spec, preset
 from pipeline.core.durations import elapsed_seconds, human_duration, remaining_seconds
@@ -25,7 +26,7 @@ def launch_demo() -> None:
     try:
         run_id = scheduler.submit(preset("tiny-cpu"), connect())
     except AlignlabError as exc:
-        st.error(f"Could not queue the demo: {exc}")
+        st.error(f"Could not queue the demo: {plain(exc)}")
         return
     open_run(run_id)
 
@@ -166,15 +167,15 @@ def live_run(run_id: int, smoothing: float) -> None:
     detail = queries.run_detail(run_id)
     now = datetime.now(UTC)
     started = [s["started_at"] for s in detail["stages"] if s["started_at"]]
-    st.subheader(f"Run {run_id} · {detail['name']} · {detail['status']}")
+    st.subheader(f"Run {plain(run_id)} · {plain(detail['name'])} · {plain(detail['status'])}")
     if started and detail["status"] in ACTIVE:
-        st.caption(f"running for {human_duration(elapsed_seconds(min(started), None, now))}")
+        st.caption(f"running for {plain(human_duration(elapsed_seconds(min(started), None, now)))}")
     if detail["error"]:
-        st.error(f"{detail['error']}")
+        st.error(f"{plain(detail['error'])}")
     try:
         prices = load_prices()
     except ConfigError as exc:
-        st.error(str(exc))
+        st.error(plain(str(exc)))
         prices = Prices()
     stages = stage_rows(detail, now, prices)
     st.text(f"Cost: {ledger_text(detail['stages'], prices)}")
@@ -210,7 +211,7 @@ def replan(run_id: int, what: str, call) -> None:
     try:
         st.session_state["run_action_result"] = f"Run {run_id}: {call()}"
     except AlignlabError as exc:
-        st.error(f"Could not {what}: {exc}")
+        st.error(f"Could not {plain(what)}: {plain(exc)}")
     else:
         st.rerun()
 
@@ -224,7 +225,7 @@ def cancel_with_confirmation(run_id: int, detail: dict) -> None:
         return
     unfinished = [s["node"] for s in detail["stages"] if s["status"] in ACTIVE]
     st.warning(
-        f"Cancel run {run_id}? The running stage stops at its next step and {len(unfinished)} unfinished stages "
+        f"Cancel run {plain(run_id)}? The running stage stops at its next step and {len(unfinished)} unfinished stages "
         "are marked cancelled. Finished stages and checkpoints are kept: Resume continues from them."
     )
     yes, no = st.columns(2)
@@ -253,7 +254,7 @@ def actions(run_id: int, detail: dict) -> None:
             f"Resume re-enqueues {', '.join(again)}; the {len(statuses) - len(again)} finished stages are kept, "
             "and a training stage continues from its last checkpoint."
         )
-        st.caption(what)
+        st.caption(plain(what))
         if st.button("Resume run", key="resume"):  # what it does is the caption above
             replan(run_id, "resume", lambda: scheduler.resume(run_id, connect()))
     failed = {s["node"]: s["id"] for s in detail["stages"] if s["status"] in ("failed", "cancelled")}
@@ -262,11 +263,11 @@ def actions(run_id: int, detail: dict) -> None:
         node = node_col.selectbox("Stage", list(failed), key="retry_node", label_visibility="collapsed")
         again = scheduler.nodes_to_rerun(statuses, {node} | dependents(node))
         what = f"Retry re-enqueues {', '.join(again)} (this stage and what depends on it); the rest stays as it is."
-        if button_col.button(f"Retry {node} and what depends on it", key="retry"):
+        if button_col.button(f"Retry {plain(node)} and what depends on it", key="retry"):
             replan(run_id, "retry", lambda: scheduler.retry(failed[node], connect()))
-        st.caption(what)
+        st.caption(plain(what))
     if "run_action_result" in st.session_state:
-        st.info(st.session_state.pop("run_action_result"))
+        st.info(plain(st.session_state.pop("run_action_result")))
     if st.button("Clone and edit", key="clone", help="Opens Launch with this run's config, to change and launch."):
         clone_and_edit(run_id)
 
@@ -289,7 +290,7 @@ def config_block(detail: dict) -> None:
 def run_page(run_id: int) -> None:
     detail = queries.run_detail(run_id)
     if detail is None:
-        st.error(f"There is no run {run_id}. Pick one from the list.")
+        st.error(f"There is no run {plain(run_id)}. Pick one from the list.")
         if st.button("Back to all runs", key="back"):
             del st.query_params["run"]
             st.rerun()
@@ -321,6 +322,6 @@ if selected is None:
     st.title("Runs")
     runs_table()
 elif not selected.isdigit():
-    st.error(f"'{selected}' is not a run id.")
+    st.error(f"'{plain(selected)}' is not a run id.")
 else:
     run_page(int(selected))

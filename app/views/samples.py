@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.judge_panels import verdict_rows
+from app.text import plain
 from db import queries
 from pipeline.core.configs import METHOD_LABELS, METHODS
 from pipeline.core.errors import AlignlabError
@@ -49,14 +50,14 @@ def outputs(row: dict, methods: list[str]) -> None:
             st.subheader(METHOD_LABELS[method])
             st.text(sample["generation"] or "(empty)")
             if sample["flags"]:
-                st.warning("flags: " + ", ".join(sample["flags"]))
+                st.warning("flags: " + plain(", ".join(sample["flags"])))
 
 
 side_by_side, blind = st.tabs(["Side by side", "Blind A/B"])
 with side_by_side:
     index = st.number_input("Prompt", min_value=1, max_value=len(rows), value=1, step=1, key="prompt_index") - 1
     row = rows[int(index)]
-    st.caption(f"Prompt {row['prompt_id']}")
+    st.caption(f"Prompt {plain(row['prompt_id'])}")
     st.text(row["prompt"])
     st.caption(
         "Reference (SFT data): the base model's own generated answer, which SFT trained towards; not a gold answer"
@@ -78,9 +79,9 @@ with side_by_side:
     )
     if beside is not None:
         match = next((r for r in queries.samples_side_by_side(beside) if r["prompt"] == row["prompt"]), None)
-        st.subheader(f"The same prompt in run {labels[beside]}")
+        st.subheader(f"The same prompt in run {plain(labels[beside])}")
         if match is None:
-            st.info(f"Run {labels[beside]} has no output for this prompt (its held-out prompts differ).")
+            st.info(f"Run {plain(labels[beside])} has no output for this prompt (its held-out prompts differ).")
         else:
             outputs(match, [m for m in METHODS if m in match["methods"]])
     shown = sample_metrics()
@@ -112,12 +113,12 @@ with blind:
             progress += f" ({queue['identical']} prompts where both wrote the same text are not offered)"
         st.text(progress)
         if not left_now:
-            st.success(f"Nothing left to judge for {reviewer} on this pair.")
+            st.success(f"Nothing left to judge for {plain(reviewer)} on this pair.")
         else:
             item = left_now[0]
             # the order is random but stable for this prompt and pair, and stored with the judgement
             left, right = pair if random.Random(f"{item['prompt_id']}:{pair}").random() < 0.5 else pair[::-1]
-            st.caption(f"Prompt {item['prompt_id']}")
+            st.caption(f"Prompt {plain(item['prompt_id'])}")
             st.text(item["prompt"])
             col_a, col_b = st.columns(2)
             col_a.subheader("A")
@@ -127,11 +128,11 @@ with blind:
             verdicts = {"A is better": left, "B is better": right, "Tie": "tie"}
             buttons = st.columns(4)
             for column, (label, winner), shortcut in zip(buttons, verdicts.items(), "abt", strict=False):
-                if column.button(label, key=f"ab_{shortcut}", shortcut=shortcut):
+                if column.button(plain(label), key=f"ab_{shortcut}", shortcut=shortcut):
                     try:
                         commands.record_judgement(run_id, item["prompt_id"], left, right, winner, reviewer)
                     except AlignlabError as exc:
-                        st.error(str(exc))
+                        st.error(plain(str(exc)))
                     else:
                         st.rerun()
             if buttons[3].button("Skip", key="ab_skip", shortcut="s"):
@@ -148,7 +149,7 @@ with blind:
         pairs = queries.judgements_as_pairs(run_id)
         ties = int(rates["ties"].sum())
         st.download_button(
-            f"Export {len(pairs)} judged pairs (JSONL, TRL prompt/chosen/rejected; {ties} ties left out)",
+            f"Export {len(pairs)} judged pairs (JSONL, TRL prompt/chosen/rejected; {plain(ties)} ties left out)",
             "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs),
             file_name=f"judged-pairs-{run_id}.jsonl",
         )

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from app.text import plain
 from workers.fleet import LOST_AFTER_S, fleet_table
 from workers.queues import connect
 
@@ -26,7 +27,8 @@ def fleet_view() -> None:
     for row in rows:
         if row["state"] == "lost":
             st.error(
-                f"Lost: {row['worker']} on {row['host']}, last heartbeat {row['last heartbeat']}. Job: {row['job']}"
+                f"Lost: {plain(row['worker'])} on {plain(row['host'])}, last heartbeat {plain(row['last heartbeat'])}. "
+                f"Job: {plain(row['job'])}"
             )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="workers_table")
 

@@ -9,6 +9,7 @@ import streamlit as st
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
+from app.text import shown
 from db.models import Run
 from db.session import read_session
 from pipeline.core.configs import load_spec
@@ -111,7 +112,7 @@ def test_bad_configs_imported_on_launch_show_an_error_not_a_traceback(empty_stor
     for path in BAD_CONFIGS:
         at.file_uploader(key="launch_import").set_value((path.name, path.read_bytes(), "application/x-yaml")).run()
         assert not at.exception, path.name
-        assert any(path.name in e.value for e in at.error), path.name
+        assert any(path.name in shown(e.value) for e in at.error), path.name
     with read_session(empty_store) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 0
     assert redis_conn.llen("rq:queue:gpu") == 0
@@ -124,9 +125,9 @@ def test_bad_data_files_checked_on_the_data_page_name_file_row_and_field(empty_s
         at.file_uploader(key="check_file").set_value((path.name, path.read_bytes(), "application/jsonl")).run()
         assert not at.exception, path.name
         if path.name in WARNINGS_ONLY:
-            assert any(path.name in s.value and "warnings" in s.value for s in at.success), path.name
+            assert any(path.name in shown(s.value) and "warnings" in shown(s.value) for s in at.success), path.name
             continue
-        (error,) = [e.value for e in at.error if path.name in e.value]
+        (error,) = [shown(e.value) for e in at.error if path.name in shown(e.value)]
         assert "First error at" in error and "Fix the file" in error, error
         first = at.dataframe[0].value.iloc[0]
         if path.name in WHOLE_FILE_PROBLEMS:
@@ -148,7 +149,7 @@ def test_a_model_path_that_does_not_exist_is_refused_before_anything_is_queued(
     at.text_input(key="form.base_model.name_or_path").set_value(missing).run()
     at.button(key="launch").click().run()
     assert not at.exception
-    assert any("ModelConfig.name_or_path" in e.value and "does not exist" in e.value for e in at.error)
+    assert any("ModelConfig.name_or_path" in shown(e.value) and "does not exist" in shown(e.value) for e in at.error)
     assert redis_conn.llen("rq:queue:gpu") == 0 and redis_conn.llen("rq:queue:cpu") == 0
     with read_session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 0
@@ -159,5 +160,5 @@ def test_a_model_path_outside_the_allowed_roots_is_refused_on_launch(empty_store
     at.text_input(key="form.base_model.name_or_path").set_value("/etc/models/stolen").run()
     at.button(key="launch").click().run()
     assert not at.exception
-    assert any("ModelConfig.name_or_path" in e.value and "outside" in e.value for e in at.error)
+    assert any("ModelConfig.name_or_path" in shown(e.value) and "outside" in shown(e.value) for e in at.error)
     assert redis_conn.llen("rq:queue:gpu") == 0
