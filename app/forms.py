@@ -10,6 +10,7 @@ import streamlit as st
 import yaml
 
 from pipeline.core.configs import KEY_SETTINGS, SPEC_VERSION, field_label, field_table, get_path, section_help, set_path
+from pipeline.core.documents import DocumentError, parse_yaml
 
 HIDDEN = {"spec_version"}  # the layout version is not a setting
 
@@ -69,8 +70,8 @@ def _value(schema: dict[str, Any], raw: Any) -> Any:
         return (raw or "").strip() or None
     if _edited_as_text(schema):
         try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError:
+            return parse_yaml(raw)
+        except DocumentError:
             return raw
     return raw
 

@@ -22,17 +22,41 @@ from pipeline.core.configs import (
     set_path,
     to_dict,
 )
+from pipeline.core.documents import DocumentError, parse_yaml
 from pipeline.core.errors import AlignlabError, ConfigError
 from pipeline.core.registry import plan
 
 # ----------------------------------------------------------------------------------------------- spec flags
 
 
-def _parse_value(text: str) -> object:
-    """A flag value as YAML reads it: 1e-4 -> float, true -> bool, [a, b] -> list, null -> None."""
-    import yaml
+def _accepted_types(schema: dict) -> set[str]:
+    """The JSON types a field's schema accepts (its own, its enum's, its alternatives')."""
+    types = set()
+    for option in [schema, *schema.get("anyOf", []), *schema.get("oneOf", [])]:
+        if "type" in option:
+            types |= set(option["type"] if isinstance(option["type"], list) else [option["type"]])
+        if "enum" in option:
+            types |= {"string" if isinstance(v, str) else type(v).__name__ for v in option["enum"]}
+        if "const" in option:
+            types.add("string" if isinstance(option["const"], str) else type(option["const"]).__name__)
+    return types
 
-    return yaml.safe_load(text)
+
+def _value_parser(dotted: str, schema: dict):
+    """How a `--section.field VALUE` flag is read: a text field takes the value literally (`%x`, `*x`, `{`, `a #b`
+    are text); any other field reads it as strict YAML (1e-4 -> float, true -> bool, [a, b] -> list), and a value
+    that does not parse is refused naming the flag."""
+    if _accepted_types(schema) <= {"string", "null"}:
+        return str
+
+    def parse(text: str) -> object:
+        try:
+            return parse_yaml(text)
+        except DocumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None  # argparse names the flag
+
+    parse.__name__ = f"--{dotted} value"
+    return parse
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, home: bool = True) -> None:
@@ -51,7 +75,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, home: bool = True) -> No
         group.add_argument(
             f"--{dotted}",
             dest=f"set:{dotted}",
-            type=_parse_value,
+            type=_value_parser(dotted, schema),
             metavar="V",
             help=(schema.get("description") or "") + choices,
         )

@@ -109,7 +109,14 @@ def require_kind(value: str, field: str) -> None:
         return
     if path.is_dir() and any((path / marker).exists() for marker in markers):
         return
-    kind = "a directory" if path.is_dir() else "a file"
+    if path.is_dir():
+        kind = "a directory"
+    elif path.is_fifo():
+        kind = "a FIFO (named pipe)"
+    elif path.is_char_device() or path.is_block_device() or path.is_socket():
+        kind = "a device or socket"
+    else:
+        kind = "a file"
     raise ConfigError(f"{field}: {value} is {kind}, not {what}")
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from pipeline.core.configs import ValidationConfig
 from pipeline.core.conversations import ASSISTANT, USER, as_prompt, is_conversation, turn_problems
-from pipeline.core.errors import DataError
+from pipeline.core.documents import DocumentError, bounded_int, is_blank, require_regular_file
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.negative_types import names as negative_type_names
 from pipeline.core.text import normalize_text, template_parts
 
@@ -32,12 +33,14 @@ ISSUE_CODES: dict[str, str] = {
     "empty_file": "the file has no records",
     "not_utf8": "the line is not UTF-8 text; re-save the file as UTF-8",
     "malformed_json": "the line is not valid JSON; one JSON object per line",
+    "duplicate_key": "a key is given twice in one row (JSON would keep the last silently); give each key once",
+    "not_text": "a text field holds a lone surrogate (an escape such as \\ud800 that is not text)",
     "not_object": "the line is JSON but not an object; each line must be {...}",
     "missing_field": "a required field is missing",
     "null_value": "a required field is null",
     "nan_value": "a field is NaN",
     "wrong_type": "a field must be a string",
-    "empty_text": "a text field is empty or whitespace only",
+    "empty_text": "a text field is empty, or only whitespace and invisible characters",
     "too_long": "a text field exceeds ValidationConfig.max_text_chars",
     "too_many_tokens": "prompt + response exceed ValidationConfig.max_tokens",
     "separator_in_text": "the instruction contains the prompt template's response marker; the model would see "
@@ -196,6 +199,24 @@ def take_row(report: ValidationReport, record: Any, file: str | None = None) -> 
 
 
 BOM = b"\xef\xbb\xbf"
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _row_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of a data row: a key given twice is an error (json keeps the last one silently)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_rows here, pipeline.sources.read_records for more
 
 
@@ -203,8 +224,10 @@ def read_rows(path: str | Path) -> Iterator[Row]:
     """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue). A UTF-8
     byte-order mark (Windows tools write one) is read past, with a warning."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not a JSONL file; give the file inside it")
+    try:
+        require_regular_file(path, "JSONL file")  # a FIFO or a device would block here, a directory means nothing
+    except DocumentError as exc:
+        raise DataError(str(exc)) from None
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             bom = number == 1 and raw.startswith(BOM)
@@ -217,9 +240,18 @@ def read_rows(path: str | Path) -> Iterator[Row]:
             if text.strip() == "":
                 continue
             try:
-                record = json.loads(text)
+                record = json.loads(text, object_pairs_hook=_row_object, parse_int=bounded_int)
             except json.JSONDecodeError as exc:
                 yield number, Issue(number, None, "malformed_json", f"{exc.msg} at column {exc.colno}")
+                continue
+            except DuplicateKey as exc:
+                yield number, Issue(number, exc.key, "duplicate_key", f"'{exc.key}' is given twice in this row")
+                continue
+            except DocumentError as exc:  # an integer of thousands of digits
+                yield number, Issue(number, None, "malformed_json", str(exc))
+                continue
+            except RecursionError:
+                yield number, Issue(number, None, "malformed_json", "nested too deeply")
                 continue
             if bom:
                 note = "starts with a UTF-8 byte-order mark; read past it (save as UTF-8 without BOM to silence this)"
@@ -229,6 +261,15 @@ def read_rows(path: str | Path) -> Iterator[Row]:
 
 
 # ----------------------------------------------------------------------------------------------- checks
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (JSON's `\\ud800` escape makes one), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _is_nan(value: Any) -> bool:
@@ -255,8 +296,19 @@ def _check_text_fields(
             report.add(row, name, "nan_value", f"'{name}' is NaN", file=file)
         elif not isinstance(value, str):
             report.add(row, name, "wrong_type", f"'{name}' must be a string, got {type(value).__name__}", file=file)
-        elif value.strip() == "":
-            report.add(row, name, "empty_text", f"'{name}' is empty or whitespace only", file=file)
+        elif is_blank(value):
+            report.add(
+                row, name, "empty_text", f"'{name}' is empty, or only spaces and invisible characters", file=file
+            )
+        elif (surrogate := _lone_surrogate(value)) is not None:
+            report.add(
+                row,
+                name,
+                "not_text",
+                f"'{name}' holds a lone surrogate (U+{ord(value[surrogate]):04X}) at character {surrogate}, "
+                "which is not text; fix the escape that produced it",
+                file=file,
+            )
         elif len(value) > config.max_text_chars:
             report.add(row, name, "too_long", f"'{name}' has {len(value)} chars > {config.max_text_chars}", file=file)
         else:
@@ -748,6 +800,20 @@ def validate_instructions(
     report.rows_valid = len(valid)
     _finish(report, [{} for _ in valid])
     return valid, report
+
+
+def check_instructions_before_queueing(source: str, instruction_field: str, config: ValidationConfig) -> None:
+    """A local instructions file's rows checked before anything is queued (`alignlab submit`, Launch): a file whose
+    rows fail validation is refused as a ConfigError of `DataConfig.instructions` naming file, row and field."""
+    from pipeline.paths import is_local_path
+
+    if not is_local_path(source) or not Path(source).expanduser().is_file():
+        return  # the demo, a blob (checked when uploaded), a hub id or a datasets directory: read by the stage
+    report = validate_file("instructions", Path(source).expanduser(), config, instruction_field=instruction_field)
+    try:
+        report.raise_if_failed()
+    except DataError as exc:
+        raise ConfigError(f"DataConfig.instructions: {exc}") from None
 
 
 def validate_file(

@@ -46,6 +46,10 @@ EXPECTED = [
     ("instructions_huge_line.jsonl", "instructions", "too_long", 1, "instruction", "error", True),
     ("instructions_separator_inside.jsonl", "instructions", "separator_in_text", 2, "instruction", "error", True),
     ("instructions_wrong_field.jsonl", "instructions", "missing_field", 1, "instruction", "error", True),
+    ("instructions_duplicate_key.jsonl", "instructions", "duplicate_key", 2, "instruction", "error", True),
+    ("instructions_lone_surrogate.jsonl", "instructions", "not_text", 2, "instruction", "error", True),
+    ("instructions_invisible_only.jsonl", "instructions", "empty_text", 2, "instruction", "error", True),
+    ("sft_huge_integer.jsonl", "sft", "malformed_json", 2, None, "error", True),
     # TRL's conversational formats: the turn is named
     ("instructions_messages_bad_role.jsonl", "instructions", "bad_role", 2, "messages[1].role", "error", True),
     ("instructions_messages_empty_turn.jsonl", "instructions", "empty_turn", 1, "messages[0].content", "error", True),

@@ -28,6 +28,7 @@ from pipeline.core.configs import RunSpec, canonical_json, load_stored_spec, pre
 from pipeline.core.errors import ConfigError
 from pipeline.core.registry import Node, dependents, plan, selected_nodes
 from pipeline.paths import allowed_roots, confine_spec
+from pipeline.validation import check_instructions_before_queueing
 from workers.commands import get_run, get_stage_run
 from workers.events import cancel_key
 from workers.queues import fetch_job, queue
@@ -104,6 +105,7 @@ def submit(
 ) -> int:
     """Write the Run and its StageRuns, enqueue one job per selected node; returns the run id."""
     confine_spec(spec, allowed_roots())
+    check_instructions_before_queueing(spec.data.instructions, spec.data.instruction_field, spec.validation)
     nodes = selected_nodes(spec.stages)
     with write_session(engine) as session:
         run = Run(

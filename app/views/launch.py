@@ -19,6 +19,7 @@ from pipeline.core.configs import (
     SEED_SCOPES,
     RunSpec,
     canonical_json,
+    config_from_upload,
     flatten,
     from_dict,
     load_stored_spec,
@@ -129,12 +130,9 @@ with source_col:
             st.info("Choose a config file (e.g. one exported from this page or written for `alignlab submit`).")
         else:
             try:
-                loaded = yaml.safe_load(uploaded.getvalue().decode("utf-8"))
-                if not isinstance(loaded, dict):
-                    raise ConfigError(f"the file holds a {type(loaded).__name__}, not a mapping of RunSpec sections")
-                base = to_dict(from_dict(RunSpec, loaded))
-            except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
-                st.error(f"{plain(uploaded.name)}: {plain(exc)}. Fix the file, or start from a preset.")
+                base = to_dict(config_from_upload(uploaded.name, uploaded.getvalue()))
+            except ConfigError as exc:
+                st.error(f"{plain(exc)}. Fix the file, or start from a preset.")
                 blocking.append(f"the config file {uploaded.name} was rejected")
             else:
                 st.success(f"Loaded {plain(uploaded.name)}")

@@ -23,6 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.core import negative_types, registry
 from pipeline.core.catalog import SMOLLM2_135M_INSTRUCT
+from pipeline.core.documents import (
+    MAX_CONFIG_BYTES,
+    DocumentError,
+    check_strings,
+    excerpt,
+    parse_document,
+    read_config_text,
+)
 from pipeline.core.errors import ConfigError
 from pipeline.core.text import template_parts
 
@@ -640,20 +648,20 @@ def _bounds(field_info: Any) -> tuple[Any, Any]:
 
 
 MESSAGES = {
-    "float_type": "expected a number, got {input!r}",
-    "float_parsing": "expected a number, got {input!r}",
-    "int_type": "expected an integer, got {input!r}",
-    "int_parsing": "expected an integer, got {input!r}",
-    "int_from_float": "expected an integer, got {input!r}",
-    "bool_type": "expected true or false, got {input!r}",
-    "bool_parsing": "expected true or false, got {input!r}",
-    "string_type": "expected a string, got {input!r}",
+    "float_type": "expected a number, got {input}",
+    "float_parsing": "expected a number, got {input}",
+    "int_type": "expected an integer, got {input}",
+    "int_parsing": "expected an integer, got {input}",
+    "int_from_float": "expected an integer, got {input}",
+    "bool_type": "expected true or false, got {input}",
+    "bool_parsing": "expected true or false, got {input}",
+    "string_type": "expected a string, got {input}",
     "finite_number": "{input} is not a finite number (NaN and infinity are not valid values)",
-    "list_type": "expected a list, got {input!r}",
-    "dict_type": "expected a mapping, got {input!r}",
-    "model_type": "expected a mapping of fields, got {input!r}",
-    "invalid_key": "keys must be field names, got {input!r}",
-    "literal_error": "{input!r} is not allowed; choose one of {expected}",
+    "list_type": "expected a list, got {input}",
+    "dict_type": "expected a mapping, got {input}",
+    "model_type": "expected a mapping of fields, got {input}",
+    "invalid_key": "keys must be field names, got {input}",
+    "literal_error": "{input} is not allowed; choose one of {expected}",
 }
 
 
@@ -691,7 +699,7 @@ def _where_what(
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and field_info is not None:
         low, high = _bounds(field_info)
         lo, hi = ("-inf" if low is None else low), ("inf" if high is None else high)
-        return where, f"{error['input']!r} is out of range; allowed {lo} .. {hi}"
+        return where, f"{excerpt(error['input'])} is out of range; allowed {lo} .. {hi}"
     if kind == "value_error":
         text = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
         head, sep, tail = text.partition(": ")
@@ -700,7 +708,8 @@ def _where_what(
         return where, text
     template = MESSAGES.get(kind)
     if template:
-        return where, template.format(input=error.get("input"), expected=(error.get("ctx") or {}).get("expected"))
+        shown = excerpt(error.get("input"))
+        return where, template.format(input=shown, expected=(error.get("ctx") or {}).get("expected"))
     return where, error["msg"]
 
 
@@ -853,6 +862,10 @@ def from_dict(cls: type[BaseModel], data: Any, where: str | None = None) -> Any:
     bad = _non_string_keys(data, where or cls.__name__)
     if bad:
         raise ConfigError(f"key(s) {', '.join(bad)} are not field names; keys are the names of {cls.__name__} fields")
+    try:
+        check_strings(data, where or cls.__name__)  # a lone surrogate would pass validation and crash the run
+    except DocumentError as exc:
+        raise ConfigError(str(exc)) from None
     if cls is RunSpec:
         data = migrate_spec(data)
     try:
@@ -903,34 +916,40 @@ def dump_spec(spec: RunSpec, path: str | Path) -> Path:
 
 
 def load_spec(path: str | Path) -> RunSpec:
-    """Read a RunSpec from YAML or JSON; errors name the file and the offending key."""
+    """Read a RunSpec from YAML or JSON, strictly (`pipeline.core.documents`: bounded size and nesting, no aliases,
+    no key given twice); errors name the file and the offending key."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, not a config file (give the YAML or JSON file inside it)")
+    yaml_syntax = path.suffix in (".yaml", ".yml")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        data = parse_document(read_config_text(path), yaml_syntax)
+    except DocumentError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    return spec_from_document(data, str(path))
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both carry the line
-        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
+
+def config_from_upload(name: str, data: bytes) -> RunSpec:
+    """A RunSpec from an uploaded config file's bytes (JSON by its name, else YAML), read as strictly as a file."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: is {len(data):,} bytes; a config file may be at most {MAX_CONFIG_BYTES:,}")
+    try:
+        document = parse_document(data.decode("utf-8-sig"), yaml_syntax=not name.lower().endswith(".json"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except DocumentError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return spec_from_document(document, name)
+
+
+def spec_from_document(data: Any, source: str) -> RunSpec:
+    """A RunSpec from a parsed config document (a file, an upload); errors name `source`."""
     if not isinstance(data, dict):
-        what = "is empty" if data is None else f"holds a {type(data).__name__} ({data!r:.40}), not a mapping"
-        raise ConfigError(f"{path}: {what}; a config file maps RunSpec sections (name, sft, dpo, ...) to values")
+        what = "is empty" if data is None else f"holds a {type(data).__name__} ({excerpt(data)}), not a mapping"
+        raise ConfigError(f"{source}: {what}; a config file maps RunSpec sections (name, sft, dpo, ...) to values")
     try:
         return from_dict(RunSpec, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------- schema

@@ -47,7 +47,16 @@ def test_every_bad_config_names_its_file_and_what_is_wrong(path):
         "list_not_a_mapping.yaml": "holds a list",
         "false_not_a_mapping.yaml": "holds a bool",
         "empty_file.yaml": "is empty",
+        "alias_bomb.yaml": "an anchor (&name) is not accepted",
+        "duplicate_key.yaml": "'beta' is given twice",
+        "duplicate_key.json": "'name' is given twice",
+        "deep_nesting.yaml": "nested more than 32 levels",
+        "deep_nesting.json": "nested too deeply",
+        "huge_integer.yaml": "an integer of 5,000 digits",
+        "huge_integer.json": "an integer of 5,000 digits",
+        "lone_surrogate.json": "lone surrogate",
     }
+    assert len(message) < 1000, "an error quotes a bounded excerpt, never the whole input"
     if path.name in whole_file:
         assert whole_file[path.name] in message
     else:  # the field, as Section.field
@@ -162,3 +171,112 @@ def test_a_model_path_outside_the_allowed_roots_is_refused_on_launch(empty_store
     assert not at.exception
     assert any("ModelConfig.name_or_path" in shown(e.value) and "outside" in shown(e.value) for e in at.error)
     assert redis_conn.llen("rq:queue:gpu") == 0
+
+
+def test_a_50_mb_config_is_refused_before_it_is_parsed_and_not_repeated(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: " + "x" * (50 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_spec(big)
+    assert "at most 1,048,576" in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_long_config_value_is_refused_quoting_an_excerpt(tmp_path):
+    from pipeline.core.configs import RunSpec, from_dict
+
+    with pytest.raises(ConfigError) as caught:
+        from_dict(RunSpec, {"name": "y" * 200_000})
+    assert "200,000 characters" in str(caught.value) and len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize("value", ["%run", "*run", "@run", "{run", "a #b", "[x", "!tag", "123", "true", "null"])
+def test_cli_values_of_text_fields_are_taken_literally(value):
+    import argparse
+
+    from pipeline.cli import add_spec_arguments, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_spec_arguments(parser)
+    spec = spec_from_args(parser.parse_args(["--preset", "tiny-ci", "--name", value]))
+    assert spec.name == value
+
+
+def test_a_cli_value_that_does_not_parse_for_its_field_is_refused_naming_the_flag(capsys):
+    import argparse
+
+    from pipeline.cli import add_spec_arguments, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_spec_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--dpo.beta", "{"])
+    assert exit_.value.code == 2 and "--dpo.beta" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sft.max_steps", "*anchor"])
+    spec = spec_from_args(parser.parse_args(["--preset", "tiny-ci", "--dpo.beta", "0.25", "--sft.max_steps", "7"]))
+    assert spec.dpo.beta == 0.25 and spec.sft.max_steps == 7  # typed fields still read as numbers
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sft.max_steps", "9" * 5000])
+    assert "integer of 5,000 digits" in capsys.readouterr().err
+
+
+def test_a_lone_surrogate_in_a_config_value_is_refused_naming_the_field():
+    from pipeline.core.configs import RunSpec, from_dict
+
+    with pytest.raises(ConfigError, match=r"RunSpec\.name: holds a lone surrogate"):
+        from_dict(RunSpec, {"name": "run \ud800"})
+
+
+def test_a_fifo_given_as_a_config_or_data_file_is_refused_without_waiting(tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: the check runs in a child with a bound, so a
+    regression fails here instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli_up import ROOT
+
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    config = tmp_path / "run.yaml"
+    os.mkfifo(config)
+    probe = (
+        "import sys\n"
+        "from pipeline.core.configs import load_spec\n"
+        "from pipeline.core.errors import ConfigError, DataError\n"
+        "from pipeline.validation import validate_file\n"
+        "try:\n    load_spec(sys.argv[1])\nexcept ConfigError as exc:\n    print('CONFIG', exc)\n"
+        "try:\n    validate_file('instructions', sys.argv[2])\nexcept DataError as exc:\n    print('DATA', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(config), str(fifo)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"CONFIG {config}: is a FIFO (named pipe), not a regular config file" in done.stdout
+    assert f"DATA {fifo}: is a FIFO (named pipe), not a regular JSONL file" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("instructions_invisible_only.jsonl", "empty_text"),
+        ("instructions_lone_surrogate.jsonl", "not_text"),
+        ("instructions_duplicate_key.jsonl", "duplicate_key"),
+    ],
+)
+def test_bad_instruction_rows_are_refused_at_submit_naming_row_and_field(
+    name, code, tiny_ci_spec, redis_conn, engine, alignlab_home
+):
+    import shutil
+
+    path = alignlab_home / name
+    shutil.copy(DATA / "bad" / name, path)
+    spec = copy.deepcopy(tiny_ci_spec)
+    spec.data.instructions = str(path)
+    with pytest.raises(ConfigError) as caught:
+        scheduler.submit(spec, redis_conn, engine)
+    assert f"DataConfig.instructions: instructions data from {path}" in str(caught.value)
+    assert f"{name}:2 field instruction: {code}" in str(caught.value)
+    with read_session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
+    assert redis_conn.llen("rq:queue:gpu") + redis_conn.llen("rq:queue:cpu") == 0
