@@ -67,6 +67,12 @@ class Progress:
     def metric(self, step: int, values: dict[str, Any]) -> None:
         self.emit("metric", step=step, values=values)
 
+    def check_stop(self) -> None:
+        """Nothing to report, but a point where the stage may be stopped: the job's `on_progress` raises
+        `StopRequested` (preemption) or its cancel here, as after any event (a training stage calls it after every
+        micro-batch, so a stop never waits for a whole gradient-accumulation step)."""
+        self.emit("tick")
+
     def elapsed(self) -> float:
         return round(time.perf_counter() - self.started, 3)
 

@@ -109,3 +109,59 @@ def test_a_template_bomb_under_the_job_memory_limit_fails_alone(tmp_path):
         time.sleep(0.05)
     assert proc.wait(120) == 42
     assert peak < 2 * 1024**3, f"grew to {peak / 1024**3:.1f} GiB"
+
+
+def test_sigterm_at_gradient_accumulation_16_checkpoints_after_the_current_micro_batch(
+    dag_run, tiny_ci_spec, redis_conn, redis_server_url, sqlite_engine, alignlab_home, tmp_path
+):
+    """RunPod kills a pod 5 s after SIGTERM. The stop is taken after the micro-batch in progress, not after the
+    whole optimizer step: a micro-batch of step 2 is held, SIGTERM arrives, the micro-batch is let go, and no further
+    micro-batch may start (finishing the optimizer step would take 12 or more): a checkpoint of step 1 is saved and
+    the worker is out within 5 s."""
+    from tests.reliability.test_faults import long_sft_spec
+
+    steps, gate = tmp_path / "steps.log", tmp_path / "gate"
+    spec = long_sft_spec(tiny_ci_spec, "preempted-accumulating", max_steps=40)
+    spec.sft.seed = 41  # its own artifact key
+    spec.sft.grad_accumulation = 16
+    spec.sft.checkpoint_every = 1000  # no periodic checkpoint: the one saved at SIGTERM is what resume uses
+    spec.execution.retries = 0
+    scheduler.submit(spec, redis_conn, sqlite_engine)
+    env = {
+        "REDIS_URL": redis_server_url,
+        "ALIGNLAB_HOME": str(alignlab_home),
+        "ALIGNLAB_TEST_STEPS": str(steps),
+        "ALIGNLAB_TEST_GATE": str(gate),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.gated_step_worker", "--queues", "gpu,cpu", "--job-process", "fork"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # past the first optimizer step and into the second, mid-accumulation
+        wait_for(lambda: steps.exists() and steps.read_text().count("start 1\n") >= 3, 900, "step 2 under way")
+        gate.touch()
+        wait_for(lambda: "held" in steps.read_text(), 60, "a micro-batch held")
+        worker.send_signal(signal.SIGTERM)
+        from workers.events import preempt_key
+
+        wait_for(lambda: any(redis_conn.scan_iter(preempt_key("*"))), 60, "the worker to flag its preemption")
+        started_before = steps.read_text().count("start ")
+        let_go = time.monotonic()
+        gate.unlink()
+        worker.wait(120)
+        out_after = time.monotonic() - let_go
+        started_after = steps.read_text().count("start ") - started_before
+    finally:
+        gate.unlink(missing_ok=True)
+        if worker.poll() is None:
+            kill_tree(worker)
+    assert started_after == 0, f"{started_after} micro-batches started after the stop (it waited for the step)"
+    saved = [p for p in alignlab_home.rglob("checkpoint-1") if p.stat().st_mtime >= time.time() - out_after - 60]
+    assert saved, "no checkpoint of the last completed step was saved"
+    assert out_after < 5.0, f"the worker took {out_after:.1f} s to checkpoint and exit after its last micro-batch"
+    print(f"FIGURE SIGTERM at grad accumulation 16: out {out_after:.1f} s after the micro-batch in progress")
