@@ -160,16 +160,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.home:
         os.environ["ALIGNLAB_HOME"] = str(args.home)
-    owner = None
     logs = alignlab_home() / "logs"
     supervisor = Supervisor(ROOT, log_dir=logs)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     try:
         if not os.environ.get("REDIS_URL"):
-            owner = EmbeddedRedis()
-            owner.start()
-            print(f"redis: embedded, socket {embedded_socket()} (AOF on)")
+            embedded = EmbeddedRedis()
+            supervisor.start("redis", embedded.argv())
+            embedded.wait_ready()
+            print(f"redis: embedded, socket {embedded_socket()} (AOF on; restarted if it dies)")
         else:
             print("redis: REDIS_URL")
         upgrade()
@@ -204,10 +204,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             run_id = submit(spec_from_args(args), connect(), _engine())
             print(f"run {run_id} submitted; `alignlab status {run_id}` shows it")
         print("alignlab is up; Ctrl-C stops everything", flush=True)
+        status_connection = connect()
         started, seen = time.monotonic(), {}
         while not stopping["now"]:
             time.sleep(1)
             supervisor.poll()
+            _publish_supervised(status_connection, supervisor)
             if run_id is not None:
                 from db.models import RunStatus
                 from workers.commands import run_summary
@@ -220,12 +222,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        supervisor.stop()
-        if owner is not None:
-            owner.stop()
+        supervisor.stop(last=["redis"])  # Redis last: a worker flags its preemption there as it stops
         restarts = ", ".join(f"{name} {n}" for name, n in supervisor.restarts().items() if n)
         print("alignlab stopped" + (f" (restarts: {restarts})" if restarts else ""), flush=True)
     return 0
+
+
+def _publish_supervised(connection, supervisor) -> None:
+    """The supervised processes for the Workers page; skipped while Redis itself is being restarted."""
+    import redis
+
+    from workers.fleet import publish_supervised
+
+    try:
+        publish_supervised(connection, supervisor.status_rows())
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass
 
 
 def _redis_check():

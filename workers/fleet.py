@@ -23,6 +23,8 @@ from typing import Any
 import redis
 
 FACTS_PREFIX = "alignlab:fleet:"
+# the processes `alignlab up` supervises (Redis, recorder, worker, dashboard): their state and restarts
+SUPERVISED_KEY = "alignlab:up:processes"
 FACTS_TTL_S = 24 * 3600  # a lost or stopped worker stays listed for a day
 # RQ's idle worker heartbeats every (worker_ttl - 15) s, a busy one every job-monitoring interval (10 s)
 WORKER_TTL_S = 30
@@ -225,3 +227,14 @@ def fleet_table(connection: redis.Redis, now: float | None = None) -> list[dict[
         }
         for v in views
     ]
+
+
+def publish_supervised(connection: redis.Redis, rows: list[dict[str, Any]]) -> None:
+    """What `alignlab up`'s supervisor runs and restarted, for the Workers page (kept a day)."""
+    connection.set(SUPERVISED_KEY, json.dumps({"at": time.time(), "rows": rows}), ex=FACTS_TTL_S)
+
+
+def supervised_table(connection: redis.Redis) -> list[dict[str, Any]]:
+    """The processes of `alignlab up` as last published ([] when none runs on this Redis)."""
+    raw = connection.get(SUPERVISED_KEY)
+    return json.loads(raw)["rows"] if raw else []

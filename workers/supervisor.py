@@ -34,13 +34,27 @@ class Child:
     exit_codes: list[int] = field(default_factory=list)
 
 
+def _tree(child: Child) -> list[psutil.Process]:
+    """A running child and every process below it; [] when it is not running."""
+    if child.proc is None or child.proc.poll() is not None:
+        return []
+    try:
+        parent = psutil.Process(child.proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 class Supervisor:
-    """Starts children, restarts the ones that exit, and stops the whole tree."""
+    """Starts children, restarts the ones that exit, and stops the whole tree: every process a child started, also
+    one left behind when its parent died (a work horse whose worker crashed is reparented to init, out of the tree:
+    each poll remembers every descendant it sees)."""
 
     def __init__(self, cwd: Path, out=None, log_dir: Path | None = None):
         """`log_dir`: each child's stdout and stderr go to `<log_dir>/<name>.log` (appended), not the terminal."""
         self.cwd = cwd
         self.children: dict[str, Child] = {}
+        self.seen: dict[int, psutil.Process] = {}  # every descendant seen (psutil checks a pid is still that process)
         self.out = out or sys.stdout
         self.log_dir = log_dir
         if log_dir is not None:
@@ -64,8 +78,15 @@ class Supervisor:
         child.started_at, child.restart_at = time.monotonic(), None
         return child
 
+    def _remember_descendants(self) -> None:
+        for child in self.children.values():
+            for proc in _tree(child):
+                self.seen.setdefault(proc.pid, proc)
+        self.seen = {pid: proc for pid, proc in self.seen.items() if proc.is_running()}
+
     def poll(self) -> None:
         """Notice children that exited and restart them once their backoff has passed."""
+        self._remember_descendants()
         now = time.monotonic()
         for child in self.children.values():
             if child.restart_at is not None:
@@ -91,19 +112,39 @@ class Supervisor:
     def restarts(self) -> dict[str, int]:
         return {name: child.restarts for name, child in self.children.items()}
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+    def status_rows(self) -> list[dict]:
+        """One row per supervised process: what the Workers page shows under `alignlab up`."""
+        return [
+            {
+                "process": child.name,
+                "state": "restarting" if child.restart_at is not None else "running",
+                "pid": child.proc.pid if child.proc is not None and child.restart_at is None else None,
+                "restarts": child.restarts,
+                "last exit code": child.exit_codes[-1] if child.exit_codes else None,
+            }
+            for child in self.children.values()
+        ]
+
+    def stop(self, grace_s: float = STOP_GRACE_S, last: list[str] | None = None) -> None:
         """SIGTERM every child (a worker checkpoints its job and requeues it), wait, then SIGKILL whatever of the
-        tree is left: children, their work horses and anything those started."""
+        tree is left: children, their work horses, anything those started, and any descendant seen earlier that
+        outlived its parent. The children named in `last` are stopped the same way after all the others."""
+        last = [name for name in (last or []) if name in self.children]
+        self._stop_group([c for name, c in self.children.items() if name not in last], grace_s, orphans=True)
+        self._stop_group([self.children[name] for name in last], grace_s, orphans=False)
+
+    def _stop_group(self, children: list[Child], grace_s: float, orphans: bool) -> None:
+        self._remember_descendants()
         tree: list[psutil.Process] = []
-        for child in self.children.values():
-            if child.proc is None or child.proc.poll() is not None:
-                continue
-            try:
-                parent = psutil.Process(child.proc.pid)
-                tree += [parent, *parent.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-            child.proc.send_signal(signal.SIGTERM)
+        if orphans:  # descendants that lost their parent (it died) are ours to end too
+            living = {proc.pid for child in self.children.values() for proc in _tree(child)}
+            tree += [p for pid, p in self.seen.items() if pid not in living and p.is_running()]
+        for child in children:
+            child.restart_at = None  # stopping: never started again
+            running = _tree(child)
+            if running:
+                tree += running
+                child.proc.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=grace_s)
         for proc in alive:
             try:
@@ -116,7 +157,7 @@ class Supervisor:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(tree, timeout=5)
-        for child in self.children.values():
+        for child in children:
             if child.proc is not None:
                 try:
                     child.proc.wait(5)

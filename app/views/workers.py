@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app.text import plain
-from workers.fleet import LOST_AFTER_S, fleet_table
+from workers.fleet import LOST_AFTER_S, fleet_table, supervised_table
 from workers.queues import connect
 
 REFRESH_S = 2
@@ -31,6 +31,10 @@ def fleet_view() -> None:
                 f"Job: {plain(row['job'])}"
             )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="workers_table")
+    supervised = supervised_table(connect())
+    if supervised:
+        st.text("Processes of `alignlab up` (a process that exits is restarted with backoff):")
+        st.dataframe(pd.DataFrame(supervised), hide_index=True, key="supervised_table")
 
 
 fleet_view()
