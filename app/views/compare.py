@@ -169,7 +169,7 @@ for run_id in run_ids:
         st.text(answer["text"])
         st.caption(
             f"Primary metric, named in the config before the run: {plain(answer['metric'])}. Every other difference is "
-            f"exploratory; family correction: {plain(verdict.get('correction'))}. {ONE_SEED}"
+            f"secondary or descriptive; family correction: {plain(verdict.get('correction'))}. {ONE_SEED}"
         )
     else:
         st.warning("This run's compare result predates the stated answer; rerun compare to get it.")
@@ -209,8 +209,9 @@ for run_id in run_ids:
                         "wins",
                         "losses",
                         "ties",
-                        "sign_test_p",
+                        "p",
                         "p_adjusted",
+                        "sign_test_p",
                         "verdict",
                     )
                     if c in shown

@@ -453,14 +453,20 @@ class CompareConfig(Section):
     primary_metric: str = Field(
         "preference_accuracy",
         description="The metric that answers 'did SFT before DPO help?', named before the run (SFT→DPO − "
-        "DPO-only); every other difference is exploratory.",
+        "DPO-only); its other metrics are the question's secondary family, other comparisons descriptive.",
         json_schema_extra=lambda schema: schema.update(enum=list(_compared_metrics())),
     )
     correction: Literal["holm", "bh"] = opt(
-        "holm", "Family correction of the exploratory verdicts: holm (family-wise error) or bh (false discovery rate)."
+        "holm",
+        "Family correction of the secondary and the descriptive verdicts (each family apart): holm (family-wise error) "
+        "or bh (false discovery rate).",
     )
     min_discordant_prompts: int = opt(
-        10, "Below this many prompts on which two methods differ at all, no verdict is given.", ge=1
+        1,
+        "An optional floor declared before the run: below this many prompts on which two methods differ at all, no "
+        "verdict is given (1: none; the sign-flip test needs enough of them by itself: with k it cannot go below "
+        "p = 2^(1−k)).",
+        ge=1,
     )
     controls: list[ControlConfig] = opt(
         help="Experiments with a known answer, checked in the report (the control presets plant one).", factory=list

@@ -46,9 +46,13 @@ def mean_ci(values: list[float], confidence: float = 0.95, n_resamples: int = 20
             ).confidence_interval
             return float(ci.low), float(ci.high)
 
+        mean = result["mean"]
         low, high = bootstrap("BCa")
-        if math.isnan(low) or math.isnan(high):  # BCa can fail on very skewed tiny samples: use percentiles
+        # BCa can fail, or (very skewed tiny samples) put its interval beside the estimate: then percentiles
+        if math.isnan(low) or math.isnan(high) or not low <= mean <= high:
             low, high = bootstrap("percentile")
+        if not low <= mean <= high:  # never an interval that does not hold its own estimate
+            low = high = None
         result.update(ci_low=low, ci_high=high)
     result["confidence"] = confidence
     return result
@@ -68,6 +72,69 @@ def cluster_bootstrap_ci(
     return float(np.quantile(estimates, alpha / 2)), float(np.quantile(estimates, 1 - alpha / 2))
 
 
+EXACT_UP_TO = 16  # prompts that differ: up to this many, every sign pattern is enumerated (2^16 = 65,536)
+
+
+def _sign_matrix(n: int, n_resamples: int, seed: int) -> tuple[Any, bool]:
+    """The sign patterns of the sign-flip test over `n` prompts: all 2^n of them when n <= EXACT_UP_TO (exact),
+    else the identity and `n_resamples` random ones. (patterns × n matrix of ±1, exact?)"""
+    import numpy as np
+
+    if n <= EXACT_UP_TO:
+        codes = np.arange(2**n, dtype=np.int64)[:, None]
+        bits = (codes >> np.arange(n, dtype=np.int64)[None, :]) & 1
+        return 1 - 2 * bits.astype(float), True
+    rng = np.random.default_rng(seed)
+    random = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, n))
+    return np.vstack([np.ones((1, n)), random]), False
+
+
+def sign_flip_test(
+    prompt_means: list[float], confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0
+) -> dict[str, Any]:
+    """The paired test of the comparison: under "no difference" each prompt's mean difference is as likely to have
+    either sign, so the observed mean is compared with the means of the sign-flipped differences (two-sided; exact
+    for up to EXACT_UP_TO prompts, Monte Carlo with the identity among the patterns beyond). Its interval is the
+    same test inverted over the same sign patterns: every shift δ that the test does not reject at 1 − confidence.
+    It always holds the estimate (at δ = the mean nothing is rejected), and it excludes 0 exactly when
+    p < 1 − confidence."""
+    import numpy as np
+
+    d = np.asarray(prompt_means, dtype=float)
+    n = len(d)
+    estimate = float(d.mean())
+    signs, exact = _sign_matrix(n, n_resamples, seed)
+    signed_sums, sign_totals = signs @ d, signs.sum(axis=1)  # Σ s·(d − δ) = Σ s·d − δ·Σ s, for every pattern
+    alpha = 1 - confidence
+    tolerance = 1e-9 * max(1.0, float(np.abs(d).max()))
+
+    def p_value(shift: float) -> float:
+        observed = abs(d.sum() - shift * n)
+        return float(np.mean(np.abs(signed_sums - shift * sign_totals) >= observed - tolerance))
+
+    p = p_value(0.0) if np.any(d != 0) else 1.0
+    low = high = None
+    # the smallest p any shift can reach: the all-plus and all-minus patterns are always as extreme as the data
+    reachable = float(np.mean(np.abs(sign_totals) == n))
+    if n >= 2 and np.any(d != estimate) and reachable < alpha:
+        step = float(np.abs(d - estimate).max()) + float(np.abs(d).max())
+
+        def bound(direction: float) -> float:
+            inside, outside = estimate, estimate + direction * step
+            while p_value(outside) >= alpha:
+                outside += direction * step
+            for _ in range(50):  # bisection far below any digit shown
+                middle = (inside + outside) / 2
+                inside, outside = (middle, outside) if p_value(middle) >= alpha else (inside, middle)
+            return inside
+
+        low, high = bound(-1.0), bound(1.0)
+    elif n >= 2 and not np.any(d != estimate):  # every prompt the same difference: no spread, the interval is the point
+        low = high = estimate
+    # else: too few prompts for any interval at this confidence (2 of 2^n sign patterns exceed 1 − confidence)
+    return {"mean": estimate, "p": p, "ci_low": low, "ci_high": high, "exact": exact}
+
+
 def paired_difference(
     a: dict[str, float],
     b: dict[str, float],
@@ -76,40 +143,36 @@ def paired_difference(
     seed: int = 0,
     higher_is_better: bool | None = True,
     clusters: dict[str, str] | None = None,
-    min_discordant: int = 10,
+    min_discordant: int = 1,
 ) -> dict[str, Any]:
-    """Mean of a[i] - b[i] over the items both have, by prompt: a cluster-bootstrap CI, an exact sign test over
-    prompts (their mean difference), and a provisional verdict (see `verdict`; `correct_family` revises it).
+    """Mean of a[i] - b[i] over the prompts both have (several items of one prompt averaged first: a prompt counts
+    once), with the one pre-declared test: the sign-flip permutation test on the per-prompt means and its inverted
+    interval (`sign_flip_test`). The exact sign test over prompts is reported beside it as a robustness line, not
+    as a second condition. `verdict` gives the provisional verdict; `correct_family` revises it.
 
-    `clusters` maps an item to its prompt; without it every item is its own prompt."""
+    `clusters` maps an item to its prompt; without it every item is its own prompt. `n_resamples` sign patterns
+    (at least 10,000) are drawn when too many prompts differ to enumerate them."""
     from scipy import stats
 
     common = sorted(i for i in set(a) & set(b) if not _missing(a[i]) and not _missing(b[i]))
     by_cluster: dict[str, list[float]] = defaultdict(list)
     for item in common:
         by_cluster[(clusters or {}).get(item, item)].append(a[item] - b[item])
-    sums = [sum(v) for v in by_cluster.values()]
-    counts = [len(v) for v in by_cluster.values()]
-    prompt_means = [s / c for s, c in zip(sums, counts, strict=True)]
-    n_items, n_prompts = sum(counts), len(counts)
-    result: dict[str, Any] = {
-        "n": n_items,
-        "n_prompts": n_prompts,
-        "mean": sum(sums) / n_items if n_items else None,
-        "confidence": confidence,
-    }
-    if n_prompts < 2:
-        result.update(ci_low=None, ci_high=None)
-    elif len({d for v in by_cluster.values() for d in v}) == 1:
-        result.update(ci_low=result["mean"], ci_high=result["mean"])  # every difference equal: no spread at all
-    else:
-        low, high = cluster_bootstrap_ci(sums, counts, confidence, n_resamples, seed)
-        result.update(ci_low=low, ci_high=high)
+    prompt_means = [sum(v) / len(v) for v in by_cluster.values()]
+    n_items, n_prompts = len(common), len(prompt_means)
+    result: dict[str, Any] = {"n": n_items, "n_prompts": n_prompts, "confidence": confidence}
+    test = sign_flip_test(prompt_means, confidence, max(n_resamples, 10000), seed) if n_prompts else None
+    result["mean"] = test["mean"] if test else None
+    result["ci_low"] = test["ci_low"] if test else None
+    result["ci_high"] = test["ci_high"] if test else None
+    result["p"] = test["p"] if test else None
+    result["test"] = ("exact " if test and test["exact"] else "Monte Carlo ") + "sign-flip permutation test"
     wins = sum(m > 0 for m in prompt_means)
     losses = sum(m < 0 for m in prompt_means)
     result.update(wins=wins, losses=losses, ties=n_prompts - wins - losses, discordant=wins + losses)
     result["sign_test_p"] = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else None
-    result["p_adjusted"] = result["sign_test_p"]
+    result["p_adjusted"] = result["p"]
+    result["prompt_means"] = [round(m, 10) for m in prompt_means]  # stored: every figure recomputes from them
     result["min_detectable_difference"] = minimum_detectable_difference(prompt_means, confidence)
     result["higher_is_better"] = higher_is_better
     result["verdict"] = verdict(result, min_discordant)
@@ -133,18 +196,21 @@ def minimum_detectable_difference(prompt_means: list[float], confidence: float =
     return float(z * statistics.stdev(prompt_means) / math.sqrt(len(prompt_means)))
 
 
-def verdict(diff: dict[str, Any], min_discordant: int) -> str:
-    """better / worse (higher / lower) only when the CI excludes 0 *and* the exact test, family-corrected, agrees;
-    "too few discordant prompts (k)" when too few prompts differ at all to tell."""
-    low, high = diff["ci_low"], diff["ci_high"]
-    if low is None:
+def verdict(diff: dict[str, Any], min_discordant: int = 1) -> str:
+    """better / worse (higher / lower without a direction) when the sign-flip test, family-corrected where it is in
+    a family, rejects "no difference" at 1 − confidence; "too few prompts" below two; "no prompt differs" when
+    every difference is zero; "too few discordant prompts (k)" only below a floor the config declared before the
+    run (`compare.min_discordant_prompts`, default 1: none)."""
+    if diff["n_prompts"] < 2:
         return f"too few prompts ({diff['n_prompts']})"
+    if diff["discordant"] == 0:
+        return "no prompt differs"
     if diff["discordant"] < min_discordant:
         return f"too few discordant prompts ({diff['discordant']})"
     alpha = 1 - diff["confidence"]
     p = diff["p_adjusted"]
-    if (low > 0 or high < 0) and p is not None and p < alpha:
-        up = low > 0
+    if p is not None and p < alpha:
+        up = diff["mean"] > 0
         higher = diff["higher_is_better"]
         return ("higher" if up else "lower") if higher is None else ("better" if up == higher else "worse")
     return "no detectable difference"
@@ -173,9 +239,9 @@ def adjust_p_values(p_values: list[float | None], method: str) -> list[float | N
     return adjusted
 
 
-def correct_family(differences: list[dict[str, Any]], method: str, min_discordant: int) -> None:
-    """Adjust the sign-test p-values of `differences` as one family and revise their verdicts in place."""
-    for diff, p in zip(differences, adjust_p_values([d["sign_test_p"] for d in differences], method), strict=True):
+def correct_family(differences: list[dict[str, Any]], method: str, min_discordant: int = 1) -> None:
+    """Adjust the sign-flip p-values of `differences` as one family and revise their verdicts in place."""
+    for diff, p in zip(differences, adjust_p_values([d["p"] for d in differences], method), strict=True):
         diff["p_adjusted"] = p
         diff["verdict"] = verdict(diff, min_discordant)
 

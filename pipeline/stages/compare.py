@@ -1,11 +1,13 @@
 """compare: the four methods side by side with paired statistics, the parity check and a go/no-go checklist.
 
-Differences between methods are paired over the same held-out items (pairs for preference metrics, prompts for
-generation metrics), with bootstrap CIs that resample prompts and an exact sign test over prompts. The primary
-metric (named in the config before the run) answers the question; every other difference is exploratory and its
-verdicts are family-corrected (Holm or Benjamini–Hochberg). No verdict is given below a minimum number of
-discordant prompts, nor where the exact test does not support the interval. The answer is stated apart from the
-pipeline's go/no-go, with the minimum difference this n could detect. The parity check diffs the effective configs
+Differences between methods are paired over the same held-out prompts (a prompt's pairs averaged first: it counts
+once), tested by one pre-declared test, the sign-flip permutation test on the per-prompt mean differences, whose
+interval is the same test inverted (it holds the estimate, and excludes 0 exactly when the test rejects); the exact
+sign test is a robustness line beside it. The primary metric (named in the config before the run) answers the
+question alone; the question's other metrics (SFT→DPO vs DPO-only) are its secondary family, corrected together
+(Holm or Benjamini–Hochberg); the other comparisons (against base, against SFT) are a separate, descriptive family.
+The answer is stated apart from the pipeline's go/no-go, with the minimum difference this n could detect. The
+parity check diffs the effective configs
 of SFT→DPO and DPO-only: anything but the init / reference model differing makes the comparison "not fair".
 """
 
@@ -63,31 +65,35 @@ def add_implicit_rewards(pair_rows: dict[str, dict[str, dict[str, Any]]]) -> Non
                 row["implicit_correct"] = float(chosen_gain > rejected_gain)
 
 
-def corpus_metrics_ci(samples: list[dict[str, Any]], ci_args: dict[str, Any]) -> dict[str, Any]:
-    """Every corpus metric of one method's generations, with a bootstrap CI over prompts."""
-    import numpy as np
-
+def corpus_metrics_values(samples: list[dict[str, Any]], ci_args: dict[str, Any]) -> dict[str, Any]:
+    """Every corpus metric of one method's generations, without an interval: resampling prompts with replacement
+    repeats outputs, which a statistic of the whole corpus counts as repetition (the share of distinct draws of 26
+    prompts is 1 − (25/26)^26 ≈ 0.64 even when every output differs), so no bootstrap interval of it can hold its
+    own estimate."""
     texts = [" ".join(s["generation"].split()).casefold() for s in samples]
-    rng = np.random.default_rng(ci_args["seed"])
-    alpha = 1 - ci_args["confidence"]
-    out = {}
-    for metric in corpus_metrics():
-        draws = (
-            [
-                metric.compute([texts[i] for i in rng.integers(0, len(texts), len(texts))])
-                for _ in range(min(ci_args["n_resamples"], 1000))
-            ]
-            if len(texts) > 1
-            else []
-        )
-        out[metric.name] = {
+    return {
+        metric.name: {
             "mean": metric.compute(texts) if texts else None,
-            "ci_low": float(np.quantile(draws, alpha / 2)) if draws else None,
-            "ci_high": float(np.quantile(draws, 1 - alpha / 2)) if draws else None,
+            "ci_low": None,
+            "ci_high": None,
             "n": len(texts),
             "confidence": ci_args["confidence"],
+            "interval": "none: a statistic of the whole corpus",
         }
-    return out
+        for metric in corpus_metrics()
+    }
+
+
+def prompt_clustered_mean_ci(rows: dict[str, dict[str, Any]], metric: Metric, ci_args: dict[str, Any]) -> dict:
+    """A method's mean of a metric with its interval over prompts: a prompt's items (its pairs) averaged first, so
+    a prompt counts once and the interval resamples prompts, as the paired differences do."""
+    by_prompt: dict[str, list[float]] = defaultdict(list)
+    for key, row in rows.items():
+        value = _value(metric, row)
+        if value is not None:
+            by_prompt[row.get("prompt_id", key)].append(value)
+    stat = mean_ci([sum(v) / len(v) for v in by_prompt.values()], **ci_args)
+    return {**stat, "n": sum(len(v) for v in by_prompt.values()), "n_prompts": len(by_prompt)}
 
 
 def parity_check(sft_dpo: dict[str, Any] | None, dpo_only: dict[str, Any] | None) -> dict[str, Any]:
@@ -245,10 +251,10 @@ def _method_table(pair_rows: dict, sample_rows: dict, ci_args: dict[str, Any]) -
     table = {}
     for method in sample_rows:
         row = {
-            m.name: mean_ci([_value(m, r) for r in metric_rows(m, pair_rows, sample_rows, method).values()], **ci_args)
+            m.name: prompt_clustered_mean_ci(metric_rows(m, pair_rows, sample_rows, method), m, ci_args)
             for m in compared()
         }
-        row.update(corpus_metrics_ci(list(sample_rows[method].values()), ci_args))
+        row.update(corpus_metrics_values(list(sample_rows[method].values()), ci_args))
         table[method] = row
     return table
 
@@ -267,9 +273,20 @@ def _paired(
     return paired_difference(values_a, values_b, higher_is_better=m.higher_is_better, **by_prompt, **paired)
 
 
+ROLES = ("primary", "secondary", "descriptive")
+
+
+def _role(a: str, b: str, metric: str, primary_metric: str) -> str:
+    """primary: the question on its pre-declared metric; secondary: the question on any other metric (one family);
+    descriptive: every other comparison (a family of its own, so it costs the question no power)."""
+    if (a, b) != PRIMARY_PAIR:
+        return "descriptive"
+    return "primary" if metric == primary_metric else "secondary"
+
+
 def _differences(pair_rows: dict, sample_rows: dict, config: Any, ci_args: dict[str, Any]) -> list[dict[str, Any]]:
-    """Paired differences of every compared metric for each comparison; the primary one alone, the others
-    family-corrected."""
+    """Paired differences of every compared metric for each comparison; the primary one tested alone, the
+    secondary and the descriptive ones each corrected as a family."""
     paired = {**ci_args, "min_discordant": config.min_discordant_prompts}
     differences = []
     for a, b in COMPARISONS:
@@ -277,11 +294,14 @@ def _differences(pair_rows: dict, sample_rows: dict, config: Any, ci_args: dict[
             diff = _paired(pair_rows, sample_rows, a, b, m, paired)
             if diff is None:
                 continue
-            primary = (a, b, m.name) == (*PRIMARY_PAIR, config.primary_metric)
             differences.append(
-                {"a": a, "b": b, "metric": m.name, **diff, "role": "primary" if primary else "exploratory"}
+                {"a": a, "b": b, "metric": m.name, **diff, "role": _role(a, b, m.name, config.primary_metric)}
             )
-    correct_family([d for d in differences if d["role"] == "exploratory"], config.correction, paired["min_discordant"])
+    for family in ("secondary", "descriptive"):
+        members = [d for d in differences if d["role"] == family]
+        correct_family(members, config.correction, paired["min_discordant"])
+        for d in members:
+            d["family_size"] = len(members)
     return differences
 
 
@@ -316,7 +336,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     evaluations, pair_rows, sample_rows = _read_evaluations(inputs)
     table = _method_table(pair_rows, sample_rows, ci_args)
     differences = _differences(pair_rows, sample_rows, config, ci_args)
-    exploratory = [d for d in differences if d["role"] == "exploratory"]
+    families = {role: sum(d["role"] == role for d in differences) for role in ROLES}
     by_type = _by_negative_type(pair_rows, ci_args)
 
     effective = {
@@ -345,8 +365,9 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             "split": (_load(inputs, "split") or {}).get("metrics"),
             "decontamination": heldout_leak_checks({n: _load(inputs, n) for n in TRAINING_NODES}),
         },
-        "correction": f"{CORRECTION_NAMES[config.correction]} over {len(exploratory)} exploratory differences; "
-        f"the primary metric is tested alone at {1 - config.confidence:.2g}",
+        "correction": f"the primary metric tested alone at {1 - config.confidence:.2g}; "
+        f"{CORRECTION_NAMES[config.correction]} within the question's {families['secondary']} secondary differences, "
+        f"and separately within the {families['descriptive']} descriptive ones (against base, against SFT)",
     }
     write_json(out_dir / "report.json", report)
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -379,12 +400,14 @@ def answer(headline: dict[str, Any] | None, metric: str) -> dict[str, Any]:
     else:
         said = f"no detectable difference on {metric} at n = {headline['n_prompts']} prompts{power}"
     ci = "" if headline.get("ci_low") is None else f" [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
-    p = "–" if headline.get("sign_test_p") is None else f"{headline['sign_test_p']:.3g}"
+    p = "–" if headline.get("p") is None else f"{headline['p']:.3g}"
+    sign = "–" if headline.get("sign_test_p") is None else f"{headline['sign_test_p']:.3g}"
     return {
         "metric": metric,
         "verdict": verdict,
         "text": f"{said}: SFT→DPO − DPO-only = {headline['mean']:+.3f}{ci} over {headline['n']} items "
-        f"({headline['n_prompts']} prompts), exact sign test p = {p}",
+        f"({headline['n_prompts']} prompts), {headline.get('test', 'sign-flip permutation test')} p = {p} "
+        f"(robustness: exact sign test p = {sign})",
     }
 
 
@@ -429,7 +452,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"**Did SFT before DPO help?** {report['answer']['text']}.",
         "",
         f"Primary metric (named in the config before the run): {report['answer']['metric']}; every other "
-        f"difference below is exploratory. Family correction: {report['correction']}. {ONE_SEED}",
+        f"difference below is secondary or descriptive. Family correction: {report['correction']}. {ONE_SEED}",
         "",
         *control_lines(report.get("controls") or []),
         "## Held-out data",
@@ -455,16 +478,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Paired differences (a − b)",
         "",
-        "| a | b | metric | role | mean [95% CI] | n (prompts) | prompts won/lost/tied | sign p | adjusted p "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| a | b | metric | role | mean [95% CI] | n (prompts) | prompts won/lost/tied | sign-flip p | adjusted p "
+        "| sign test p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in report["differences"]:
-        p = "–" if d["sign_test_p"] is None else f"{d['sign_test_p']:.3g}"
-        adjusted = "–" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}"
+        p, adjusted, sign = ("–" if d.get(k) is None else f"{d[k]:.3g}" for k in ("p", "p_adjusted", "sign_test_p"))
         lines.append(
             f"| {d['a']} | {d['b']} | {d['metric']} | {d['role']} | {_fmt(d)} | {d['n']} ({d['n_prompts']}) "
-            f"| {d['wins']}/{d['losses']}/{d['ties']} | {p} | {adjusted} | {d['verdict']} |"
+            f"| {d['wins']}/{d['losses']}/{d['ties']} | {p} | {adjusted} | {sign} | {d['verdict']} |"
         )
     lines += [
         "",
