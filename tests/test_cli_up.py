@@ -246,8 +246,14 @@ def test_up_restarts_a_killed_redis_and_stop_leaves_no_process_not_even_an_orpha
         up.send_signal(signal.SIGTERM)
         up.wait(120)
     finally:
-        if up.poll() is None:
+        if up.poll() is None:  # a failed test must not leave servers behind: its children have sessions of their own
+            ever.update({p.pid: p for p in descendants()})
             os.killpg(up.pid, signal.SIGKILL)
+            for proc in ever.values():
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
     assert "alignlab stopped" in log_path.read_text()
     gone, alive = psutil.wait_procs(list(ever.values()), timeout=30)
     assert alive == [], [p.cmdline() for p in alive]
