@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ConfigError, DataError
 
-NOT_PATHS = ("demo",)
+NOT_PATHS = ("demo", "verifiable")  # the shipped data sets (pipeline.sources.SHIPPED)
 BLOB_PREFIX = "blob:"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 

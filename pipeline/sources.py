@@ -30,12 +30,26 @@ def read_records(source: str | Path) -> Iterator[Row]:
     yield from read_rows(path)
 
 
-def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], str]:
-    """Rows of instructions from 'demo', a JSONL file, a datasets directory, or a Hugging Face dataset id."""
-    if source == "demo":
-        from pipeline.tiny import demo_path
+# the data sets shipped in the package, by the name a config gives them
+SHIPPED = {
+    # 225 instructions of ten kinds; the tiny model is pretrained on its training rows
+    "demo": "demo_instructions.jsonl",
+    # 635 tasks with gold answers and checkers, 225 held out (scripts/make_verifiable_tasks.py)
+    "verifiable": "verifiable_tasks.jsonl",
+}
 
-        return read_rows(demo_path()), str(demo_path())
+
+def shipped_path(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("pipeline") / "data" / SHIPPED[name]))
+
+
+def instruction_rows(source: str, split: str = "train") -> tuple[Iterator[Row], str]:
+    """Rows of instructions from a shipped set ('demo', 'verifiable'), a JSONL file, a datasets directory, or a
+    Hugging Face dataset id."""
+    if source in SHIPPED:
+        return read_rows(shipped_path(source)), str(shipped_path(source))
     if source.startswith(BLOB_PREFIX):  # a dataset uploaded in the dashboard, materialized by the worker
         from pipeline.core.home import alignlab_home
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.checkers import check_problem
 from pipeline.core.configs import ValidationConfig
 from pipeline.core.conversations import ASSISTANT, USER, as_prompt, is_conversation, turn_problems
 from pipeline.core.documents import DocumentError, bounded_int, is_blank, require_regular_file
@@ -34,6 +35,7 @@ ISSUE_CODES: dict[str, str] = {
     "not_utf8": "the line is not UTF-8 text; re-save the file as UTF-8",
     "malformed_json": "the line is not valid JSON; one JSON object per line",
     "duplicate_key": "a key is given twice in one row (JSON would keep the last silently); give each key once",
+    "bad_check": "the row's 'check' is not a known checker with its fields (pipeline.core.checkers)",
     "not_text": "a text field holds a lone surrogate (an escape such as \\ud800 that is not text)",
     "not_object": "the line is JSON but not an object; each line must be {...}",
     "missing_field": "a required field is missing",
@@ -58,6 +60,9 @@ ISSUE_CODES: dict[str, str] = {
     "generation_rejected_too_short": "every generated response was too short; the instruction was dropped",
     "generation_rejected_too_long": "every generated response was too long; the instruction was dropped",
     "generation_rejected_repetitive": "every generated response was degenerate; the instruction was dropped",
+    "generation_rejected_incorrect": "no generated response passed the row's checker (sft_source: verified); the "
+    "instruction was dropped",
+    "generation_rejected_no_gold": "the row has no gold reference for sft_source gold; the instruction was dropped",
     "not_a_list": "a conversational field must be a list of {role, content} turns (TRL's conversational format)",
     "not_a_turn": "a turn must be an object with exactly 'role' and 'content'",
     "bad_role": "a turn's role must be system, user or assistant",
@@ -780,6 +785,9 @@ def validate_instructions(
         report.rows_read += 1
         record = take_row(report, record)
         if record is None:
+            continue
+        if isinstance(record, dict) and "check" in record and (problem := check_problem(record["check"])):
+            report.add(row, "check", "bad_check", problem)
             continue
         conversation = _instruction_turns(report, row, record, config)
         if conversation is False:

@@ -53,7 +53,7 @@ def tiny_dir_name(seed: int = 0) -> str:
     return f"{TINY_MODEL}-{TINY_VERSION}-seed{seed}"
 
 
-SPEC_VERSION = 5  # bump with a new entry in MIGRATIONS whenever the stored layout changes
+SPEC_VERSION = 6  # bump with a new entry in MIGRATIONS whenever the stored layout changes
 
 
 _BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("alignlab_config_building", default=False)
@@ -184,7 +184,8 @@ class FormatConfig(Section):
 class DataConfig(Section):
     instructions: str = opt(
         "demo",
-        "Instructions: 'demo' (shipped demo set), a JSONL file with an 'instruction' field, or a Hugging Face "
+        "Instructions: 'demo' (shipped demo set), 'verifiable' (shipped tasks with gold answers and checkers), a "
+        "JSONL file with an 'instruction' field (and optionally a 'check' for its checker), or a Hugging Face "
         "dataset id.",
     )
     split: str = opt("train", "Dataset split when `instructions` is a Hugging Face dataset.", label="Dataset split")
@@ -201,7 +202,18 @@ class SamplingConfig(Section):
     top_p: float = opt(0.9, "Nucleus sampling probability mass (only when sampling).", ge=0.01, le=1.0, label="Top-p")
 
 
+SFT_SOURCES = ("base_samples", "gold", "verified")
+
+
 class GenerationConfig(Section):
+    sft_source: Literal["base_samples", "gold", "verified"] = opt(
+        "base_samples",
+        "Where the SFT completions (and so the DPO chosen answers) come from: base_samples = the base model's own "
+        "samples (self-distillation: SFT then pre-trains on what margin and reference NLL reward); gold = the data's "
+        "reference answers (its `split.reference_field`); verified = the base model's samples that pass the row's "
+        "checker, resampled up to `retries` times (rejection sampling; rows without a checker are left out).",
+        label="SFT data source",
+    )
     batch_size: int = opt(8, "Prompts generated together in one batch.", ge=1, le=1024)
     sampling: SamplingConfig = opt(help="How the base model writes the SFT responses.", factory=SamplingConfig)
     retries: int = opt(2, "Extra attempts, each with another seed, for a rejected response.", ge=0, le=20)
@@ -832,12 +844,23 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 had one SFT data source: the base model's own samples."""
+    data = dict(data)
+    generation = data.get("generation")
+    if isinstance(generation, dict):  # anything else is left for validation to name
+        data["generation"] = {**generation, "sft_source": generation.get("sft_source", "base_samples")}
+    data["spec_version"] = 6
+    return data
+
+
 # from-version -> the step that brings a stored spec to the next version
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }
 
 

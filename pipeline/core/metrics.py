@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.core import text
+from pipeline.core.checkers import check_answer
 from pipeline.core.errors import ConfigError
 
 
@@ -28,6 +29,7 @@ class EvaluatedSample:
     answer: str | None  # a reference answer from the data, when it has one
     reference_nll: float  # mean NLL of `reference` under the model
     template: str  # the prompt template
+    check: dict[str, Any] | None = None  # the data's checker of this prompt's answer (pipeline.core.checkers)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ for _metric in (
     Metric("margin", "log-prob margin", "log-prob", "pair", lambda r: r["margin"], True,
            "Summed log-prob of chosen minus rejected."),
     # per generated sample
+    Metric("correct", "verified correct", "share", "sample",
+           lambda s: float(check_answer(s.text, s.check)) if s.check else None, True,
+           "The answer is right by its task's checker against the data's gold answer (verifiable data only): the "
+           "primary metric with headroom. Never scored against a model's own sample."),
     Metric("reference_nll", "reference NLL", "nats/token", "sample", lambda s: s.reference_nll, False,
            "Mean negative log-likelihood of the chosen (SFT) completion."),
     Metric("exact_match", "exact match", "share", "sample", _correct("exact_match"), True,

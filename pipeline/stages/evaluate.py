@@ -63,6 +63,7 @@ def heldout_prompts(
                     "prompt": record["prompt"],
                     "reference": record["completion"],
                     "answer": (record.get("meta") or {}).get("reference"),
+                    "check": (record.get("meta") or {}).get("check"),
                 },
             )
     chosen = sorted(prompts)[:max_prompts] if max_prompts else sorted(prompts)
@@ -106,6 +107,7 @@ def sample_row(
         answer=prompt["answer"],
         reference_nll=-ref_sum / ref_n,
         template=template,
+        check=prompt.get("check"),
     )
     return {
         "method": method,

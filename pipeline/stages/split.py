@@ -88,6 +88,8 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
             reference = reference if isinstance(reference, str) else conversation.reference
         if isinstance(reference, str) and reference.strip():
             item["reference"] = reference.strip()
+        if isinstance(record.get("check"), dict):  # validated above: the checker that grades an answer to it
+            item["check"] = record["check"]
         out.append(item)
     write_jsonl(out_dir / OUTPUT, out)
     heldout = [r["instruction"] for r in out if r["split"] == HELDOUT]
@@ -97,6 +99,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
         "train": len(out) - len(heldout),
         "heldout": len(heldout),
         "with_reference": sum("reference" in r for r in out),
+        "with_check": sum("check" in r for r in out),
         "heldout_instructions": heldout,
     }
     write_json(out_dir / SPLIT, summary)
@@ -104,7 +107,7 @@ def run(spec: RunSpec, inputs: dict[str, Path], out_dir: Path, on_progress: Prog
     return StageResult(
         stage=STAGE,
         outputs={"instructions": OUTPUT, "split": SPLIT},
-        metrics={k: summary[k] for k in ("train", "heldout", "with_reference", "rule")},
+        metrics={k: summary[k] for k in ("train", "heldout", "with_reference", "with_check", "rule")},
         reports=[report.to_dict()],
         previews={"split": [{k: v for k, v in summary.items() if k != "heldout_instructions"}]},
         seconds=progress.elapsed(),
