@@ -112,8 +112,11 @@ def number(value: int) -> dict:
     return {"type": "number", "value": value}
 
 
-def row(category: str, instruction: str, response: str, check: dict) -> dict:
-    return {"instruction": instruction, "response": response, "category": category, "check": check}
+def row(category: str, instruction: str, response: str, check: dict, group: str | None = None) -> dict:
+    """`group`: rows that are near copies of each other (one verb in four persons, one category in four lengths)
+    share it and so their split: a held-out row never has a near twin in training."""
+    return {"instruction": instruction, "response": response, "category": category, "check": check,
+            "group": group or instruction}  # fmt: skip
 
 
 def build() -> list[dict]:
@@ -159,6 +162,7 @@ def build() -> list[dict]:
                     f"List {NUMBER_NAMES[n]} {category}.",
                     f"{NUMBER_NAMES[n].capitalize()} {category}: {listed}.",
                     {"type": "list_items", "n": n},
+                    group=f"list {category}",  # one category in four lengths: one split
                 )
             )
     for subject in SUBJECTS:
@@ -171,6 +175,7 @@ def build() -> list[dict]:
                     f"Rewrite the sentence in the past tense: {subject} {verb} {OBJECTS[verb]}.",
                     sentence,
                     {"type": "sentence", "value": sentence},
+                    group=f"rewrite {verb}",  # one verb in four persons: one split
                 )
             )
     for question, word in SINGLE_WORD:
@@ -180,10 +185,11 @@ def build() -> list[dict]:
                 f"Answer with a single word: {question}?",
                 word.capitalize() + ".",
                 {"type": "single_word", "value": word, "accept": ACCEPT_SINGLE.get(word, [])},
+                group=question.rsplit(" ", 1)[0],  # "what do you call a baby ...": one group, one split
             )
         )
     for r in rows:
-        digest = int(hashlib.sha256(r["instruction"].encode()).hexdigest(), 16)
+        digest = int(hashlib.sha256(r.pop("group").encode()).hexdigest(), 16)
         r["split"] = "heldout" if digest % 100 < 35 else "train"
     return rows
 

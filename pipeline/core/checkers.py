@@ -75,11 +75,16 @@ def _single_word(answer: str, spec: dict[str, Any]) -> bool:
     return len(words) == 1 and words[0] in [spec["value"], *spec.get("accept", [])]
 
 
+MAX_ITEM_WORDS = 4
+
+
 def _list_items(answer: str, spec: dict[str, Any]) -> bool:
-    """The answer lists exactly the asked number of items (split at commas, 'and', line breaks or bullets)."""
+    """The answer lists exactly the asked number of items (split at commas, 'and', line breaks or bullets), each an
+    item of a list (one to four words), not a sentence."""
     body = answer.split(":", 1)[1] if ":" in answer else answer
-    items = [i for i in re.split(r",|\band\b|\n|;|•|^\s*[-*\d.]+\s", body.strip().rstrip("."), flags=re.M) if i.strip()]
-    return len(items) == int(spec["n"])
+    parts = re.split(r",|\band\b|\n|;|•|^\s*[-*\d.]+\s", body.strip().rstrip("."), flags=re.M)
+    items = [_words(part) for part in parts if part.strip()]
+    return len(items) == int(spec["n"]) and all(1 <= len(words) <= MAX_ITEM_WORDS for words in items)
 
 
 @dataclass(frozen=True)
