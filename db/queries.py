@@ -498,3 +498,24 @@ def stage_runs_by_job(job_ids: list[str], engine: Engine | None = None) -> dict[
     return {
         job: {"run_id": run, "node": node, "status": status, "error": error} for job, run, node, status, error in rows
     }
+
+
+def pilot_prompt_means(base_model: str, instructions: str, metric: str, engine: Engine | None = None, limit: int = 5):
+    """The per-prompt differences SFT→DPO − DPO-only on `metric` that the latest compared runs of this base model
+    and data stored (a pilot for the power plan): (those differences, which runs); ([], "") without one."""
+    with read_session(engine) as s:
+        runs = s.scalars(
+            select(Run).where(Run.base_model == base_model).order_by(Run.id.desc()).limit(200)
+        ).all()
+        candidates = [r.id for r in runs if (r.spec.get("data") or {}).get("instructions") == instructions]
+    means: list[float] = []
+    used: list[int] = []
+    for run_id in candidates:
+        for diff in previews(run_id, "differences", engine):
+            if (diff.get("a"), diff.get("b"), diff.get("metric")) == ("sft_dpo", "dpo_only", metric):
+                if diff.get("prompt_means"):
+                    means += list(diff["prompt_means"])
+                    used.append(run_id)
+        if len(used) >= limit:
+            break
+    return means, ("runs " + ", ".join(map(str, used)) if used else "")

@@ -33,11 +33,50 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def planned_power(spec, engine=None):
+    """The run's power plan, with a pilot from the earlier runs of its model and data in the database if any."""
+    from db.queries import pilot_prompt_means
+    from pipeline.planning import power_plan
+
+    try:
+        pilot, source = pilot_prompt_means(
+            spec.base_model.name_or_path, spec.data.instructions, spec.compare.primary_metric, engine
+        )
+    except Exception:  # noqa: BLE001 - no database yet (a first run): plan without a pilot
+        pilot, source = [], ""
+    return power_plan(spec, pilot, source)
+
+
+def check_power(spec, engine=None) -> bool:
+    """Print the plan; False when the run cannot reach its target and its config says refuse (nothing queued)."""
+    plan = planned_power(spec, engine)
+    if plan is None:
+        print(f"power: unknown before the worker reads {spec.data.instructions!r}")
+        return True
+    print(f"power: {plan.text()}")
+    if not plan.reaches_target and spec.compare.underpowered == "refuse" and "compare" in spec.stages:
+        print(
+            "refused (CompareConfig.underpowered: refuse): raise the held-out prompts (more data, "
+            "split.heldout_fraction, eval.max_prompts) or compare.target_difference; nothing was queued",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The power plan of a config, before anything runs."""
+    check_power(spec_from_args(args), None)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from workers.queues import connect
     from workers.scheduler import submit
 
     spec = spec_from_args(args)
+    if not check_power(spec, _engine()):
+        return 2
     run_id = submit(spec, connect(), _engine(), tags=args.tag or [])
     print(f"run {run_id} submitted: {spec.name} ({len(spec.stages)} stages); follow it with `alignlab status {run_id}`")
     return 0
@@ -201,7 +240,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.config or args.preset:
             from workers.scheduler import submit
 
-            run_id = submit(spec_from_args(args), connect(), _engine())
+            spec = spec_from_args(args)
+            if not check_power(spec, _engine()):
+                return 2
+            run_id = submit(spec, connect(), _engine())
             print(f"run {run_id} submitted; `alignlab status {run_id}` shows it")
         print("alignlab is up; Ctrl-C stops everything", flush=True)
         status_connection = connect()
@@ -308,6 +350,12 @@ def build_full_parser() -> argparse.ArgumentParser:
     add_spec_arguments(submit, home=False)
     submit.add_argument("--tag", action="append", help="Tag the run (repeatable).")
     submit.set_defaults(func=cmd_submit)
+
+    plan = sub.add_parser(
+        "plan", help="Power before the run: the minimum detectable difference and the prompts the target needs."
+    )
+    add_spec_arguments(plan, home=False)
+    plan.set_defaults(func=cmd_plan)
 
     runs = sub.add_parser("runs", help="List runs.")
     runs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))

@@ -480,6 +480,18 @@ class CompareConfig(Section):
         "p = 2^(1−k)).",
         ge=1,
     )
+    target_difference: float = opt(
+        0.05,
+        "The smallest SFT→DPO − DPO-only difference on the primary metric worth knowing about, declared before the "
+        "run: `alignlab plan` says how many held-out prompts detecting it needs at 80% power.",
+        gt=0,
+        le=1000,
+    )
+    underpowered: Literal["warn", "refuse"] = opt(
+        "warn",
+        "When the planned run cannot detect target_difference at 80% power: warn (say so, queue anyway) or refuse "
+        "(queue nothing).",
+    )
     controls: list[ControlConfig] = opt(
         help="Experiments with a known answer, checked in the report (the control presets plant one).", factory=list
     )
@@ -845,11 +857,15 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 5 had one SFT data source: the base model's own samples."""
+    """Version 5 had one SFT data source (the base model's own samples) and planned no power: it queued whatever
+    the plan, which is `underpowered: warn` at the default target."""
     data = dict(data)
     generation = data.get("generation")
     if isinstance(generation, dict):  # anything else is left for validation to name
         data["generation"] = {**generation, "sft_source": generation.get("sft_source", "base_samples")}
+    compare = data.get("compare")
+    if isinstance(compare, dict):
+        data["compare"] = {"target_difference": 0.05, "underpowered": "warn", **compare}
     data["spec_version"] = 6
     return data
 
@@ -1157,6 +1173,21 @@ def _smol_cpu() -> RunSpec:
     )
 
 
+def _smol_answer() -> RunSpec:
+    """smol-cpu on the verifiable tasks, built to answer the question: the primary metric is correctness against
+    the data's gold answers by each task's checker (headroom: SmolLM2-135M gets a part of them right), SFT trains
+    on the gold references (not the base model's own samples), every one of the 219 held-out prompts is evaluated,
+    greedy. `alignlab plan --preset smol-answer` says what it can detect before it runs."""
+    spec = _smol_cpu()
+    spec.name = spec.preset = "smol-answer"
+    spec.data = DataConfig(instructions="verifiable")
+    spec.generation.sft_source = "gold"
+    spec.eval.max_prompts = 0
+    spec.compare.primary_metric = "correct"
+    spec.compare.target_difference = 0.05
+    return spec
+
+
 def _smol_ci() -> RunSpec:
     """smol-cpu at micro scale for the test suite: a few instructions, a few optimizer steps per training stage."""
     spec = _smol_cpu()
@@ -1214,6 +1245,7 @@ PRESETS: dict[str, Any] = {
     "tiny-cpu": _tiny_cpu,
     "tiny-control": _tiny_control,
     "tiny-ci": _tiny_ci,
+    "smol-answer": _smol_answer,
     "smol-cpu": _smol_cpu,
     "smol-ci": _smol_ci,
     "smol-control": _smol_control,
