@@ -167,6 +167,8 @@ def verdict_rows(verdicts: list[dict[str, Any]]) -> pd.DataFrame:
             )
             continue
         verdict = {"a": METHOD_LABELS[v["method_a"]], "b": METHOD_LABELS[v["method_b"]]}.get(v["outcome"], v["outcome"])
+        if v.get("identical"):
+            verdict = "tie: identical answers (not sent to the judge)"
         rows.append(
             {
                 "pair": pair,

@@ -255,6 +255,8 @@ class JudgeVerdict(Base):
     length_a: Mapped[int] = mapped_column(Integer)  # characters of each answer (the length control's input)
     length_b: Mapped[int] = mapped_column(Integer)
     answers: Mapped[list[Any] | None] = mapped_column(JSON)  # an endpoint's raw answers in the two orders
+    # the two answers were the same text: tied without asking the judge (None: recorded before this was told apart)
+    identical: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class JudgeFigure(Base):

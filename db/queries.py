@@ -407,6 +407,7 @@ VERDICT_FIELDS = (
     "a_first_choice",
     "b_first_choice",
     "p_a_first",
+    "identical",
     "p_a_second",
     "score_a",
     "score_b",
@@ -504,9 +505,7 @@ def pilot_prompt_means(base_model: str, instructions: str, metric: str, engine: 
     """The per-prompt differences SFT→DPO − DPO-only on `metric` that the latest compared runs of this base model
     and data stored (a pilot for the power plan): (those differences, which runs); ([], "") without one."""
     with read_session(engine) as s:
-        runs = s.scalars(
-            select(Run).where(Run.base_model == base_model).order_by(Run.id.desc()).limit(200)
-        ).all()
+        runs = s.scalars(select(Run).where(Run.base_model == base_model).order_by(Run.id.desc()).limit(200)).all()
         candidates = [r.id for r in runs if (r.spec.get("data") or {}).get("instructions") == instructions]
     means: list[float] = []
     used: list[int] = []

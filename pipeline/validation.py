@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -853,36 +854,56 @@ def validate_file(
 # ----------------------------------------------------------------------------------------------- decontamination
 
 Text = tuple[str, str, str]  # (where: "file:row", field, text)
+SHORT_TEXT_MIN_WORDS = 3
+
+
+def _gram_words(text: str) -> list[str]:
+    """The words n-grams are made of: case folded, punctuation aside ("16." and "16," are one word)."""
+    return re.findall(r"\w+", text.casefold())
 
 
 def check_decontamination(heldout: list[Text], training: list[Text], config: Any, source: str) -> ValidationReport:
     """Held-out texts (prompts, answers, negatives) against every training input of a stage: a held-out text is
-    contaminated when it equals a training text (up to case and spacing; texts of at least half an n-gram's
+    contaminated when it equals a training text (up to case and spacing; texts of at least SHORT_TEXT_MIN_WORDS
     words, so that two one-word answers such as "White." are not called a leak) or when at least
-    `config.max_ngram_overlap` of its word n-grams occur in the training inputs. Fails when more than
+    `config.max_ngram_overlap` of its word n-grams occur in the training inputs, with n = min(`config.ngram`, its
+    length): a held-out text shorter than an n-gram counts as contaminated when it occurs word for word inside a
+    training input. Fails when more than
     `config.max_contaminated_fraction` of the held-out texts are contaminated; each one is named with the training
     input it overlaps."""
     report = ValidationReport("decontamination", source, config.max_contaminated_fraction)
     exact: dict[str, str] = {}
-    grams: dict[tuple[str, ...], str] = {}
+    trained = [(f"{where} ({field_name})", _gram_words(text)) for where, field_name, text in training]
+    grams_of: dict[int, dict[tuple[str, ...], str]] = {}  # n -> every training n-gram, built for the n used
+
+    def grams(n: int) -> dict[tuple[str, ...], str]:
+        if n not in grams_of:
+            grams_of[n] = {}
+            for where, words in trained:
+                for i in range(len(words) - n + 1):
+                    grams_of[n].setdefault(tuple(words[i : i + n]), where)
+        return grams_of[n]
+
     for where, field_name, text in training:
-        words = normalize_text(text).split()
-        exact.setdefault(" ".join(words), f"{where} ({field_name})")
-        for i in range(len(words) - config.ngram + 1):
-            grams.setdefault(tuple(words[i : i + config.ngram]), f"{where} ({field_name})")
+        exact.setdefault(normalize_text(text), f"{where} ({field_name})")
     contaminated = worst = 0
     for row, (where, field_name, text) in enumerate(heldout, start=1):
         report.rows_read += 1
-        words = normalize_text(text).split()
-        own = [tuple(words[i : i + config.ngram]) for i in range(len(words) - config.ngram + 1)]
-        shared = [g for g in own if g in grams]
+        words = _gram_words(text)
+        # n = min(ngram, length): a short held-out text (an answer of a few words) is contaminated when it occurs
+        # word for word inside a training input; below SHORT_TEXT_MIN_WORDS only an exact match counts (two
+        # one-word answers such as "White." are not a leak)
+        n = min(config.ngram, len(words)) if len(words) >= SHORT_TEXT_MIN_WORDS else config.ngram
+        own = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        table = grams(n) if own else {}
+        shared = [g for g in own if g in table]
         overlap = len(shared) / len(own) if own else 0.0
         worst = max(worst, overlap)
-        same = exact.get(" ".join(words)) if len(words) >= config.ngram / 2 else None
-        found = same or (grams[shared[0]] if own and overlap >= config.max_ngram_overlap else None)
+        same = exact.get(normalize_text(text)) if len(words) >= SHORT_TEXT_MIN_WORDS else None
+        found = same or (table[shared[0]] if own and overlap >= config.max_ngram_overlap else None)
         if found:
             contaminated += 1
-            how = "equals" if same else f"shares {overlap:.0%} of its {config.ngram}-grams with"
+            how = "equals" if same else f"shares {overlap:.0%} of its {n}-grams with"
             report.add(
                 row, field_name, "heldout_in_training", f"held-out {where} {how} training input {found}", file=source
             )

@@ -219,7 +219,9 @@ def test_a_queued_local_judge_is_stored_and_shown_on_compare_and_samples_beside_
     assert not at.exception
     shown = next(d.value for d in at.dataframe if "P(a better), a shown first" in d.value.columns)
     assert len(shown) == len(JUDGED)
-    assert all(0 <= float(p) <= 1 for p in shown["P(a better), a shown first"])
+    asked = shown[~shown["verdict"].str.startswith("tie: identical")]  # identical answers are not judged
+    assert all(0 <= float(p) <= 1 for p in asked["P(a better), a shown first"])
+    assert all(p == "—" for p in shown[shown["verdict"].str.startswith("tie: identical")]["P(a better), a shown first"])
 
 
 def _redis_values(conn) -> list[bytes]:

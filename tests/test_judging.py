@@ -239,3 +239,36 @@ def test_a_judge_model_path_outside_the_workers_roots_is_refused_before_queueing
     spec.judge.model.name_or_path = str(outside)
     with pytest.raises(ConfigError, match="outside the directories runs may read"):
         confine_spec(spec, roots=[tmp_path / "home"])
+
+
+def test_identical_answers_are_tied_without_asking_and_left_out_of_position_bias():
+    """28 of 55 items identical once inflated position bias to 0.909: an identical pair is a tie nobody judged."""
+    from pipeline.core.judging import SlotVerdict
+    from pipeline.stages import Progress
+    from pipeline.stages.judge import pairwise_rows
+
+    asked = []
+
+    class FirstSlotJudge:  # always picks slot 1: pure position bias on the items it is asked about
+        name = "first-slot"
+
+        def judge(self, items, on_batch=None):
+            asked.extend(items)
+            return [SlotVerdict("1") for _ in items]
+
+    def reply(i: int, text: str) -> dict:
+        return {"prompt": "<|im_start|>system ...", "instruction": f"Question {i}?", "generation": text}
+
+    replies = {
+        "sft_dpo": {f"p{i}": reply(i, "Same." if i < 3 else f"answer {i}") for i in range(5)},
+        "dpo_only": {f"p{i}": reply(i, "same." if i < 3 else f"other {i}") for i in range(5)},
+    }
+    comparison = [("sft_dpo", "dpo_only", [f"p{i}" for i in range(5)])]
+    rows = pairwise_rows(FirstSlotJudge(), comparison, replies, Progress("judge", None))
+    assert len(asked) == 4  # two non-identical items, both orders; the three identical ones were never sent
+    assert {item.prompt for item in asked} == {"Question 3?", "Question 4?"}  # the user's words, not the template
+    assert sorted(r["outcome"] for r in rows) == ["tie"] * 5  # slot 1 in both orders is a tie too
+    assert sum(r["identical"] for r in rows) == 3
+    figures = win_rate_stats(rows, confidence=0.95, n_resamples=200, seed=0)
+    assert figures["position_bias"]["mean"] == 1.0 and figures["position_bias"]["n"] == 2  # over the asked ones
+    assert figures["identical_share"]["mean"] == pytest.approx(3 / 5)

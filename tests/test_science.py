@@ -242,3 +242,22 @@ def test_make_pairs_drops_a_held_out_pair_whose_negative_is_a_training_negative(
     (report,) = [r for r in result.reports if r["kind"] == "pairs"]
     assert [i["code"] for i in report["issues"]].count("heldout_same_as_training") == 1
     assert pairs_decontamination(read_jsonl(out / "train.jsonl"), heldout, spec, str(out)).passed
+
+
+def test_decontamination_sees_short_texts_inside_training_inputs():
+    """Texts under 8 words had no 8-gram and escaped the check: now a held-out text of 3 to 7 words that occurs
+    word for word inside a training input is a leak (n = its length); one- and two-word answers still need an exact
+    match, and a short text that merely shares words is not a leak."""
+    config = SplitConfig()
+    training = [
+        ("t:1", "completion", "Well, 28 minus 12 equals 16, as everyone knows."),
+        ("t:2", "instruction", "What is the capital of Kenya?"),
+    ]
+    heldout = [
+        ("h:1", "chosen", "28 minus 12 equals 16."),  # 5 words, inside t:1: a leak 8-grams cannot see
+        ("h:2", "instruction", "What is the capital of Peru?"),  # shares the frame, not the question
+        ("h:3", "chosen", "16."),  # a number alone: not evidence
+    ]
+    report = check_decontamination(heldout, training, config, "held")
+    assert [(i.row, i.code) for i in report.errors] == [(1, "heldout_in_training")]
+    assert "shares 100% of its 5-grams" in report.errors[0].message

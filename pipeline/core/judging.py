@@ -152,9 +152,15 @@ def win_rate_stats(
     stats: dict[str, dict[str, Any]] = {
         "win_rate": raw,
         "lc_win_rate": length_controlled_ci(preferences, features, confidence, n_resamples, seed),
+        # over the items the judge was asked about: identical answers are tied without asking, and would count
+        # as "followed the position" whatever the judge does
         "position_bias": _rate(
-            [float(i["a_first_choice"] == i["b_first_choice"]) for i in parsed], confidence, n_resamples, seed
+            [float(i["a_first_choice"] == i["b_first_choice"]) for i in parsed if not i.get("identical")],
+            confidence,
+            n_resamples,
+            seed,
         ),
+        "identical_share": _rate([float(bool(i.get("identical"))) for i in items], confidence, n_resamples, seed),
         "unparsed_rate": _rate([float(i["outcome"] == "unparsed") for i in items], confidence, n_resamples, seed),
     }
     for name, count in counts.items():

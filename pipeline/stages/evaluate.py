@@ -64,6 +64,8 @@ def heldout_prompts(
                     "reference": record["completion"],
                     "answer": (record.get("meta") or {}).get("reference"),
                     "check": (record.get("meta") or {}).get("check"),
+                    # the user's own words, as a judge must see them (not the chat-templated prompt)
+                    "instruction": (record.get("meta") or {}).get("instruction") or record["prompt"],
                 },
             )
     chosen = sorted(prompts)[:max_prompts] if max_prompts else sorted(prompts)
@@ -113,6 +115,7 @@ def sample_row(
         "method": method,
         "prompt_id": pid,
         "prompt": prompt["prompt"],
+        "instruction": prompt.get("instruction", prompt["prompt"]),
         "reference": prompt["reference"],
         "answer": prompt["answer"],
         "generation": generation.text,

@@ -22,6 +22,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.home import alignlab_home
 from pipeline.core.judging import JUDGED, SlotVerdict, outcome, reward_difference, win_rate_stats
 from pipeline.core.registry import stage_of_module
+from pipeline.core.text import normalize_text
 from pipeline.stages import Progress, ProgressFn, StageResult, no_progress, read_jsonl, write_json
 from pipeline.stages.evaluate import SAMPLES_OUT
 
@@ -69,21 +70,26 @@ def pairwise_rows(judge: Any, comparisons: list, answers: dict, progress: Progre
     """Every (comparison, prompt) judged in both orders; the two orders of an item sit side by side in a batch."""
     from pipeline.judges import JudgeItem
 
-    items, keys = [], []
+    items, keys, identical = [], [], []
     for a, b, ids in comparisons:
         for pid in ids:
-            prompt, answer_a, answer_b = (
-                answers[a][pid]["prompt"],
-                answers[a][pid]["generation"],
-                answers[b][pid]["generation"],
-            )
-            items += [JudgeItem(prompt, answer_a, answer_b), JudgeItem(prompt, answer_b, answer_a)]
+            answer_a, answer_b = answers[a][pid]["generation"], answers[b][pid]["generation"]
+            if normalize_text(answer_a) == normalize_text(answer_b):  # nothing to judge: a tie, asked of no one
+                identical.append((a, b, pid))
+                continue
+            # the judge reads the user's instruction, not the chat-templated prompt the models were given
+            instruction = answers[a][pid].get("instruction") or answers[a][pid]["prompt"]
+            items += [JudgeItem(instruction, answer_a, answer_b), JudgeItem(instruction, answer_b, answer_a)]
             keys.append((a, b, pid))
     verdicts = judge.judge(items, lambda done, total: progress.progress(done, total, "judging both orders"))
     rows = []
     for index, (a, b, pid) in enumerate(keys):
         a_first, b_first = verdicts[2 * index], verdicts[2 * index + 1]
-        rows.append({**_row(judge.name, a, b, pid, answers), **_verdict_fields(a_first, b_first)})
+        rows.append({**_row(judge.name, a, b, pid, answers), **_verdict_fields(a_first, b_first), "identical": False})
+    for a, b, pid in identical:
+        tie = {"outcome": "tie", "a_first_choice": None, "b_first_choice": None, "p_a_first": None}
+        tie |= {"p_a_second": None, "answers": None, "identical": True}
+        rows.append({**_row(judge.name, a, b, pid, answers), **tie})
     return rows
 
 
