@@ -79,6 +79,8 @@ def test_unknown_keys_are_named(tmp_path):
         (lambda: FormatConfig(template="Q: {instruction.__class__}\nA:"), "FormatConfig.template", "found"),
         (lambda: FormatConfig(template="Q: {instruction[0]}\nA:"), "FormatConfig.template", "found"),
         (lambda: FormatConfig(template="{instruction} {instruction}"), "FormatConfig.template", "exactly once"),
+        # the bypass of the old check (one literal "{instruction}" beside a padded one)
+        (lambda: FormatConfig(template="{instruction}{instruction:>999999999}"), "FormatConfig.template", "once"),
         (lambda: FormatConfig(template="{0} {instruction}"), "FormatConfig.template", "{0}"),
         (lambda: FormatConfig(template="{{instruction}} x"), "FormatConfig.template", "found: none"),
         (lambda: FormatConfig(template="Q: {instruction"), "FormatConfig.template", "braces"),

@@ -34,12 +34,18 @@ def metric_values(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if isinstance(v, int | float) and k not in ("step", "time")}
 
 
+# when this process's job last reported (any event, a training micro-batch's tick included): a cancelled job that
+# stays silent past the worker's grace is stuck, and is ended with its process (`workers.worker`)
+LAST_REPORT = {"at": time.monotonic()}
+
+
 def _progress_adapter(emitter: EventEmitter, run_id: int, worker_name: str | None):
     last = {"progress": 0.0, "cancel_check": 0.0}
 
     def on_progress(event: dict[str, Any]) -> None:
         # the event first, the stop check after: a step that was logged is recorded even when the stop lands on it
         now = time.monotonic()
+        LAST_REPORT["at"] = now
         kind = event["kind"]
         if kind == "progress":
             final = event["done"] >= event["total"]

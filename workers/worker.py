@@ -35,9 +35,10 @@ OVERDUE_KILL_AFTER_S = 60
 EXIT_HOLDING_MODELS = 3
 # how often the process that runs a job looks for a cancel of its run and measures its memory
 WATCH_INTERVAL_S = 1.0
-# a cancelled job that has not ended by itself this long after the cancel (it is stuck in one call and never reports
-# progress, where the cooperative cancel is checked) is ended with the process that runs it
-CANCEL_GRACE_S = 3.0
+# a cancelled job that has not reported anything for this long since the cancel (stuck in one call: it never reaches
+# the progress report where the cooperative cancel is checked) is ended with the process that runs it; a job that
+# reports in the meantime meets the cooperative cancel there and ends by itself
+CANCEL_GRACE_S = 10.0
 
 
 def die_with_parent() -> None:
@@ -120,10 +121,11 @@ class AlignlabWorker:
 
     def _watch_job(self, job, execution, stop: threading.Event) -> None:
         """Every `WATCH_INTERVAL_S`, from the process that runs the job: a job whose run was cancelled and that has
-        not ended `CANCEL_GRACE_S` later (the cooperative cancel waits for a progress report a job stuck in one call
-        never makes) is ended with its process; so is a job over the memory limit where the limit is watched
+        reported nothing for `CANCEL_GRACE_S` since (the cooperative cancel waits for a progress report a job stuck
+        in one call never makes) is ended with its process; so is a job over the memory limit where the limit is watched
         rather than enforced by the kernel (a GPU process)."""
         from workers.events import cancel_key
+        from workers.jobs import LAST_REPORT
 
         run_id = job_run_id(job)
         cancelled_at = None
@@ -139,9 +141,9 @@ class AlignlabWorker:
                         cancelled_at = time.monotonic()
                 except Exception:  # noqa: BLE001 - Redis away: look again at the next interval
                     continue
-            elif time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+            elif time.monotonic() - max(cancelled_at, LAST_REPORT["at"]) > CANCEL_GRACE_S:
                 grace = f"{CANCEL_GRACE_S:.0f} s"
-                self.end_job_process(job, f"run {run_id} was cancelled and the job did not stop within {grace}")
+                self.end_job_process(job, f"run {run_id} was cancelled and the job reported nothing for {grace}")
                 return
 
     def end_job_process(self, job, reason: str) -> None:
