@@ -207,6 +207,7 @@ def test_judge_rows_are_recorded_once_and_read_back_on_sqlite_and_postgresql(red
         "p_a_first": None,
         "p_a_second": None,
         "answers": ["B", "A"],
+        "identical": False,
     }
     figure = {
         "judge": "m @ host",
