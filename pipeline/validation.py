@@ -35,6 +35,7 @@ ISSUE_CODES: dict[str, str] = {
     "empty_file": "the file has no records",
     "not_utf8": "the line is not UTF-8 text; re-save the file as UTF-8",
     "malformed_json": "the line is not valid JSON; one JSON object per line",
+    "line_too_long": "the line is longer than 16 MiB: skipped unread (one JSON object per line, text fields bounded)",
     "duplicate_key": "a key is given twice in one row (JSON would keep the last silently); give each key once",
     "bad_check": "the row's 'check' is not a known checker with its fields (pipeline.core.checkers)",
     "not_text": "a text field holds a lone surrogate (an escape such as \\ud800 that is not text)",
@@ -226,6 +227,26 @@ def _row_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_rows here, pipeline.sources.read_records for more
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one JSONL row: far above any text field's bound (max_text_chars)
+
+
+def _bounded_lines(handle: Any) -> Iterator[bytes | None]:
+    """The file's lines, each read with a bound: a longer one is skipped in bounded chunks and yields None, so one
+    gigantic line never sits in memory whole."""
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            while not raw.endswith(b"\n"):
+                raw = handle.readline(1 << 20)
+                if not raw:
+                    break
+            yield None
+            continue
+        yield raw
+
+
 def read_rows(path: str | Path) -> Iterator[Row]:
     """Yield (line number, object) for each non-blank line; unreadable lines yield (line number, Issue). A UTF-8
     byte-order mark (Windows tools write one) is read past, with a warning."""
@@ -235,7 +256,11 @@ def read_rows(path: str | Path) -> Iterator[Row]:
     except DocumentError as exc:
         raise DataError(str(exc)) from None
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_bounded_lines(handle), start=1):
+            if raw is None:
+                message = f"the line is longer than {MAX_LINE_BYTES:,} bytes; it was skipped unread"
+                yield number, Issue(number, None, "line_too_long", message)
+                continue
             bom = number == 1 and raw.startswith(BOM)
             raw = raw[len(BOM) :] if bom else raw
             try:

@@ -25,7 +25,7 @@ def drain_queues(conn):
 
 
 def test_upgrade_head_on_an_empty_database(db_url):
-    assert current(db_url) == "0006"
+    assert current(db_url) == "0007"
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(db_url)).get_table_names())
@@ -197,10 +197,11 @@ def test_failed_stage_cancels_its_dependents_instead_of_leaving_them_deferred(
     tiny_model_dir, tiny_ci_spec, redis_conn, engine, alignlab_home, tmp_path
 ):
     spec = copy.deepcopy(tiny_ci_spec)
-    unusable = alignlab_home / "unusable.jsonl"  # exists, so it is queued; no row has an instruction: the job fails
-    unusable.write_text('{"prompt": "no instruction field"}\n' * 3)
+    unusable = alignlab_home / "unusable.jsonl"  # valid when queued (submit checks it), then broken on the worker's
+    unusable.write_text('{"instruction": "Name a colour."}\n' * 3)  # disk before the job reads it: the job fails
     spec.data.instructions = str(unusable)
     run_id = scheduler.submit(spec, redis_conn, engine)
+    unusable.write_text('{"prompt": "no instruction field"}\n' * 3)
     drain_queues(redis_conn)
     Recorder(redis_conn, engine).drain()
     reconciler.reconcile(redis_conn, engine)

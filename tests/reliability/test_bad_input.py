@@ -280,3 +280,19 @@ def test_bad_instruction_rows_are_refused_at_submit_naming_row_and_field(
     with read_session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 0
     assert redis_conn.llen("rq:queue:gpu") + redis_conn.llen("rq:queue:cpu") == 0
+
+
+def test_a_gigantic_line_is_skipped_in_bounded_chunks_and_named(tmp_path):
+    """A data file whose one line is 40 MB: refused by row without ever holding the line (reads are bounded)."""
+    from pipeline.validation import MAX_LINE_BYTES, validate_file
+
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as out:
+        out.write(b'{"instruction": "Name a colour."}\n{"instruction": "')
+        for _ in range(40):
+            out.write(b"x" * 1024 * 1024)
+        out.write(b'"}\n{"instruction": "Name a fruit."}\n')
+    assert path.stat().st_size > 2 * MAX_LINE_BYTES
+    report = validate_file("instructions", path)
+    assert [(i.row, i.code) for i in report.issues if i.row is not None] == [(2, "line_too_long")]
+    assert report.rows_valid == 2
