@@ -21,7 +21,14 @@ from typing import Any
 from pipeline.core.checkers import check_problem
 from pipeline.core.configs import ValidationConfig
 from pipeline.core.conversations import ASSISTANT, USER, as_prompt, is_conversation, turn_problems
-from pipeline.core.documents import DocumentError, bounded_int, is_blank, require_regular_file
+from pipeline.core.documents import (
+    DocumentError,
+    DuplicateKeyError,
+    bounded_int,
+    is_blank,
+    no_duplicate_keys,
+    require_regular_file,
+)
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.negative_types import names as negative_type_names
 from pipeline.core.text import normalize_text, template_parts
@@ -208,22 +215,6 @@ def take_row(report: ValidationReport, record: Any, file: str | None = None) -> 
 BOM = b"\xef\xbb\xbf"
 
 
-class DuplicateKey(Exception):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _row_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object of a data row: a key given twice is an error (json keeps the last one silently)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicateKey(key)
-        result[key] = value
-    return result
-
-
 Reader = Callable[[Path], Iterator["Row"]]  # a file's rows: read_rows here, pipeline.sources.read_records for more
 
 
@@ -271,11 +262,11 @@ def read_rows(path: str | Path) -> Iterator[Row]:
             if text.strip() == "":
                 continue
             try:
-                record = json.loads(text, object_pairs_hook=_row_object, parse_int=bounded_int)
+                record = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=bounded_int)
             except json.JSONDecodeError as exc:
                 yield number, Issue(number, None, "malformed_json", f"{exc.msg} at column {exc.colno}")
                 continue
-            except DuplicateKey as exc:
+            except DuplicateKeyError as exc:
                 yield number, Issue(number, exc.key, "duplicate_key", f"'{exc.key}' is given twice in this row")
                 continue
             except DocumentError as exc:  # an integer of thousands of digits

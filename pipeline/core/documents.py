@@ -208,11 +208,20 @@ def parse_yaml(text: str) -> Any:
 # ----------------------------------------------------------------------------------------------- JSON
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class DuplicateKeyError(DocumentError):
+    """A JSON object gives one key twice (json keeps the last one silently); `key` names it."""
+
+    def __init__(self, key: str):
+        super().__init__(f"key {excerpt(key)} is given twice in one object; give each key once")
+        self.key = key
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads`'s object hook for a strict read: a key given twice raises DuplicateKeyError."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise DocumentError(f"key {excerpt(key)} is given twice in one object; give each key once")
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
 
@@ -220,7 +229,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_json(text: str) -> Any:
     """A JSON document read strictly: no key given twice in an object, bounded integers and nesting, valid text."""
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_int=bounded_int)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise DocumentError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
