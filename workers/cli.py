@@ -35,6 +35,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def planned_power(spec, engine=None):
     """The run's power plan, with a pilot from the earlier runs of its model and data in the database if any."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from db.queries import pilot_prompt_means
     from pipeline.planning import power_plan
 
@@ -42,7 +44,8 @@ def planned_power(spec, engine=None):
         pilot, source = pilot_prompt_means(
             spec.base_model.name_or_path, spec.data.instructions, spec.compare.primary_metric, engine
         )
-    except Exception:  # noqa: BLE001 - no database yet (a first run): plan without a pilot
+    except SQLAlchemyError as exc:  # no database yet (a first run, before `up`): planned without a pilot, said so
+        print(f"power: no pilot read from the database ({type(exc).__name__}); planning on the stated assumption")
         pilot, source = [], ""
     return power_plan(spec, pilot, source)
 
